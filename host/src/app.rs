@@ -1,0 +1,197 @@
+//! Wires the stages together, runs them, and shuts them down in order.
+//!
+//! In: a validated [`Config`] and a shutdown token (cancelled on SIGINT/SIGTERM by `main`).
+//! Builds metrics, queue, sampler, plugins, sinks, the pipeline worker, ingest and the control
+//! API; marks the daemon ready. On shutdown: ingest stops accepting, the queue is closed and
+//! drained through the pipeline, sinks flush; all within `shutdown.grace`, after which sinks stop
+//! retrying and count what they hold as lost. The socket file is removed on the way out.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::control::{self, ControlState, ReloadRequest, health::HealthMonitor};
+use crate::ingest::{self, Admission};
+use crate::metrics::Metrics;
+use crate::pipeline::{FlushRequests, Routing, Worker};
+use crate::plugins::PluginHost;
+use crate::queue::Queue;
+use crate::sampler::Sampler;
+use crate::sinks::{self, Progress, SinkContext, SinkHandle};
+
+/// Runs the daemon until `stop` is cancelled, then drains and returns.
+pub async fn run(cfg: Config, config_path: Option<PathBuf>, stop: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let metrics = Arc::new(Metrics::new());
+    let queue = Arc::new(Queue::new(cfg.queue.capacity, cfg.queue.on_full, metrics.clone()));
+    let sampler = Arc::new(Sampler::new(cfg.sampling.clone(), metrics.clone()));
+
+    let anomaly_sampler = sampler.clone();
+    let plugin_host = PluginHost::new(
+        &cfg.plugins,
+        metrics.clone(),
+        Arc::new(move |kind: &str, reason: &str| anomaly_sampler.report_anomaly(kind, reason)),
+    )
+    .context("starting the plugin runtime")?;
+    let plugin_set = plugin_host.load_set(&cfg.plugins).context("loading plugins")?;
+    tracing::info!(plugins = plugin_set.len(), dir = %cfg.plugins.dir.display(), "plugins loaded");
+
+    let progress = Arc::new(Progress::default());
+    let abort = CancellationToken::new();
+    let sink_ctx = SinkContext {
+        metrics: metrics.clone(),
+        progress: progress.clone(),
+        delivery: cfg.delivery.clone(),
+        abort: abort.clone(),
+    };
+    let mut sinks: Vec<SinkHandle> = Vec::new();
+    for (i, s) in cfg.sinks.iter().enumerate() {
+        sinks.push(sinks::spawn(s.label(i), s.clone(), sink_ctx.clone(), i == 0)?);
+    }
+    let routing = Routing {
+        batch: cfg.batch.clone(),
+        sinks: sinks.iter().map(|s| s.tx.clone()).collect(),
+        plugins: plugin_set,
+    };
+    let (routing_tx, routing_rx) = watch::channel(routing);
+
+    let flush = Arc::new(FlushRequests::default());
+    let over_budget = Arc::new(AtomicBool::new(false));
+    let worker = tokio::spawn(
+        Worker {
+            queue: queue.clone(),
+            sampler: sampler.clone(),
+            metrics: metrics.clone(),
+            routing: routing_rx.clone(),
+            flush: flush.clone(),
+            over_budget: over_budget.clone(),
+        }
+        .run(),
+    );
+
+    let admission = Arc::new(Admission {
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        enabled: AtomicBool::new(cfg.enabled),
+        max_line_bytes: AtomicUsize::new(cfg.ingest.max_line_bytes.0 as usize),
+        flush,
+        progress,
+        observer: None,
+    });
+
+    // Listeners: a failure here is fatal at start (the socket is someone else's, a port is taken).
+    let ingest_stop = CancellationToken::new();
+    let mut listeners = tokio::task::JoinSet::new();
+    let socket = ingest::socket::bind(&cfg.ingest.socket)?;
+    listeners.spawn(ingest::socket::serve(
+        socket,
+        cfg.ingest.socket.clone(),
+        admission.clone(),
+        ingest_stop.clone(),
+    ));
+    if let Some(addr) = cfg.ingest.http {
+        let l = ingest::http::bind(addr).await?;
+        tracing::info!(addr = %l.local_addr()?, "HTTP ingest listening");
+        listeners.spawn(ingest::http::serve(l, admission.clone(), ingest_stop.clone()));
+    }
+
+    let health = Arc::new(HealthMonitor::new(metrics.clone(), queue.clone(), routing_rx.clone()));
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let control_state = Arc::new(ControlState {
+        metrics: metrics.clone(),
+        sampler: sampler.clone(),
+        queue: queue.clone(),
+        routing: routing_rx.clone(),
+        ready: AtomicBool::new(false),
+        api_key: cfg.control.api_key.clone(),
+        reload: reload_tx,
+        started,
+        health: health.clone(),
+    });
+    let control_stop = CancellationToken::new();
+    let mut control_task = None;
+    if let Some(addr) = cfg.control.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (control.listen): {e}"))?;
+        tracing::info!(addr = %l.local_addr()?, "control API listening");
+        control_task = Some(tokio::spawn(control::serve(l, control_state.clone(), control_stop.clone())));
+    }
+
+    let health_stop = control_stop.clone();
+    let health_interval = cfg.health.interval.0;
+    let health_task = tokio::spawn({
+        let health = health.clone();
+        let sampler = sampler.clone();
+        async move {
+            let mut tick = tokio::time::interval(health_interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        health.tick();
+                        sampler.boosts(); // expires finished boosts and their gauges
+                    }
+                    _ = health_stop.cancelled() => break,
+                }
+            }
+        }
+    });
+
+    control_state.ready.store(true, Ordering::Release);
+    tracing::info!(
+        socket = %cfg.ingest.socket.display(),
+        sinks = sinks.len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        config = %config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
+        "outrigger ready"
+    );
+
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(answer) = reload_rx.recv() => {
+                // Live reload arrives with the reloader; until then, say so plainly.
+                let _ = answer.send(Err("live reload is not available in this build; restart the daemon".into()));
+            }
+        }
+    }
+
+    // Shutdown: stop accepting, drain, flush.
+    tracing::info!("shutting down: draining the queue");
+    control_state.ready.store(false, Ordering::Release);
+    ingest_stop.cancel();
+    while listeners.join_next().await.is_some() {}
+    queue.close();
+    let grace = cfg.shutdown.grace.0;
+    let drain = async {
+        if let Err(e) = worker.await {
+            tracing::error!(error = %e, "pipeline worker failed");
+        }
+        // The control API still reads the routing; release its sink senders so the sinks end.
+        routing_tx.send_modify(|r| r.sinks.clear());
+        for s in sinks {
+            s.finish().await;
+        }
+    };
+    tokio::pin!(drain);
+    if tokio::time::timeout(grace, &mut drain).await.is_err() {
+        tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over: sinks stop retrying");
+        abort.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut drain).await.is_err() {
+            tracing::error!("sinks did not finish after the grace period");
+        }
+    }
+    control_stop.cancel();
+    if let Some(t) = control_task {
+        let _ = t.await;
+    }
+    let _ = health_task.await;
+    tracing::info!(uptime_s = started.elapsed().as_secs(), "outrigger stopped");
+    Ok(())
+}

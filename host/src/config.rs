@@ -1,0 +1,1009 @@
+//! `outrigger.yml`: the typed config, its defaults, environment overrides and validation.
+//!
+//! In: YAML text (or nothing, for the built-in defaults) and the process environment. Out: a
+//! validated [`Config`], or a [`ConfigError`] naming the key path and, where it can be found,
+//! the file line. Unknown keys are refused. Durations (`500ms`, `1s`, `2m`) and sizes
+//! (`10MiB`, `64KB`) are parsed here. Pure functions; no I/O but reading the file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A config that could not be used, with the key and line that explain why.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    /// Dotted key path, e.g. `sampling.rates.test_events`.
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self
+            .file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "config".into());
+        match (self.path.is_empty(), self.line) {
+            (false, Some(l)) => write!(f, "{file}:{l}: `{}`: {}", self.path, self.message),
+            (false, None) => write!(f, "{file}: `{}`: {}", self.path, self.message),
+            (true, Some(l)) => write!(f, "{file}:{l}: {}", self.message),
+            (true, None) => write!(f, "{file}: {}", self.message),
+        }
+    }
+}
+
+/// A duration written as `500ms`, `1s`, `2m`, `1h` (a bare number is seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Dur(pub Duration);
+
+impl From<Dur> for String {
+    fn from(d: Dur) -> String {
+        format!("{}ms", d.0.as_millis())
+    }
+}
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (like 500ms, 1s, 2m)"))?;
+        let secs = match unit.trim() {
+            "ns" => n / 1e9,
+            "us" | "µs" => n / 1e6,
+            "ms" => n / 1e3,
+            "" | "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            u => return Err(format!("unknown duration unit `{u}` in `{s}` (use ms, s, m or h)")),
+        };
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+/// A size written as `10MiB`, `64KB`, `1GiB` (a bare number is bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size (like 64KiB, 10MiB)"))?;
+        let mult: f64 = match unit.trim() {
+            "" | "B" => 1.0,
+            "KB" | "kB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            "KiB" | "K" | "k" => 1024.0,
+            "MiB" | "M" => 1024.0 * 1024.0,
+            "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
+            u => return Err(format!("unknown size unit `{u}` in `{s}` (use B, KiB, MiB, GiB)")),
+        };
+        Ok(Size((n * mult) as u64))
+    }
+}
+
+macro_rules! string_or_number {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw {
+                    S(String),
+                    N(f64),
+                }
+                match Raw::deserialize(d)? {
+                    Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+                    Raw::N(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+                }
+            }
+        }
+    };
+}
+string_or_number!(Dur);
+string_or_number!(Size);
+
+/// The whole daemon config.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kill switch: false accepts events and drops them (counted as `disabled`).
+    pub enabled: bool,
+    pub ingest: IngestConfig,
+    pub queue: QueueConfig,
+    pub sampling: SamplingConfig,
+    pub plugins: PluginsConfig,
+    pub batch: BatchConfig,
+    pub sinks: Vec<SinkConfig>,
+    pub delivery: DeliveryConfig,
+    pub profiling: ProfilingConfig,
+    pub control: ControlConfig,
+    pub health: HealthConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            ingest: IngestConfig::default(),
+            queue: QueueConfig::default(),
+            sampling: SamplingConfig::default(),
+            plugins: PluginsConfig::default(),
+            batch: BatchConfig::default(),
+            sinks: vec![SinkConfig::File(FileSinkConfig::default())],
+            delivery: DeliveryConfig::default(),
+            profiling: ProfilingConfig::default(),
+            control: ControlConfig::default(),
+            health: HealthConfig::default(),
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Unix socket for NDJSON ingest (mode 0600).
+    pub socket: PathBuf,
+    /// `POST /v1/events` listener; `null` disables it.
+    pub http: Option<SocketAddr>,
+    pub max_line_bytes: Size,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            socket: PathBuf::from("/tmp/outrigger.sock"),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 4390))),
+            max_line_bytes: Size(1 << 20),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    DropOldest,
+    DropNewest,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub capacity: usize,
+    pub on_full: OnFull,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { capacity: 10_000, on_full: OnFull::DropOldest }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleKey {
+    /// A run is kept or dropped whole (hash of `run_id`).
+    RunId,
+    /// Each event on its own.
+    Random,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    pub default_rate: f64,
+    pub rates: BTreeMap<String, f64>,
+    pub key: SampleKey,
+    pub adaptive: AdaptiveConfig,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            default_rate: 1.0,
+            rates: BTreeMap::new(),
+            key: SampleKey::RunId,
+            adaptive: AdaptiveConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveConfig {
+    pub enabled: bool,
+    /// The sampled rate is multiplied by this (capped at 1.0) while a boost is active.
+    pub boost_factor: f64,
+    pub boost_duration: Dur,
+    /// Event types that count as anomalies on arrival: each one boosts every type.
+    pub on: Vec<String>,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        AdaptiveConfig {
+            enabled: true,
+            boost_factor: 5.0,
+            boost_duration: Dur(Duration::from_secs(60)),
+            on: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The failed batch continues unchanged.
+    Pass,
+    /// The failed batch is dropped (counted as `plugin`).
+    Drop,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Every `*.wasm` here is loaded; `NAME.yml` beside it is its config.
+    pub dir: PathBuf,
+    /// Where precompiled components are cached (keyed by content hash and engine config).
+    /// `null` puts it under the OS cache dir; `false`-like empty path disables it.
+    pub cache_dir: Option<PathBuf>,
+    pub defaults: PluginDefaults,
+    /// Optional order and per-plugin overrides; plugins not named follow in name order.
+    pub chain: Vec<ChainEntry>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: PathBuf::from("./plugins"),
+            cache_dir: None,
+            defaults: PluginDefaults::default(),
+            chain: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginDefaults {
+    pub fuel_per_event: u64,
+    pub memory_mb: u64,
+    pub timeout: Dur,
+    pub on_error: OnError,
+    /// Failures in a row before a plugin is quarantined.
+    pub quarantine_after: u32,
+    /// First quarantine period; doubles on each new quarantine, up to `quarantine_max`.
+    pub quarantine_initial: Dur,
+    pub quarantine_max: Dur,
+}
+
+impl Default for PluginDefaults {
+    fn default() -> Self {
+        PluginDefaults {
+            fuel_per_event: 1_000_000,
+            memory_mb: 64,
+            timeout: Dur(Duration::from_millis(100)),
+            on_error: OnError::Pass,
+            quarantine_after: 3,
+            quarantine_initial: Dur(Duration::from_secs(1)),
+            quarantine_max: Dur(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// One `plugins.chain` entry: order and overrides for the plugin named `name`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainEntry {
+    pub name: String,
+    /// Only events of these types go to the plugin; others pass by it.
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    /// Replaces `NAME.yml` as the plugin's config (passed to `init` as JSON).
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Skipped while the profiler reports the daemon over budget.
+    #[serde(default)]
+    pub optional: Option<bool>,
+    #[serde(default)]
+    pub fuel_per_event: Option<u64>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    pub max_events: usize,
+    pub max_bytes: Size,
+    pub interval: Dur,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: 2000,
+            max_bytes: Size(10 << 20),
+            interval: Dur(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// One sink, tagged by `type`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    File(FileSinkConfig),
+    Stdout(StdoutSinkConfig),
+    Http(HttpSinkConfig),
+    Weave(WeaveSinkConfig),
+    Nats(NatsSinkConfig),
+}
+
+impl SinkConfig {
+    /// The sink's label in metrics and logs: its `name`, else its type and position.
+    pub fn label(&self, index: usize) -> String {
+        let (kind, name) = match self {
+            SinkConfig::File(c) => ("file", &c.name),
+            SinkConfig::Stdout(c) => ("stdout", &c.name),
+            SinkConfig::Http(c) => ("http", &c.name),
+            SinkConfig::Weave(c) => ("weave", &c.name),
+            SinkConfig::Nats(c) => ("nats", &c.name),
+        };
+        match name {
+            Some(n) => n.clone(),
+            None if index == 0 => kind.to_string(),
+            None => format!("{kind}{index}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_file_path")]
+    pub path: PathBuf,
+    /// Rotate to `PATH.1`, `PATH.2`, … when the file reaches this size.
+    #[serde(default)]
+    pub rotate_bytes: Option<Size>,
+    /// Rotated files kept (oldest removed).
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn default_file_path() -> PathBuf {
+    PathBuf::from("./outrigger-data/events.ndjson")
+}
+
+fn default_keep() -> usize {
+    5
+}
+
+impl Default for FileSinkConfig {
+    fn default() -> Self {
+        FileSinkConfig {
+            name: None,
+            path: default_file_path(),
+            rotate_bytes: Some(Size(100 << 20)),
+            keep: default_keep(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpFormat {
+    /// A JSON array of native event objects.
+    Json,
+    /// Native NDJSON lines.
+    Ndjson,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub url: String,
+    #[serde(default = "default_format")]
+    pub format: HttpFormat,
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_format() -> HttpFormat {
+    HttpFormat::Json
+}
+
+fn default_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeaveSinkConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub url: String,
+    pub subject: String,
+    #[serde(default)]
+    pub jetstream: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub retry: RetryConfig,
+    pub spool: SpoolConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub initial: Dur,
+    pub max: Dur,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: Dur(Duration::from_millis(100)),
+            max: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_bytes: Size,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { dir: PathBuf::from("./outrigger-data/spool"), max_bytes: Size(1 << 30) }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilingConfig {
+    pub enabled: bool,
+    pub interval: Dur,
+    pub watch_pids: Vec<u32>,
+    pub budgets: Budgets,
+    /// Samples kept in the history ring.
+    pub history: usize,
+}
+
+impl Default for ProfilingConfig {
+    fn default() -> Self {
+        ProfilingConfig {
+            enabled: true,
+            interval: Dur(Duration::from_secs(1)),
+            watch_pids: Vec::new(),
+            budgets: Budgets::default(),
+            history: 600,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Budgets {
+    pub cpu_percent: f64,
+    pub memory_mb: f64,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets { cpu_percent: 5.0, memory_mb: 100.0 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Control API listener; `null` disables it.
+    pub listen: Option<SocketAddr>,
+    pub api_key: Option<String>,
+    /// Payload fields replaced by "***" in tail and run views.
+    pub redact_fields: Vec<String>,
+    /// Requests per second per client before 429.
+    pub rate_limit: u32,
+    /// Events kept per run for `GET /v1/runs/{id}`, and runs kept.
+    pub run_events: usize,
+    pub runs: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            api_key: None,
+            redact_fields: Vec::new(),
+            rate_limit: 100,
+            run_events: 100,
+            runs: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub interval: Dur,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { interval: Dur(Duration::from_secs(5)) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `outrigger=debug,warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM waits for the queue to drain and the sinks to flush.
+    pub grace: Dur,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace: Dur(Duration::from_secs(10)) }
+    }
+}
+
+/// Where the config comes from: `-c FILE`, `$OUTRIGGER_CONFIG`, `./outrigger.yml`, or none.
+pub fn locate(cli: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = cli {
+        return Some(p.to_path_buf());
+    }
+    if let Ok(p) = std::env::var("OUTRIGGER_CONFIG")
+        && !p.is_empty()
+    {
+        return Some(PathBuf::from(p));
+    }
+    let local = PathBuf::from("outrigger.yml");
+    local.exists().then_some(local)
+}
+
+/// Reads, parses, overrides from the environment and validates.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut cfg = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                file: Some(p.to_path_buf()),
+                path: String::new(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            })?;
+            parse(&text).map_err(|mut e| {
+                e.file = Some(p.to_path_buf());
+                e
+            })?
+        }
+        None => Config::default(),
+    };
+    apply_env(&mut cfg, |k| std::env::var(k).ok(), std::env::vars().map(|(k, _)| k))?;
+    validate(&cfg).map_err(|mut e| {
+        e.file = path.map(Path::to_path_buf);
+        if e.line.is_none()
+            && let Some(p) = path
+            && let Ok(text) = std::fs::read_to_string(p)
+        {
+            e.line = line_of(&text, &e.path);
+        }
+        e
+    })?;
+    Ok(cfg)
+}
+
+/// Parses YAML text into a config (defaults for what is absent), without env or validation.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(Config::default());
+    }
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let path = if path == "." { String::new() } else { path };
+        let line = inner.location().map(|l| l.line()).or_else(|| line_of(text, &path));
+        let message = strip_location(&inner.to_string());
+        ConfigError { file: None, path, line, message }
+    })
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Finds the line (1-based) where a dotted key path (`sinks[1].url`) is written, following
+/// indentation and flow mappings. For errors that serde reports without a location.
+pub fn line_of(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent_of = |l: &str| l.len() - l.trim_start().len();
+    let significant = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    // Position after the last match, and the indent that bounds the current block.
+    let (mut line, mut col, mut block) = (0usize, 0usize, -1i64);
+    let mut found = None;
+    for seg in path.split('.').filter(|s| !s.is_empty()) {
+        let mut parts = seg.split('[');
+        let key = parts.next().unwrap_or("");
+        if !key.is_empty() {
+            let mut hit = None;
+            for (l, raw) in lines.iter().enumerate().skip(line) {
+                if l > line && significant(raw) && indent_of(raw) as i64 <= block {
+                    break;
+                }
+                let from = if l == line { col.min(raw.len()) } else { 0 };
+                let pat = format!("{key}:");
+                let mut search = from;
+                while let Some(i) = raw[search..].find(&pat) {
+                    let at = search + i;
+                    let before = raw[..at].trim_end();
+                    if before.is_empty() || before.ends_with(['-', '{', ',']) {
+                        hit = Some((l, at));
+                        break;
+                    }
+                    search = at + pat.len();
+                }
+                if hit.is_some() {
+                    break;
+                }
+            }
+            let (l, at) = hit?;
+            found = Some(l + 1);
+            line = l;
+            col = at + key.len() + 1;
+            block = at as i64;
+        }
+        for idx in parts {
+            let n: usize = idx.trim_end_matches(']').parse().ok()?;
+            let (mut seen, mut hit, mut item_indent) = (0, None, None);
+            for (l, raw) in lines.iter().enumerate().skip(line + 1) {
+                if !significant(raw) {
+                    continue;
+                }
+                let ind = indent_of(raw) as i64;
+                let dash = raw.trim_start().starts_with('-');
+                if ind < block || (ind == block && !dash) {
+                    break;
+                }
+                if dash && ind == *item_indent.get_or_insert(ind) {
+                    if seen == n {
+                        hit = Some((l, ind as usize));
+                        break;
+                    }
+                    seen += 1;
+                }
+            }
+            let (l, ind) = hit?;
+            found = Some(l + 1);
+            line = l;
+            col = ind + 1;
+            block = ind as i64;
+        }
+    }
+    found
+}
+
+/// Applies the documented `OUTRIGGER_*` environment overrides.
+pub fn apply_env(
+    cfg: &mut Config,
+    get: impl Fn(&str) -> Option<String>,
+    keys: impl Iterator<Item = String>,
+) -> Result<(), ConfigError> {
+    fn bad(var: &str, v: &str, what: &str) -> ConfigError {
+        ConfigError {
+            file: None,
+            path: format!("${var}"),
+            line: None,
+            message: format!("`{v}` is not {what}"),
+        }
+    }
+    if let Some(v) = get("OUTRIGGER_ENABLED") {
+        cfg.enabled = match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => return Err(bad("OUTRIGGER_ENABLED", &v, "a boolean")),
+        };
+    }
+    if let Some(v) = get("OUTRIGGER_SOCKET") {
+        cfg.ingest.socket = PathBuf::from(v);
+    }
+    if let Some(v) = get("OUTRIGGER_QUEUE_CAPACITY") {
+        cfg.queue.capacity = v.parse().map_err(|_| bad("OUTRIGGER_QUEUE_CAPACITY", &v, "a count"))?;
+    }
+    if let Some(v) = get("OUTRIGGER_CPU_BUDGET") {
+        cfg.profiling.budgets.cpu_percent =
+            v.parse().map_err(|_| bad("OUTRIGGER_CPU_BUDGET", &v, "a percentage"))?;
+    }
+    if let Some(v) = get("OUTRIGGER_MEMORY_BUDGET_MB") {
+        cfg.profiling.budgets.memory_mb =
+            v.parse().map_err(|_| bad("OUTRIGGER_MEMORY_BUDGET_MB", &v, "a number of MB"))?;
+    }
+    if let Some(v) = get("OUTRIGGER_API_KEY")
+        && !v.is_empty()
+    {
+        cfg.control.api_key = Some(v);
+    }
+    if let Some(v) = get("OUTRIGGER_LOG") {
+        cfg.log.level = v;
+    }
+    for key in keys {
+        if let Some(ty) = key.strip_prefix("OUTRIGGER_SAMPLE_") {
+            let v = get(&key).unwrap_or_default();
+            let rate: f64 = v.parse().map_err(|_| bad(&key, &v, "a rate from 0.0 to 1.0"))?;
+            cfg.sampling.rates.insert(ty.to_ascii_lowercase(), rate);
+        }
+    }
+    Ok(())
+}
+
+/// Checks values that parse but make no sense.
+pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: None, path: path.into(), line: None, message: message.into() }
+    }
+    let rate_ok = |r: f64| (0.0..=1.0).contains(&r);
+    if !rate_ok(cfg.sampling.default_rate) {
+        return Err(err("sampling.default_rate", "must be between 0.0 and 1.0"));
+    }
+    for (t, r) in &cfg.sampling.rates {
+        if !rate_ok(*r) {
+            return Err(err(format!("sampling.rates.{t}"), "must be between 0.0 and 1.0"));
+        }
+    }
+    if cfg.sampling.adaptive.boost_factor < 1.0 {
+        return Err(err("sampling.adaptive.boost_factor", "must be at least 1.0"));
+    }
+    if cfg.queue.capacity == 0 {
+        return Err(err("queue.capacity", "must be at least 1"));
+    }
+    if cfg.ingest.max_line_bytes.0 < 64 {
+        return Err(err("ingest.max_line_bytes", "must be at least 64 bytes"));
+    }
+    if cfg.batch.max_events == 0 {
+        return Err(err("batch.max_events", "must be at least 1"));
+    }
+    if cfg.batch.interval.0.is_zero() {
+        return Err(err("batch.interval", "must be more than 0"));
+    }
+    if cfg.plugins.defaults.timeout.0.is_zero() {
+        return Err(err("plugins.defaults.timeout", "must be more than 0"));
+    }
+    if cfg.plugins.defaults.memory_mb == 0 {
+        return Err(err("plugins.defaults.memory_mb", "must be at least 1"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, c) in cfg.plugins.chain.iter().enumerate() {
+        if c.name.is_empty() {
+            return Err(err(format!("plugins.chain[{i}].name"), "must not be empty"));
+        }
+        if !names.insert(&c.name) {
+            return Err(err(format!("plugins.chain[{i}].name"), format!("`{}` is listed twice", c.name)));
+        }
+    }
+    if cfg.sinks.is_empty() {
+        return Err(err("sinks", "at least one sink is needed"));
+    }
+    let mut labels = std::collections::HashSet::new();
+    for (i, s) in cfg.sinks.iter().enumerate() {
+        if !labels.insert(s.label(i)) {
+            return Err(err(format!("sinks[{i}]"), format!("sink name `{}` is used twice", s.label(i))));
+        }
+        let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        match s {
+            SinkConfig::Http(h) if !url_ok(&h.url) => {
+                return Err(err(format!("sinks[{i}].url"), "must start with http:// or https://"));
+            }
+            SinkConfig::Weave(w) if !url_ok(&w.url) => {
+                return Err(err(format!("sinks[{i}].url"), "must start with http:// or https://"));
+            }
+            SinkConfig::Nats(n) if !n.url.starts_with("nats://") => {
+                return Err(err(format!("sinks[{i}].url"), "must start with nats://"));
+            }
+            _ => {}
+        }
+    }
+    if cfg.delivery.retry.initial.0.is_zero() || cfg.delivery.retry.max.0 < cfg.delivery.retry.initial.0 {
+        return Err(err("delivery.retry", "needs 0 < initial <= max"));
+    }
+    if let Some(addr) = cfg.control.listen
+        && !addr.ip().is_loopback()
+        && cfg.control.api_key.is_none()
+    {
+        return Err(err(
+            "control.listen",
+            format!("{addr} is not loopback: set control.api_key (or OUTRIGGER_API_KEY) to expose the control API"),
+        ));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.log.level) {
+        return Err(err("log.level", format!("not a log filter: {e}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!("500ms".parse::<Dur>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
+        assert_eq!("10MiB".parse::<Size>().unwrap().0, 10 << 20);
+        assert_eq!("64KB".parse::<Size>().unwrap().0, 64_000);
+        assert!("5 parsecs".parse::<Dur>().is_err());
+        assert!("ten".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let text = r#"
+enabled: true
+ingest:
+  socket: /tmp/outrigger.sock
+  http: 127.0.0.1:4390
+  max_line_bytes: 1048576
+queue:
+  capacity: 10000
+  on_full: drop_oldest
+sampling:
+  default_rate: 1.0
+  rates: {test_events: 0.2}
+  key: run_id
+  adaptive: {enabled: true, boost_factor: 5.0, boost_duration: 60s}
+plugins:
+  dir: ./plugins
+  defaults: {fuel_per_event: 1000000, memory_mb: 64, timeout: 100ms, on_error: pass}
+  chain:
+    - {name: redact, types: [api_call], config: {fields: [password]}, on_error: drop}
+batch: {max_events: 2000, max_bytes: 10MiB, interval: 1s}
+sinks:
+  - {type: file, path: ./outrigger-data/events.ndjson, rotate_bytes: 100MiB}
+  - {type: http, url: "http://127.0.0.1:8080/ingest", format: json, timeout: 30s}
+  - {type: weave, url: "http://127.0.0.1:8080"}
+  - {type: nats, url: "nats://127.0.0.1:4222", subject: outrigger.events, jetstream: true}
+  - {type: stdout}
+delivery:
+  retry: {initial: 100ms, max: 30s}
+  spool: {dir: ./outrigger-data/spool, max_bytes: 1GiB}
+profiling: {enabled: true, interval: 1s, watch_pids: [], budgets: {cpu_percent: 5.0, memory_mb: 100}}
+control:
+  listen: 127.0.0.1:9464
+  api_key: null
+log: {format: text, level: info}
+"#;
+        let cfg = parse(text).unwrap();
+        validate(&cfg).unwrap();
+        assert_eq!(cfg.sampling.rates["test_events"], 0.2);
+        assert_eq!(cfg.batch.max_bytes.0, 10 << 20);
+        assert_eq!(cfg.sinks.len(), 5);
+        assert_eq!(cfg.plugins.chain[0].config.as_ref().unwrap()["fields"][0], "password");
+    }
+
+    #[test]
+    fn unknown_key_names_path_and_line() {
+        let e = parse("queue:\n  capacity: 10\n  on_fulll: drop_newest\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().contains("on_fulll"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_path_and_line() {
+        let e = parse("batch:\n  interval: soon\n").unwrap_err();
+        assert_eq!(e.path, "batch.interval");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn validation_finds_line() {
+        let text = "sampling:\n  default_rate: 1.0\n  rates:\n    a: 0.5\n    b: 2.0\n";
+        let cfg = parse(text).unwrap();
+        let e = validate(&cfg).unwrap_err();
+        assert_eq!(e.path, "sampling.rates.b");
+        assert_eq!(line_of(text, &e.path), Some(5));
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut cfg = Config::default();
+        let env = [
+            ("OUTRIGGER_ENABLED", "false"),
+            ("OUTRIGGER_QUEUE_CAPACITY", "7"),
+            ("OUTRIGGER_SAMPLE_TEST_EVENTS", "0.25"),
+        ];
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        apply_env(&mut cfg, get, env.iter().map(|(k, _)| k.to_string())).unwrap();
+        assert!(!cfg.enabled);
+        assert_eq!(cfg.queue.capacity, 7);
+        assert_eq!(cfg.sampling.rates["test_events"], 0.25);
+    }
+
+    #[test]
+    fn non_loopback_control_needs_key() {
+        let cfg = parse("control: {listen: 0.0.0.0:9464}\n").unwrap();
+        let e = validate(&cfg).unwrap_err();
+        assert_eq!(e.path, "control.listen");
+    }
+}

@@ -1,0 +1,190 @@
+//! Health: each stage judged healthy, degraded or unhealthy, with the reason and the numbers.
+//!
+//! In: the shared metrics, queue and plugin status, sampled every `health.interval` (and on
+//! demand) against the previous sample so rates cover a window. Out: a [`HealthReport`] whose
+//! overall status is the worst component's. Runs as one ticker task that ends on the shutdown
+//! token.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::metrics::{DropReason, Metrics};
+use crate::pipeline::Routing;
+use crate::queue::Queue;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Component {
+    pub status: Status,
+    pub reason: String,
+    #[serde(flatten)]
+    pub numbers: BTreeMap<&'static str, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthReport {
+    pub status: Status,
+    pub components: BTreeMap<&'static str, Component>,
+}
+
+/// Counter values at one instant, to turn totals into rates.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    received: u64,
+    dropped_queue: u64,
+    dropped_sink: u64,
+    sink_retries: u64,
+    sink_ok: u64,
+}
+
+pub struct HealthMonitor {
+    metrics: Arc<Metrics>,
+    queue: Arc<Queue>,
+    routing: watch::Receiver<Routing>,
+    /// The sample at the start of the current window, and the one before it.
+    window: Mutex<(Instant, Sample, Sample)>,
+    /// Set by the profiler: Some(reason) while over budget.
+    pub over_budget: Mutex<Option<String>>,
+    /// Set by the profiler: its latest summary, for `/v1/stats`.
+    pub profile: Mutex<serde_json::Value>,
+}
+
+fn c(pairs: &[(&'static str, serde_json::Value)], status: Status, reason: impl Into<String>) -> Component {
+    Component { status, reason: reason.into(), numbers: pairs.iter().cloned().collect() }
+}
+
+impl HealthMonitor {
+    pub fn new(metrics: Arc<Metrics>, queue: Arc<Queue>, routing: watch::Receiver<Routing>) -> HealthMonitor {
+        let s = Sample::default();
+        HealthMonitor {
+            metrics,
+            queue,
+            routing,
+            window: Mutex::new((Instant::now(), s, s)),
+            over_budget: Mutex::new(None),
+            profile: Mutex::new(serde_json::Value::Null),
+        }
+    }
+
+    fn sample(&self) -> Sample {
+        let m = &self.metrics;
+        let sum = |v: &prometheus::IntCounterVec, label: usize, want: &str| -> u64 {
+            use prometheus::core::Collector;
+            v.collect()
+                .iter()
+                .flat_map(|f| f.get_metric().iter())
+                .filter(|mm| want.is_empty() || mm.get_label().get(label).is_some_and(|l| l.value() == want))
+                .map(|mm| mm.get_counter().get_value() as u64)
+                .sum()
+        };
+        Sample {
+            received: sum(&m.events_received, 0, ""),
+            dropped_queue: m.dropped_count(DropReason::QueueFull),
+            dropped_sink: m.dropped_count(DropReason::Sink),
+            sink_retries: sum(&m.sink_batches, 1, "retry"),
+            sink_ok: sum(&m.sink_batches, 1, "ok"),
+        }
+    }
+
+    /// Starts a new window (called every `health.interval`).
+    pub fn tick(&self) {
+        let now = self.sample();
+        let mut w = self.window.lock();
+        *w = (Instant::now(), now, w.1);
+    }
+
+    /// Judges every component over the last full window (and what came since).
+    pub fn check(&self) -> HealthReport {
+        let now = self.sample();
+        let (_, _, base) = *self.window.lock();
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        let received = d(now.received, base.received);
+        let mut components = BTreeMap::new();
+
+        // Ingest and queue: drops for a full queue.
+        let qdrop = d(now.dropped_queue, base.dropped_queue);
+        let drop_rate = if received > 0 { qdrop as f64 / received as f64 } else { 0.0 };
+        let (status, reason) = if drop_rate > 0.10 {
+            (Status::Unhealthy, format!("{:.1}% of events dropped: queue full", drop_rate * 100.0))
+        } else if qdrop > 0 {
+            (Status::Degraded, format!("{qdrop} events dropped: queue full"))
+        } else {
+            (Status::Healthy, "accepting".to_string())
+        };
+        components.insert(
+            "ingest",
+            c(&[("received", received.into()), ("drop_rate", drop_rate.into())], status, reason),
+        );
+        let depth = self.queue.len();
+        let cap = self.queue.capacity().max(1);
+        let fill = depth as f64 / cap as f64;
+        let (status, reason) = if fill >= 0.9 {
+            (Status::Degraded, format!("queue {:.0}% full", fill * 100.0))
+        } else {
+            (Status::Healthy, "flowing".to_string())
+        };
+        components.insert(
+            "queue",
+            c(&[("depth", depth.into()), ("capacity", cap.into()), ("fill", fill.into())], status, reason),
+        );
+        components.insert("sampler", c(&[], Status::Healthy, "deciding"));
+
+        // Sinks: retries mean a sink is failing now; drops mean data was lost.
+        let retries = d(now.sink_retries, base.sink_retries);
+        let ok = d(now.sink_ok, base.sink_ok);
+        let lost = d(now.dropped_sink, base.dropped_sink);
+        let (status, reason) = if lost > 0 {
+            (Status::Unhealthy, format!("{lost} events lost by sinks"))
+        } else if retries > 0 && ok == 0 {
+            (Status::Unhealthy, format!("{retries} failed deliveries and none succeeded"))
+        } else if retries > 0 {
+            (Status::Degraded, format!("{retries} deliveries retried"))
+        } else {
+            (Status::Healthy, "delivering".to_string())
+        };
+        components.insert(
+            "sinks",
+            c(&[("failures", retries.into()), ("batches_ok", ok.into()), ("lost", lost.into())], status, reason),
+        );
+
+        // Plugins: quarantined ones are bypassed.
+        let set = self.routing.borrow().plugins.clone();
+        let status_list = set.status();
+        let quarantined: Vec<String> = status_list.iter().filter(|p| p.quarantined).map(|p| p.name.clone()).collect();
+        let (status, reason) = if quarantined.is_empty() {
+            (Status::Healthy, format!("{} loaded", status_list.len()))
+        } else {
+            (Status::Degraded, format!("quarantined: {}", quarantined.join(", ")))
+        };
+        components.insert(
+            "plugins",
+            c(&[("loaded", status_list.len().into()), ("quarantined", quarantined.len().into())], status, reason),
+        );
+
+        let over = self.over_budget.lock().clone();
+        let (status, reason) = match over {
+            Some(r) => (Status::Degraded, r),
+            None => (Status::Healthy, "within budget".to_string()),
+        };
+        components.insert("profiler", c(&[], status, reason));
+
+        let status = components.values().map(|c| c.status).max().unwrap_or(Status::Healthy);
+        HealthReport { status, components }
+    }
+
+    pub fn profile_summary(&self) -> serde_json::Value {
+        self.profile.lock().clone()
+    }
+}

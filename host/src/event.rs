@@ -1,0 +1,351 @@
+//! Events and the wire formats around them.
+//!
+//! In: one NDJSON line (native `{"type": …}` or Weave `{"method": …, "payload": …}`), as a slice
+//! of a shared receive buffer. Out: an [`Event`] whose `data` is still the bytes that arrived (a
+//! `Bytes` slice of that buffer, never re-encoded), or a control line (`hello`, `flush`), or a
+//! [`LineError`] that names what is wrong. [`Event::write_native`] turns an event back into a
+//! native line for the sinks. Nothing here does I/O or keeps state.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Longest accepted event type, in bytes.
+pub const MAX_TYPE_BYTES: usize = 256;
+
+/// One observed event as it flows through the pipeline.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// The event type (`type` on the wire, `kind` in WIT).
+    pub kind: String,
+    /// Unix time in nanoseconds; filled at ingest when the sender gave none.
+    pub ts_ns: u64,
+    pub run_id: Option<String>,
+    pub attributes: Vec<(String, String)>,
+    /// The event's `data` as the JSON text that arrived (`null` when absent).
+    pub data: Bytes,
+    /// When the host accepted the event, for the ingest-to-sink latency histogram.
+    pub received: Instant,
+}
+
+/// What one ingested line turned out to be.
+#[derive(Debug)]
+pub enum Line {
+    Event(Event),
+    /// `{"hello": {"ack": false}}`: the client's reply preference.
+    Hello { ack: bool },
+    /// Weave `{"method": "flush"}`: answer once everything before it is delivered.
+    Flush,
+}
+
+/// Why a line was refused. The text is what the client reads in its answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("missing \"type\" (or \"method\" for Weave lines)")]
+    MissingType,
+    #[error("\"type\" must be 1 to 256 bytes")]
+    TypeLength,
+    #[error("line is {0} bytes, over max_line_bytes ({1})")]
+    TooLong(usize, usize),
+    #[error("empty line")]
+    Empty,
+}
+
+static NULL: &[u8] = b"null";
+
+/// Unix time now, in nanoseconds.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Deserialize)]
+struct WireLine<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    run_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ts: Option<f64>,
+    #[serde(default)]
+    ts_ns: Option<u64>,
+    #[serde(default)]
+    attributes: Option<Attributes>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    hello: Option<Hello>,
+}
+
+#[derive(Deserialize)]
+struct Hello {
+    #[serde(default = "yes")]
+    ack: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `attributes` as an ordered list, refusing anything but string values.
+struct Attributes(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Attributes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"attributes\" as an object of string values")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Attributes, E> {
+                Ok(Attributes(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Attributes, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(0));
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    out.push((k, v));
+                }
+                Ok(Attributes(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses one line (without its newline). `buf` must contain `line`: `data` becomes a slice
+/// of it, so the payload is never copied.
+pub fn parse_line(buf: &Bytes, line: &[u8], max_line_bytes: usize) -> Result<Line, LineError> {
+    if line.len() > max_line_bytes {
+        return Err(LineError::TooLong(line.len(), max_line_bytes));
+    }
+    let trimmed = line.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(LineError::Empty);
+    }
+    let wire: WireLine = serde_json::from_slice(trimmed).map_err(|e| LineError::Json(e.to_string()))?;
+    if let Some(h) = wire.hello {
+        return Ok(Line::Hello { ack: h.ack });
+    }
+    let (kind, data) = match (wire.kind, wire.method) {
+        (Some(k), _) => (k, wire.data),
+        (None, Some(m)) if m == "flush" => return Ok(Line::Flush),
+        (None, Some(m)) => (m, wire.payload),
+        (None, None) => return Err(LineError::MissingType),
+    };
+    if kind.is_empty() || kind.len() > MAX_TYPE_BYTES {
+        return Err(LineError::TypeLength);
+    }
+    let data = match data {
+        Some(raw) => buf.slice_ref(raw.get().as_bytes()),
+        None => Bytes::from_static(NULL),
+    };
+    let ts_ns = match (wire.ts_ns, wire.ts) {
+        (Some(ns), _) => ns,
+        (None, Some(s)) if s.is_finite() && s >= 0.0 => (s * 1e9) as u64,
+        _ => now_ns(),
+    };
+    Ok(Line::Event(Event {
+        kind: kind.into_owned(),
+        ts_ns,
+        run_id: wire.run_id.map(Cow::into_owned),
+        attributes: wire.attributes.map(|a| a.0).unwrap_or_default(),
+        data,
+        received: Instant::now(),
+    }))
+}
+
+/// Parses a JSON value that is not on a shared buffer (HTTP ingest of an array element,
+/// a plugin's emitted event). Copies the line once.
+pub fn parse_owned(line: &[u8], max_line_bytes: usize) -> Result<Line, LineError> {
+    let buf = Bytes::copy_from_slice(line);
+    parse_line(&buf, &buf, max_line_bytes)
+}
+
+impl Event {
+    /// Builds an event from parts (a plugin's `emit` or `replace`). `data` must be JSON text;
+    /// anything else is stored as a JSON string so the output stays valid NDJSON.
+    pub fn from_parts(
+        kind: String,
+        ts_ns: u64,
+        run_id: Option<String>,
+        attributes: Vec<(String, String)>,
+        data: String,
+        received: Instant,
+    ) -> Event {
+        let data = if serde_json::from_str::<&RawValue>(&data).is_ok() {
+            Bytes::from(data)
+        } else {
+            Bytes::from(serde_json::to_vec(&data).unwrap_or_else(|_| NULL.to_vec()))
+        };
+        Event { kind, ts_ns, run_id, attributes, data, received }
+    }
+
+    /// `data` as text. It arrived as valid JSON, hence valid UTF-8.
+    pub fn data_str(&self) -> &str {
+        std::str::from_utf8(&self.data).unwrap_or("null")
+    }
+
+    /// An estimate of the encoded size, for the batcher's `max_bytes`.
+    pub fn encoded_len(&self) -> usize {
+        64 + self.kind.len()
+            + self.data.len()
+            + self.run_id.as_ref().map_or(0, |r| r.len() + 12)
+            + self.attributes.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
+    }
+
+    /// Appends the event as one native NDJSON line (with its newline).
+    pub fn write_native(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"type\":");
+        write_json_str(out, &self.kind);
+        out.extend_from_slice(b",\"ts_ns\":");
+        out.extend_from_slice(itoa_u64(self.ts_ns, &mut [0u8; 20]));
+        if let Some(run) = &self.run_id {
+            out.extend_from_slice(b",\"run_id\":");
+            write_json_str(out, run);
+        }
+        if !self.attributes.is_empty() {
+            out.extend_from_slice(b",\"attributes\":{");
+            for (i, (k, v)) in self.attributes.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_str(out, k);
+                out.push(b':');
+                write_json_str(out, v);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(&self.data);
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Writes `s` as a JSON string literal, escaping only what JSON requires.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                let hex = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(hex[(b >> 4) as usize]);
+                out.push(hex[(b & 0xf) as usize]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Line, LineError> {
+        parse_owned(s.as_bytes(), 1 << 20)
+    }
+
+    #[test]
+    fn native_line_keeps_data_bytes() {
+        let Line::Event(ev) = parse(
+            r#"{"type":"test_end","data":{"b": 1,  "a":[1,2]},"run_id":"r1","ts":1732290000.5,"attributes":{"k":"v"}}"#,
+        )
+        .unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!(ev.kind, "test_end");
+        assert_eq!(ev.data_str(), r#"{"b": 1,  "a":[1,2]}"#);
+        assert_eq!(ev.run_id.as_deref(), Some("r1"));
+        assert_eq!(ev.ts_ns, 1_732_290_000_500_000_000);
+        assert_eq!(ev.attributes, vec![("k".into(), "v".into())]);
+        let mut out = Vec::new();
+        ev.write_native(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["data"]["a"][1], 2);
+        assert_eq!(v["type"], "test_end");
+        assert_eq!(v["ts_ns"], 1_732_290_000_500_000_000u64);
+    }
+
+    #[test]
+    fn weave_lines_and_controls() {
+        let Line::Event(ev) = parse(r#"{"method":"call_start","payload":{"start":{"id":"x"}}}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ev.kind, "call_start");
+        assert_eq!(ev.data_str(), r#"{"start":{"id":"x"}}"#);
+        assert!(matches!(parse(r#"{"method":"flush","payload":{}}"#), Ok(Line::Flush)));
+        assert!(matches!(parse(r#"{"hello":{"ack":false}}"#), Ok(Line::Hello { ack: false })));
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        assert!(matches!(parse("{not json"), Err(LineError::Json(_))));
+        assert_eq!(parse(r#"{"data":1}"#).unwrap_err(), LineError::MissingType);
+        assert_eq!(parse(r#"{"type":""}"#).unwrap_err(), LineError::TypeLength);
+        assert!(matches!(parse(r#"{"type":"a","attributes":{"k":1}}"#), Err(LineError::Json(_))));
+        assert_eq!(
+            parse_owned(br#"{"type":"abc"}"#, 5).unwrap_err(),
+            LineError::TooLong(14, 5)
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let ev = Event::from_parts(
+            "a\"b\n\u{1}".into(),
+            1,
+            None,
+            vec![],
+            "not json".into(),
+            Instant::now(),
+        );
+        let mut out = Vec::new();
+        ev.write_native(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "a\"b\n\u{1}");
+        assert_eq!(v["data"], "not json");
+    }
+}

@@ -1,0 +1,72 @@
+//! Ingest: where events enter, and admission, the checks every entry point shares.
+//!
+//! In: NDJSON over the unix socket ([`socket`]) and `POST /v1/events` ([`http`]). Out: whole
+//! batches admitted into the [`Queue`], and an answer for every line. Admission applies the kill
+//! switch (accept and drop, counted `disabled`), counts what arrives and what is malformed
+//! (`invalid`), and never waits on the queue. Both listeners stop on the shutdown token.
+
+pub mod http;
+pub mod socket;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::event::Event;
+use crate::metrics::{DropReason, Metrics};
+use crate::pipeline::FlushRequests;
+use crate::queue::Queue;
+use crate::sinks::Progress;
+
+/// What every ingest path shares.
+pub struct Admission {
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+    /// The kill switch (`enabled`), live.
+    pub enabled: AtomicBool,
+    pub max_line_bytes: AtomicUsize,
+    pub flush: Arc<FlushRequests>,
+    pub progress: Arc<Progress>,
+    /// Optional observer of every admitted batch (the live tail and run views).
+    pub observer: Option<Arc<dyn Fn(&[Event]) + Send + Sync>>,
+}
+
+/// The outcome of admitting a batch.
+pub struct Admitted {
+    /// How many of the batch's last events the queue refused (`drop_newest` when full).
+    pub refused: usize,
+}
+
+impl Admission {
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts and queues a batch from `source` (`socket`, `http`). Never waits.
+    pub fn admit(&self, source: &prometheus::IntCounter, events: Vec<Event>) -> Admitted {
+        if events.is_empty() {
+            return Admitted { refused: 0 };
+        }
+        source.inc_by(events.len() as u64);
+        if !self.enabled.load(Ordering::Relaxed) {
+            self.metrics.dropped(DropReason::Disabled, events.len() as u64);
+            return Admitted { refused: 0 };
+        }
+        if let Some(obs) = &self.observer {
+            obs(&events);
+        }
+        Admitted { refused: self.queue.push(events) }
+    }
+
+    /// Counts malformed lines.
+    pub fn invalid(&self, n: usize) {
+        self.metrics.dropped(DropReason::Invalid, n as u64);
+    }
+
+    /// Waits until everything admitted so far has been delivered (or handled) by every sink.
+    /// False when that took longer than `timeout`.
+    pub async fn flush(&self, timeout: std::time::Duration) -> bool {
+        let target = self.queue.admitted();
+        self.flush.request(target);
+        tokio::time::timeout(timeout, self.progress.wait_for(target)).await.is_ok()
+    }
+}

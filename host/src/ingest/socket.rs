@@ -1,0 +1,232 @@
+//! Unix socket ingest: NDJSON lines in, one answer per line out.
+//!
+//! In: connections on `ingest.socket` (mode 0600). Each read is cut at its last newline; the
+//! complete lines are parsed against that one buffer (payloads stay slices of it), admitted as
+//! one batch, and answered in one write: `{"success": true}` or `{"success": false, "error":
+//! "…"}`. After `{"hello": {"ack": false}}` only malformed lines are answered. A line longer than
+//! `max_line_bytes` is skipped up to its newline and refused. `flush` is answered once everything
+//! admitted before it is delivered. A stale socket file is replaced; a live daemon's is not.
+//! The listener and every connection stop on the shutdown token; the socket file is removed.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use super::Admission;
+use crate::event::{self, Line, LineError};
+use crate::pipeline::FLUSH_TIMEOUT;
+
+const OK: &[u8] = b"{\"success\":true}\n";
+
+/// Binds the socket, replacing a stale file but refusing to steal a live daemon's socket.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!("{} exists and is not a socket; refusing to replace it", path.display());
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => anyhow::bail!(
+                "socket {} is in use by a running daemon; stop it first or set ingest.socket to another path",
+                path.display()
+            ),
+            Err(_) => {
+                std::fs::remove_file(path)
+                    .map_err(|e| anyhow::anyhow!("cannot remove stale socket {}: {e}", path.display()))?;
+                tracing::info!(path = %path.display(), "replaced a stale socket");
+            }
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts connections until `stop`, then removes the socket file.
+pub async fn serve(listener: UnixListener, path: PathBuf, adm: Arc<Admission>, stop: CancellationToken) {
+    let conns = tokio_util::task::TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    conns.spawn(connection(stream, adm.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove socket");
+    }
+    conns.close();
+    conns.wait().await;
+}
+
+/// Per-connection state.
+struct Conn {
+    adm: Arc<Admission>,
+    source: prometheus::IntCounter,
+    ack: bool,
+    /// Inside a line that went over `max_line_bytes`: bytes skipped so far.
+    skipping: Option<usize>,
+    out: Vec<u8>,
+}
+
+enum Answer {
+    Event,
+    Error(String),
+    Quiet,
+}
+
+async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationToken) {
+    let (mut rd, mut wr) = stream.into_split();
+    let source = adm.metrics.events_received.with_label_values(&["socket"]);
+    let mut c = Conn { adm, source, ack: true, skipping: None, out: Vec::with_capacity(4096) };
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    loop {
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        let n = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = stop.cancelled() => break,
+        };
+        let eof = match n {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "socket read failed");
+                break;
+            }
+        };
+        let max = c.adm.max_line_bytes();
+        let cut = if eof {
+            // A last line without its newline still counts.
+            (!buf.is_empty()).then_some(buf.len())
+        } else {
+            memchr::memrchr(b'\n', &buf).map(|i| i + 1)
+        };
+        match cut {
+            Some(cut) => {
+                let chunk = buf.split_to(cut).freeze();
+                if !c.process(&chunk, &mut wr).await {
+                    break;
+                }
+            }
+            None if buf.len() > max => {
+                // No newline within the limit: skip to the end of this line.
+                *c.skipping.get_or_insert(0) += buf.len();
+                buf.clear();
+            }
+            None => {}
+        }
+        if !c.out.is_empty() {
+            if wr.write_all(&c.out).await.is_err() {
+                break;
+            }
+            c.out.clear();
+        }
+        if eof {
+            break;
+        }
+    }
+}
+
+impl Conn {
+    /// Parses, admits and answers every line of `chunk`. False when the client is gone.
+    async fn process(&mut self, chunk: &Bytes, wr: &mut tokio::net::unix::OwnedWriteHalf) -> bool {
+        let max = self.adm.max_line_bytes();
+        let mut events = Vec::with_capacity(chunk.len() / 64 + 1);
+        let mut answers: Vec<Answer> = Vec::new();
+        let mut invalid = 0;
+        let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
+        for raw in body.split(|b| *b == b'\n') {
+            if let Some(skipped) = self.skipping.take() {
+                invalid += 1;
+                answers.push(Answer::Error(LineError::TooLong(skipped + raw.len(), max).to_string()));
+                continue;
+            }
+            if raw.trim_ascii().is_empty() {
+                continue;
+            }
+            match event::parse_line(chunk, raw, max) {
+                Ok(Line::Event(e)) => {
+                    events.push(e);
+                    answers.push(Answer::Event);
+                }
+                Ok(Line::Hello { ack }) => {
+                    self.ack = ack;
+                    answers.push(Answer::Quiet);
+                }
+                Ok(Line::Flush) => {
+                    self.finish(std::mem::take(&mut events), std::mem::take(&mut answers));
+                    if !self.out.is_empty() {
+                        if wr.write_all(&self.out).await.is_err() {
+                            return false;
+                        }
+                        self.out.clear();
+                    }
+                    if self.adm.flush(FLUSH_TIMEOUT).await {
+                        self.out.extend_from_slice(OK);
+                    } else {
+                        self.error(&format!(
+                            "flush timed out after {}s: a sink is still retrying",
+                            FLUSH_TIMEOUT.as_secs()
+                        ));
+                    }
+                }
+                Err(e) => {
+                    invalid += 1;
+                    answers.push(Answer::Error(e.to_string()));
+                }
+            }
+        }
+        if invalid > 0 {
+            self.adm.invalid(invalid);
+            tracing::debug!(invalid, "malformed lines refused");
+        }
+        self.finish(events, answers);
+        true
+    }
+
+    /// Admits the events and writes the answers for them, in line order.
+    fn finish(&mut self, events: Vec<event::Event>, answers: Vec<Answer>) {
+        let n = events.len();
+        let refused = self.adm.admit(&self.source, events).refused;
+        let first_refused = n - refused;
+        let mut i = 0;
+        for a in answers {
+            match a {
+                Answer::Event => {
+                    if i >= first_refused {
+                        self.error("queue full: event dropped");
+                    } else if self.ack {
+                        self.out.extend_from_slice(OK);
+                    }
+                    i += 1;
+                }
+                Answer::Error(e) => self.error(&e),
+                Answer::Quiet => {}
+            }
+        }
+    }
+
+    fn error(&mut self, msg: &str) {
+        self.out.extend_from_slice(b"{\"success\":false,\"error\":");
+        event::write_json_str(&mut self.out, msg);
+        self.out.extend_from_slice(b"}\n");
+    }
+}

@@ -1,0 +1,263 @@
+//! The `outrigger` command: parses the CLI, sets up logging, runs a subcommand, sets the exit code.
+//!
+//! `run` starts the daemon and turns SIGINT/SIGTERM into a graceful shutdown; `check` validates
+//! config and plugins; `send` writes events to a running daemon's socket; `plugin` and `replay`
+//! work on plugins offline. Errors print one clear message and exit 1.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use outrigger::config::{self, Config, LogFormat};
+use outrigger::metrics::Metrics;
+
+#[derive(Parser)]
+#[command(name = "outrigger", version, about = "A sidecar daemon that observes an application, extended with WebAssembly plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (config: -c FILE, $OUTRIGGER_CONFIG, ./outrigger.yml, or built-in defaults).
+    Run {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and every plugin; exit 1 with the reason when something is wrong.
+    Check {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Send events to a running daemon: one built from flags, or NDJSON lines from stdin (`-`).
+    Send {
+        /// The daemon's socket (default: the config's ingest.socket).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Event type.
+        #[arg(long = "type", short = 't')]
+        kind: Option<String>,
+        /// The event's data, as JSON.
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long)]
+        run_id: Option<String>,
+        /// `-` reads NDJSON lines from stdin.
+        input: Option<String>,
+    },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Run plugins offline over recorded events; prints the resulting events and a verdict summary.
+    Replay {
+        events: PathBuf,
+        #[arg(long = "plugin", short = 'p', required = true)]
+        plugins: Vec<PathBuf>,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Inspect a component: world, exports, imports, size, compile time.
+    Check { file: PathBuf },
+    /// Create a plugin project that builds as it is.
+    New {
+        name: String,
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Parent directory of the new project.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
+    let path = config::locate(path);
+    let cfg = config::load(path.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((cfg, path))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("outrigger")
+        .build()
+        .context("starting the runtime")
+        .and_then(|rt| rt.block_on(dispatch(cli.command)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("outrigger: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run { config } => {
+            let (cfg, path) = load_config(config.as_deref())?;
+            init_logging(&cfg);
+            let stop = CancellationToken::new();
+            tokio::spawn(signals(stop.clone()));
+            outrigger::app::run(cfg, path, stop).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => check(config.as_deref()).await,
+        Command::Send { socket, config, kind, data, run_id, input } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => load_config(config.as_deref())?.0.ingest.socket,
+            };
+            send(&socket, kind, data, run_id, input).await
+        }
+        Command::Plugin { command: PluginCommand::Check { file } } => {
+            init_logging(&Config::default());
+            Ok(if outrigger::plugins::cli::check(&file)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Plugin { command: PluginCommand::New { name, lang, dir } } => {
+            outrigger::plugins::cli::new_scaffold(&name, &lang, &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { events, plugins, config } => {
+            let (cfg, _) = load_config(config.as_deref())?;
+            init_logging(&cfg);
+            outrigger::plugins::cli::replay(&events, &plugins, &cfg.plugins, Arc::new(Metrics::new())).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// SIGINT or SIGTERM: graceful shutdown. A second one exits at once.
+async fn signals(stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    stop.cancel();
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    eprintln!("outrigger: second signal, exiting without draining");
+    std::process::exit(130);
+}
+
+async fn check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (cfg, path) = load_config(path)?;
+    let name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+    println!("config: {name}: ok");
+    let host = outrigger::plugins::PluginHost::new(&cfg.plugins, Arc::new(Metrics::new()), Arc::new(|_: &str, _: &str| {}))?;
+    let set = host.load_set(&cfg.plugins)?;
+    let mut ok = true;
+    for p in set.status() {
+        match &p.last_error {
+            Some(e) => {
+                ok = false;
+                println!("plugin {}: FAILED: {e}", p.name);
+            }
+            None => println!("plugin {}: ok ({})", p.name, p.world),
+        }
+    }
+    if set.status().is_empty() {
+        println!("plugins: none in {}", cfg.plugins.dir.display());
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Sends events and reports every refusal; exit 1 if any line was refused.
+async fn send(
+    socket: &Path,
+    kind: Option<String>,
+    data: Option<String>,
+    run_id: Option<String>,
+    input: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut lines: Vec<String> = Vec::new();
+    match (input.as_deref(), kind) {
+        (Some("-"), _) => {
+            for l in std::io::stdin().lock().lines() {
+                let l = l.context("reading stdin")?;
+                if !l.trim().is_empty() {
+                    lines.push(l);
+                }
+            }
+        }
+        (Some(other), _) => anyhow::bail!("unexpected argument `{other}`: use `-` to read NDJSON from stdin"),
+        (None, Some(kind)) => {
+            let data: serde_json::Value = match data {
+                Some(d) => serde_json::from_str(&d).context("--data is not valid JSON")?,
+                None => serde_json::Value::Null,
+            };
+            let mut ev = serde_json::json!({"type": kind, "data": data});
+            if let Some(r) = run_id {
+                ev["run_id"] = r.into();
+            }
+            lines.push(ev.to_string());
+        }
+        (None, None) => anyhow::bail!("nothing to send: give --type T (and --data JSON), or `-` for stdin"),
+    }
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("cannot connect to {} (is the daemon running?)", socket.display()))?;
+    let (rd, mut wr) = stream.into_split();
+    let expected = lines.len();
+    let reader = tokio::spawn(async move {
+        let mut rd = tokio::io::BufReader::new(rd).lines();
+        let (mut ok, mut failed) = (0usize, 0usize);
+        while ok + failed < expected {
+            match rd.next_line().await {
+                Ok(Some(answer)) => {
+                    if answer.contains("\"success\":true") {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                        eprintln!("refused (line {}): {answer}", ok + failed);
+                    }
+                }
+                _ => break,
+            }
+        }
+        (ok, failed)
+    });
+    let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in &lines {
+        buf.extend_from_slice(l.as_bytes());
+        buf.push(b'\n');
+    }
+    wr.write_all(&buf).await.context("writing to the socket")?;
+    let (ok, failed) = reader.await?;
+    let _ = wr.shutdown().await;
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "sent {expected}: {ok} accepted, {failed} refused");
+    Ok(if failed == 0 && ok == expected { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

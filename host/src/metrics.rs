@@ -1,0 +1,283 @@
+//! The daemon's Prometheus metrics (every name in SPEC "Metrics", prefixed `outrigger_`).
+//!
+//! One [`Metrics`] is built at start and shared (`Arc`) by every stage; stages count whole
+//! batches, never per event under a lock. `render` produces the text exposition for
+//! `GET /metrics`. Nothing here runs on its own.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Why an accepted event did not reach a sink (`events_dropped_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    QueueFull,
+    SampledOut,
+    Plugin,
+    Invalid,
+    Disabled,
+    Sink,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::QueueFull,
+        DropReason::SampledOut,
+        DropReason::Plugin,
+        DropReason::Invalid,
+        DropReason::Disabled,
+        DropReason::Sink,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::SampledOut => "sampled_out",
+            DropReason::Plugin => "plugin",
+            DropReason::Invalid => "invalid",
+            DropReason::Disabled => "disabled",
+            DropReason::Sink => "sink",
+        }
+    }
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_received: IntCounterVec,
+    events_dropped: [IntCounter; 6],
+    pub events_delivered: IntCounterVec,
+    pub queue_depth: IntGauge,
+    pub queue_capacity: IntGauge,
+    pub process_cpu_percent: Gauge,
+    pub process_memory_bytes: IntGauge,
+    pub process_threads: IntGauge,
+    pub watched_cpu_percent: GaugeVec,
+    pub watched_memory_bytes: IntGaugeVec,
+    pub processing_latency: Histogram,
+    pub plugin_calls: IntCounterVec,
+    pub plugin_errors: IntCounterVec,
+    pub plugin_fuel_consumed: IntCounterVec,
+    pub plugin_call_duration: HistogramVec,
+    pub plugin_quarantined: IntGaugeVec,
+    pub plugin_counter: IntCounterVec,
+    pub plugin_gauge: GaugeVec,
+    pub sampling_rate: GaugeVec,
+    pub sampling_boost_active: IntGaugeVec,
+    pub reloads: IntCounterVec,
+    pub sink_batches: IntCounterVec,
+    pub spool_bytes: IntGaugeVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("outrigger")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let dropped = IntCounterVec::new(
+            opts("events_dropped_total", "Accepted events that reached no sink, by reason"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let events_dropped = DropReason::ALL.map(|r| dropped.with_label_values(&[r.as_str()]));
+        let latency_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0, 30.0,
+        ];
+        let m = Metrics {
+            events_received: IntCounterVec::new(
+                opts("events_received_total", "Events accepted at ingest"),
+                &["ingest"],
+            )
+            .expect("valid metric"),
+            events_dropped,
+            events_delivered: IntCounterVec::new(
+                opts("events_delivered_total", "Events written by a sink"),
+                &["sink"],
+            )
+            .expect("valid metric"),
+            queue_depth: IntGauge::with_opts(opts("queue_depth", "Events waiting in the queue"))
+                .expect("valid metric"),
+            queue_capacity: IntGauge::with_opts(opts("queue_capacity", "Queue capacity in events"))
+                .expect("valid metric"),
+            process_cpu_percent: Gauge::with_opts(opts(
+                "process_cpu_percent",
+                "The daemon's own CPU use, percent of one core",
+            ))
+            .expect("valid metric"),
+            process_memory_bytes: IntGauge::with_opts(opts(
+                "process_memory_bytes",
+                "The daemon's resident memory",
+            ))
+            .expect("valid metric"),
+            process_threads: IntGauge::with_opts(opts("process_threads", "The daemon's threads"))
+                .expect("valid metric"),
+            watched_cpu_percent: GaugeVec::new(
+                opts("watched_cpu_percent", "CPU use of a watched process"),
+                &["pid"],
+            )
+            .expect("valid metric"),
+            watched_memory_bytes: IntGaugeVec::new(
+                opts("watched_memory_bytes", "Resident memory of a watched process"),
+                &["pid"],
+            )
+            .expect("valid metric"),
+            processing_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "processing_latency_seconds",
+                    "Time from ingest to delivery by a sink",
+                )
+                .namespace("outrigger")
+                .buckets(latency_buckets),
+            )
+            .expect("valid metric"),
+            plugin_calls: IntCounterVec::new(
+                opts("plugin_calls_total", "Batch calls into a plugin"),
+                &["plugin"],
+            )
+            .expect("valid metric"),
+            plugin_errors: IntCounterVec::new(
+                opts("plugin_errors_total", "Failed plugin calls, by kind"),
+                &["plugin", "kind"],
+            )
+            .expect("valid metric"),
+            plugin_fuel_consumed: IntCounterVec::new(
+                opts("plugin_fuel_consumed_total", "Fuel consumed by a plugin"),
+                &["plugin"],
+            )
+            .expect("valid metric"),
+            plugin_call_duration: HistogramVec::new(
+                HistogramOpts::new("plugin_call_duration_seconds", "Wall time of one batch call")
+                    .namespace("outrigger")
+                    .buckets(vec![
+                        0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                        0.025, 0.05, 0.1, 0.25, 1.0,
+                    ]),
+                &["plugin"],
+            )
+            .expect("valid metric"),
+            plugin_quarantined: IntGaugeVec::new(
+                opts("plugin_quarantined", "1 while a plugin is quarantined"),
+                &["plugin"],
+            )
+            .expect("valid metric"),
+            plugin_counter: IntCounterVec::new(
+                opts("plugin_counter_total", "A counter a plugin added to"),
+                &["plugin", "name"],
+            )
+            .expect("valid metric"),
+            plugin_gauge: GaugeVec::new(
+                opts("plugin_gauge", "A gauge a plugin set"),
+                &["plugin", "name"],
+            )
+            .expect("valid metric"),
+            sampling_rate: GaugeVec::new(
+                opts("sampling_rate", "Configured sampling rate per event type"),
+                &["type"],
+            )
+            .expect("valid metric"),
+            sampling_boost_active: IntGaugeVec::new(
+                opts("sampling_boost_active", "1 while adaptive boost is active for a type"),
+                &["type"],
+            )
+            .expect("valid metric"),
+            reloads: IntCounterVec::new(
+                opts("reloads_total", "Config and plugin reloads"),
+                &["target", "result"],
+            )
+            .expect("valid metric"),
+            sink_batches: IntCounterVec::new(
+                opts("sink_batches_total", "Batch deliveries by sink and result"),
+                &["sink", "result"],
+            )
+            .expect("valid metric"),
+            spool_bytes: IntGaugeVec::new(
+                opts("spool_bytes", "Bytes waiting in a sink's spool"),
+                &["sink"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let r = &m.registry;
+        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.events_received.clone()),
+            Box::new(dropped),
+            Box::new(m.events_delivered.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.queue_capacity.clone()),
+            Box::new(m.process_cpu_percent.clone()),
+            Box::new(m.process_memory_bytes.clone()),
+            Box::new(m.process_threads.clone()),
+            Box::new(m.watched_cpu_percent.clone()),
+            Box::new(m.watched_memory_bytes.clone()),
+            Box::new(m.processing_latency.clone()),
+            Box::new(m.plugin_calls.clone()),
+            Box::new(m.plugin_errors.clone()),
+            Box::new(m.plugin_fuel_consumed.clone()),
+            Box::new(m.plugin_call_duration.clone()),
+            Box::new(m.plugin_quarantined.clone()),
+            Box::new(m.plugin_counter.clone()),
+            Box::new(m.plugin_gauge.clone()),
+            Box::new(m.sampling_rate.clone()),
+            Box::new(m.sampling_boost_active.clone()),
+            Box::new(m.reloads.clone()),
+            Box::new(m.sink_batches.clone()),
+            Box::new(m.spool_bytes.clone()),
+        ];
+        for c in all {
+            r.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// Counts `n` events dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.events_dropped[reason as usize].inc_by(n);
+        }
+    }
+
+    /// Total dropped for `reason` so far.
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        self.events_dropped[reason as usize].get()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spec_name_is_exported() {
+        let m = Metrics::new();
+        m.events_received.with_label_values(&["socket"]).inc();
+        m.dropped(DropReason::QueueFull, 3);
+        m.processing_latency.observe(0.001);
+        let text = m.render();
+        assert!(text.contains("outrigger_events_received_total{ingest=\"socket\"} 1"));
+        assert!(text.contains("outrigger_events_dropped_total{reason=\"queue_full\"} 3"));
+        assert!(text.contains("outrigger_events_dropped_total{reason=\"sink\"} 0"));
+        assert!(text.contains("outrigger_processing_latency_seconds_bucket"));
+        assert!(text.contains("outrigger_queue_capacity"));
+        assert_eq!(m.dropped_count(DropReason::QueueFull), 3);
+    }
+}
