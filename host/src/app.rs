@@ -26,10 +26,18 @@ use crate::sampler::Sampler;
 use crate::sinks::{self, Progress, SinkContext, SinkHandle};
 
 /// Runs the daemon until `stop` is cancelled, then drains and returns.
-pub async fn run(cfg: Config, config_path: Option<PathBuf>, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
-    let queue = Arc::new(Queue::new(cfg.queue.capacity, cfg.queue.on_full, metrics.clone()));
+    let queue = Arc::new(Queue::new(
+        cfg.queue.capacity,
+        cfg.queue.on_full,
+        metrics.clone(),
+    ));
     let sampler = Arc::new(Sampler::new(cfg.sampling.clone(), metrics.clone()));
 
     let anomaly_sampler = sampler.clone();
@@ -39,7 +47,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>, stop: CancellationTo
         Arc::new(move |kind: &str, reason: &str| anomaly_sampler.report_anomaly(kind, reason)),
     )
     .context("starting the plugin runtime")?;
-    let plugin_set = plugin_host.load_set(&cfg.plugins).context("loading plugins")?;
+    let plugin_set = plugin_host
+        .load_set(&cfg.plugins)
+        .context("loading plugins")?;
     tracing::info!(plugins = plugin_set.len(), dir = %cfg.plugins.dir.display(), "plugins loaded");
 
     let progress = Arc::new(Progress::default());
@@ -52,7 +62,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>, stop: CancellationTo
     };
     let mut sinks: Vec<SinkHandle> = Vec::new();
     for (i, s) in cfg.sinks.iter().enumerate() {
-        sinks.push(sinks::spawn(s.label(i), s.clone(), sink_ctx.clone(), i == 0)?);
+        sinks.push(sinks::spawn(
+            s.label(i),
+            s.clone(),
+            sink_ctx.clone(),
+            i == 0,
+        )?);
     }
     let routing = Routing {
         batch: cfg.batch.clone(),
@@ -98,10 +113,18 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>, stop: CancellationTo
     if let Some(addr) = cfg.ingest.http {
         let l = ingest::http::bind(addr).await?;
         tracing::info!(addr = %l.local_addr()?, "HTTP ingest listening");
-        listeners.spawn(ingest::http::serve(l, admission.clone(), ingest_stop.clone()));
+        listeners.spawn(ingest::http::serve(
+            l,
+            admission.clone(),
+            ingest_stop.clone(),
+        ));
     }
 
-    let health = Arc::new(HealthMonitor::new(metrics.clone(), queue.clone(), routing_rx.clone()));
+    let health = Arc::new(HealthMonitor::new(
+        metrics.clone(),
+        queue.clone(),
+        routing_rx.clone(),
+    ));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let control_state = Arc::new(ControlState {
         metrics: metrics.clone(),
@@ -121,7 +144,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>, stop: CancellationTo
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (control.listen): {e}"))?;
         tracing::info!(addr = %l.local_addr()?, "control API listening");
-        control_task = Some(tokio::spawn(control::serve(l, control_state.clone(), control_stop.clone())));
+        control_task = Some(tokio::spawn(control::serve(
+            l,
+            control_state.clone(),
+            control_stop.clone(),
+        )));
     }
 
     let health_stop = control_stop.clone();
@@ -181,9 +208,15 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>, stop: CancellationTo
     };
     tokio::pin!(drain);
     if tokio::time::timeout(grace, &mut drain).await.is_err() {
-        tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over: sinks stop retrying");
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "grace period over: sinks stop retrying"
+        );
         abort.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), &mut drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut drain)
+            .await
+            .is_err()
+        {
             tracing::error!("sinks did not finish after the grace period");
         }
     }
@@ -192,6 +225,30 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>, stop: CancellationTo
         let _ = t.await;
     }
     let _ = health_task.await;
-    tracing::info!(uptime_s = started.elapsed().as_secs(), "outrigger stopped");
+    let received: u64 = ["socket", "http"]
+        .iter()
+        .map(|s| metrics.events_received.with_label_values(&[s]).get())
+        .sum();
+    let dropped: u64 = crate::metrics::DropReason::ALL
+        .iter()
+        .map(|r| metrics.dropped_count(*r))
+        .sum();
+    let delivered: Vec<String> = cfg
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let label = s.label(i);
+            let n = metrics.events_delivered.with_label_values(&[&label]).get();
+            format!("{label}={n}")
+        })
+        .collect();
+    tracing::info!(
+        uptime_s = started.elapsed().as_secs(),
+        received,
+        dropped,
+        delivered = %delivered.join(","),
+        "outrigger stopped"
+    );
     Ok(())
 }

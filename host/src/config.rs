@@ -55,7 +55,9 @@ impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Dur, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: f64 = num
             .parse()
@@ -67,7 +69,11 @@ impl FromStr for Dur {
             "" | "s" => n,
             "m" => n * 60.0,
             "h" => n * 3600.0,
-            u => return Err(format!("unknown duration unit `{u}` in `{s}` (use ms, s, m or h)")),
+            u => {
+                return Err(format!(
+                    "unknown duration unit `{u}` in `{s}` (use ms, s, m or h)"
+                ));
+            }
         };
         Ok(Dur(Duration::from_secs_f64(secs)))
     }
@@ -81,7 +87,9 @@ impl FromStr for Size {
     type Err = String;
     fn from_str(s: &str) -> Result<Size, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: f64 = num
             .parse()
@@ -94,7 +102,11 @@ impl FromStr for Size {
             "KiB" | "K" | "k" => 1024.0,
             "MiB" | "M" => 1024.0 * 1024.0,
             "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
-            u => return Err(format!("unknown size unit `{u}` in `{s}` (use B, KiB, MiB, GiB)")),
+            u => {
+                return Err(format!(
+                    "unknown size unit `{u}` in `{s}` (use B, KiB, MiB, GiB)"
+                ));
+            }
         };
         Ok(Size((n * mult) as u64))
     }
@@ -197,7 +209,10 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { capacity: 10_000, on_full: OnFull::DropOldest }
+        QueueConfig {
+            capacity: 10_000,
+            on_full: OnFull::DropOldest,
+        }
     }
 }
 
@@ -513,7 +528,10 @@ pub struct SpoolConfig {
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig { dir: PathBuf::from("./outrigger-data/spool"), max_bytes: Size(1 << 30) }
+        SpoolConfig {
+            dir: PathBuf::from("./outrigger-data/spool"),
+            max_bytes: Size(1 << 30),
+        }
     }
 }
 
@@ -549,7 +567,10 @@ pub struct Budgets {
 
 impl Default for Budgets {
     fn default() -> Self {
-        Budgets { cpu_percent: 5.0, memory_mb: 100.0 }
+        Budgets {
+            cpu_percent: 5.0,
+            memory_mb: 100.0,
+        }
     }
 }
 
@@ -589,7 +610,9 @@ pub struct HealthConfig {
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig { interval: Dur(Duration::from_secs(5)) }
+        HealthConfig {
+            interval: Dur(Duration::from_secs(5)),
+        }
     }
 }
 
@@ -610,7 +633,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -623,7 +649,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { grace: Dur(Duration::from_secs(10)) }
+        ShutdownConfig {
+            grace: Dur(Duration::from_secs(10)),
+        }
     }
 }
 
@@ -658,7 +686,11 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         }
         None => Config::default(),
     };
-    apply_env(&mut cfg, |k| std::env::var(k).ok(), std::env::vars().map(|(k, _)| k))?;
+    apply_env(
+        &mut cfg,
+        |k| std::env::var(k).ok(),
+        std::env::vars().map(|(k, _)| k),
+    )?;
     validate(&cfg).map_err(|mut e| {
         e.file = path.map(Path::to_path_buf);
         if e.line.is_none()
@@ -682,9 +714,17 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let path = if path == "." { String::new() } else { path };
-        let line = inner.location().map(|l| l.line()).or_else(|| line_of(text, &path));
+        let line = inner
+            .location()
+            .map(|l| l.line())
+            .or_else(|| line_of(text, &path));
         let message = strip_location(&inner.to_string());
-        ConfigError { file: None, path, line, message }
+        ConfigError {
+            file: None,
+            path,
+            line,
+            message,
+        }
     })
 }
 
@@ -790,15 +830,19 @@ pub fn apply_env(
         cfg.ingest.socket = PathBuf::from(v);
     }
     if let Some(v) = get("OUTRIGGER_QUEUE_CAPACITY") {
-        cfg.queue.capacity = v.parse().map_err(|_| bad("OUTRIGGER_QUEUE_CAPACITY", &v, "a count"))?;
+        cfg.queue.capacity = v
+            .parse()
+            .map_err(|_| bad("OUTRIGGER_QUEUE_CAPACITY", &v, "a count"))?;
     }
     if let Some(v) = get("OUTRIGGER_CPU_BUDGET") {
-        cfg.profiling.budgets.cpu_percent =
-            v.parse().map_err(|_| bad("OUTRIGGER_CPU_BUDGET", &v, "a percentage"))?;
+        cfg.profiling.budgets.cpu_percent = v
+            .parse()
+            .map_err(|_| bad("OUTRIGGER_CPU_BUDGET", &v, "a percentage"))?;
     }
     if let Some(v) = get("OUTRIGGER_MEMORY_BUDGET_MB") {
-        cfg.profiling.budgets.memory_mb =
-            v.parse().map_err(|_| bad("OUTRIGGER_MEMORY_BUDGET_MB", &v, "a number of MB"))?;
+        cfg.profiling.budgets.memory_mb = v
+            .parse()
+            .map_err(|_| bad("OUTRIGGER_MEMORY_BUDGET_MB", &v, "a number of MB"))?;
     }
     if let Some(v) = get("OUTRIGGER_API_KEY")
         && !v.is_empty()
@@ -811,7 +855,9 @@ pub fn apply_env(
     for key in keys {
         if let Some(ty) = key.strip_prefix("OUTRIGGER_SAMPLE_") {
             let v = get(&key).unwrap_or_default();
-            let rate: f64 = v.parse().map_err(|_| bad(&key, &v, "a rate from 0.0 to 1.0"))?;
+            let rate: f64 = v
+                .parse()
+                .map_err(|_| bad(&key, &v, "a rate from 0.0 to 1.0"))?;
             cfg.sampling.rates.insert(ty.to_ascii_lowercase(), rate);
         }
     }
@@ -821,7 +867,12 @@ pub fn apply_env(
 /// Checks values that parse but make no sense.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { file: None, path: path.into(), line: None, message: message.into() }
+        ConfigError {
+            file: None,
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        }
     }
     let rate_ok = |r: f64| (0.0..=1.0).contains(&r);
     if !rate_ok(cfg.sampling.default_rate) {
@@ -829,11 +880,17 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     for (t, r) in &cfg.sampling.rates {
         if !rate_ok(*r) {
-            return Err(err(format!("sampling.rates.{t}"), "must be between 0.0 and 1.0"));
+            return Err(err(
+                format!("sampling.rates.{t}"),
+                "must be between 0.0 and 1.0",
+            ));
         }
     }
     if cfg.sampling.adaptive.boost_factor < 1.0 {
-        return Err(err("sampling.adaptive.boost_factor", "must be at least 1.0"));
+        return Err(err(
+            "sampling.adaptive.boost_factor",
+            "must be at least 1.0",
+        ));
     }
     if cfg.queue.capacity == 0 {
         return Err(err("queue.capacity", "must be at least 1"));
@@ -859,7 +916,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             return Err(err(format!("plugins.chain[{i}].name"), "must not be empty"));
         }
         if !names.insert(&c.name) {
-            return Err(err(format!("plugins.chain[{i}].name"), format!("`{}` is listed twice", c.name)));
+            return Err(err(
+                format!("plugins.chain[{i}].name"),
+                format!("`{}` is listed twice", c.name),
+            ));
         }
     }
     if cfg.sinks.is_empty() {
@@ -868,15 +928,24 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     let mut labels = std::collections::HashSet::new();
     for (i, s) in cfg.sinks.iter().enumerate() {
         if !labels.insert(s.label(i)) {
-            return Err(err(format!("sinks[{i}]"), format!("sink name `{}` is used twice", s.label(i))));
+            return Err(err(
+                format!("sinks[{i}]"),
+                format!("sink name `{}` is used twice", s.label(i)),
+            ));
         }
         let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
         match s {
             SinkConfig::Http(h) if !url_ok(&h.url) => {
-                return Err(err(format!("sinks[{i}].url"), "must start with http:// or https://"));
+                return Err(err(
+                    format!("sinks[{i}].url"),
+                    "must start with http:// or https://",
+                ));
             }
             SinkConfig::Weave(w) if !url_ok(&w.url) => {
-                return Err(err(format!("sinks[{i}].url"), "must start with http:// or https://"));
+                return Err(err(
+                    format!("sinks[{i}].url"),
+                    "must start with http:// or https://",
+                ));
             }
             SinkConfig::Nats(n) if !n.url.starts_with("nats://") => {
                 return Err(err(format!("sinks[{i}].url"), "must start with nats://"));
@@ -884,7 +953,9 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             _ => {}
         }
     }
-    if cfg.delivery.retry.initial.0.is_zero() || cfg.delivery.retry.max.0 < cfg.delivery.retry.initial.0 {
+    if cfg.delivery.retry.initial.0.is_zero()
+        || cfg.delivery.retry.max.0 < cfg.delivery.retry.initial.0
+    {
         return Err(err("delivery.retry", "needs 0 < initial <= max"));
     }
     if let Some(addr) = cfg.control.listen
@@ -893,7 +964,9 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     {
         return Err(err(
             "control.listen",
-            format!("{addr} is not loopback: set control.api_key (or OUTRIGGER_API_KEY) to expose the control API"),
+            format!(
+                "{addr} is not loopback: set control.api_key (or OUTRIGGER_API_KEY) to expose the control API"
+            ),
         ));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.log.level) {
@@ -908,7 +981,10 @@ mod tests {
 
     #[test]
     fn durations_and_sizes() {
-        assert_eq!("500ms".parse::<Dur>().unwrap().0, Duration::from_millis(500));
+        assert_eq!(
+            "500ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(500)
+        );
         assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
         assert_eq!("10MiB".parse::<Size>().unwrap().0, 10 << 20);
         assert_eq!("64KB".parse::<Size>().unwrap().0, 64_000);
@@ -958,7 +1034,10 @@ log: {format: text, level: info}
         assert_eq!(cfg.sampling.rates["test_events"], 0.2);
         assert_eq!(cfg.batch.max_bytes.0, 10 << 20);
         assert_eq!(cfg.sinks.len(), 5);
-        assert_eq!(cfg.plugins.chain[0].config.as_ref().unwrap()["fields"][0], "password");
+        assert_eq!(
+            cfg.plugins.chain[0].config.as_ref().unwrap()["fields"][0],
+            "password"
+        );
     }
 
     #[test]
@@ -993,7 +1072,11 @@ log: {format: text, level: info}
             ("OUTRIGGER_QUEUE_CAPACITY", "7"),
             ("OUTRIGGER_SAMPLE_TEST_EVENTS", "0.25"),
         ];
-        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let get = |k: &str| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
         apply_env(&mut cfg, get, env.iter().map(|(k, _)| k.to_string())).unwrap();
         assert!(!cfg.enabled);
         assert_eq!(cfg.queue.capacity, 7);

@@ -38,7 +38,9 @@ pub struct Event {
 pub enum Line {
     Event(Event),
     /// `{"hello": {"ack": false}}`: the client's reply preference.
-    Hello { ack: bool },
+    Hello {
+        ack: bool,
+    },
     /// Weave `{"method": "flush"}`: answer once everything before it is delivered.
     Flush,
 }
@@ -76,8 +78,8 @@ struct WireLine<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     run_id: Option<Cow<'a, str>>,
-    #[serde(default)]
-    ts: Option<f64>,
+    #[serde(borrow, default)]
+    ts: Option<&'a RawValue>,
     #[serde(default)]
     ts_ns: Option<u64>,
     #[serde(default)]
@@ -136,7 +138,8 @@ pub fn parse_line(buf: &Bytes, line: &[u8], max_line_bytes: usize) -> Result<Lin
     if trimmed.is_empty() {
         return Err(LineError::Empty);
     }
-    let wire: WireLine = serde_json::from_slice(trimmed).map_err(|e| LineError::Json(e.to_string()))?;
+    let wire: WireLine =
+        serde_json::from_slice(trimmed).map_err(|e| LineError::Json(e.to_string()))?;
     if let Some(h) = wire.hello {
         return Ok(Line::Hello { ack: h.ack });
     }
@@ -153,9 +156,9 @@ pub fn parse_line(buf: &Bytes, line: &[u8], max_line_bytes: usize) -> Result<Lin
         Some(raw) => buf.slice_ref(raw.get().as_bytes()),
         None => Bytes::from_static(NULL),
     };
-    let ts_ns = match (wire.ts_ns, wire.ts) {
+    let ts_ns = match (wire.ts_ns, wire.ts.and_then(|t| seconds_to_ns(t.get()))) {
         (Some(ns), _) => ns,
-        (None, Some(s)) if s.is_finite() && s >= 0.0 => (s * 1e9) as u64,
+        (None, Some(ns)) => ns,
         _ => now_ns(),
     };
     Ok(Line::Event(Event {
@@ -166,6 +169,25 @@ pub fn parse_line(buf: &Bytes, line: &[u8], max_line_bytes: usize) -> Result<Lin
         data,
         received: Instant::now(),
     }))
+}
+
+/// Unix seconds as written (`1732290000.123`) to nanoseconds, exactly for plain decimals
+/// (an f64 would round the last digits). Negative or non-numeric values give `None`.
+fn seconds_to_ns(text: &str) -> Option<u64> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    if !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        let secs: u64 = int.parse().ok()?;
+        let mut ns: u64 = 0;
+        for i in 0..9 {
+            ns = ns * 10 + frac.as_bytes().get(i).map_or(0, |b| (b - b'0') as u64);
+        }
+        return secs.checked_mul(1_000_000_000)?.checked_add(ns);
+    }
+    let s: f64 = text.parse().ok()?;
+    (s.is_finite() && s >= 0.0).then_some((s * 1e9) as u64)
 }
 
 /// Parses a JSON value that is not on a shared buffer (HTTP ingest of an array element,
@@ -191,7 +213,14 @@ impl Event {
         } else {
             Bytes::from(serde_json::to_vec(&data).unwrap_or_else(|_| NULL.to_vec()))
         };
-        Event { kind, ts_ns, run_id, attributes, data, received }
+        Event {
+            kind,
+            ts_ns,
+            run_id,
+            attributes,
+            data,
+            received,
+        }
     }
 
     /// `data` as text. It arrived as valid JSON, hence valid UTF-8.
@@ -204,7 +233,11 @@ impl Event {
         64 + self.kind.len()
             + self.data.len()
             + self.run_id.as_ref().map_or(0, |r| r.len() + 12)
-            + self.attributes.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 6)
+                .sum::<usize>()
     }
 
     /// Appends the event as one native NDJSON line (with its newline).
@@ -310,14 +343,21 @@ mod tests {
 
     #[test]
     fn weave_lines_and_controls() {
-        let Line::Event(ev) = parse(r#"{"method":"call_start","payload":{"start":{"id":"x"}}}"#).unwrap()
+        let Line::Event(ev) =
+            parse(r#"{"method":"call_start","payload":{"start":{"id":"x"}}}"#).unwrap()
         else {
             panic!()
         };
         assert_eq!(ev.kind, "call_start");
         assert_eq!(ev.data_str(), r#"{"start":{"id":"x"}}"#);
-        assert!(matches!(parse(r#"{"method":"flush","payload":{}}"#), Ok(Line::Flush)));
-        assert!(matches!(parse(r#"{"hello":{"ack":false}}"#), Ok(Line::Hello { ack: false })));
+        assert!(matches!(
+            parse(r#"{"method":"flush","payload":{}}"#),
+            Ok(Line::Flush)
+        ));
+        assert!(matches!(
+            parse(r#"{"hello":{"ack":false}}"#),
+            Ok(Line::Hello { ack: false })
+        ));
     }
 
     #[test]
@@ -325,7 +365,10 @@ mod tests {
         assert!(matches!(parse("{not json"), Err(LineError::Json(_))));
         assert_eq!(parse(r#"{"data":1}"#).unwrap_err(), LineError::MissingType);
         assert_eq!(parse(r#"{"type":""}"#).unwrap_err(), LineError::TypeLength);
-        assert!(matches!(parse(r#"{"type":"a","attributes":{"k":1}}"#), Err(LineError::Json(_))));
+        assert!(matches!(
+            parse(r#"{"type":"a","attributes":{"k":1}}"#),
+            Err(LineError::Json(_))
+        ));
         assert_eq!(
             parse_owned(br#"{"type":"abc"}"#, 5).unwrap_err(),
             LineError::TooLong(14, 5)

@@ -18,7 +18,11 @@ use outrigger::config::{self, Config, LogFormat};
 use outrigger::metrics::Metrics;
 
 #[derive(Parser)]
-#[command(name = "outrigger", version, about = "A sidecar daemon that observes an application, extended with WebAssembly plugins")]
+#[command(
+    name = "outrigger",
+    version,
+    about = "A sidecar daemon that observes an application, extended with WebAssembly plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -87,7 +91,10 @@ enum PluginCommand {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match cfg.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -128,25 +135,50 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(config.as_deref()).await,
-        Command::Send { socket, config, kind, data, run_id, input } => {
+        Command::Send {
+            socket,
+            config,
+            kind,
+            data,
+            run_id,
+            input,
+        } => {
             let socket = match socket {
                 Some(s) => s,
                 None => load_config(config.as_deref())?.0.ingest.socket,
             };
             send(&socket, kind, data, run_id, input).await
         }
-        Command::Plugin { command: PluginCommand::Check { file } } => {
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => {
             init_logging(&Config::default());
-            Ok(if outrigger::plugins::cli::check(&file)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if outrigger::plugins::cli::check(&file)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Plugin { command: PluginCommand::New { name, lang, dir } } => {
+        Command::Plugin {
+            command: PluginCommand::New { name, lang, dir },
+        } => {
             outrigger::plugins::cli::new_scaffold(&name, &lang, &dir)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay { events, plugins, config } => {
+        Command::Replay {
+            events,
+            plugins,
+            config,
+        } => {
             let (cfg, _) = load_config(config.as_deref())?;
             init_logging(&cfg);
-            outrigger::plugins::cli::replay(&events, &plugins, &cfg.plugins, Arc::new(Metrics::new())).await?;
+            outrigger::plugins::cli::replay(
+                &events,
+                &plugins,
+                &cfg.plugins,
+                Arc::new(Metrics::new()),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -155,7 +187,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 /// SIGINT or SIGTERM: graceful shutdown. A second one exits at once.
 async fn signals(stop: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -174,9 +209,15 @@ async fn signals(stop: CancellationToken) {
 
 async fn check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let (cfg, path) = load_config(path)?;
-    let name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+    let name = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
     println!("config: {name}: ok");
-    let host = outrigger::plugins::PluginHost::new(&cfg.plugins, Arc::new(Metrics::new()), Arc::new(|_: &str, _: &str| {}))?;
+    let host = outrigger::plugins::PluginHost::new(
+        &cfg.plugins,
+        Arc::new(Metrics::new()),
+        Arc::new(|_: &str, _: &str| {}),
+    )?;
     let set = host.load_set(&cfg.plugins)?;
     let mut ok = true;
     for p in set.status() {
@@ -191,7 +232,11 @@ async fn check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     if set.status().is_empty() {
         println!("plugins: none in {}", cfg.plugins.dir.display());
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Sends events and reports every refusal; exit 1 if any line was refused.
@@ -212,7 +257,9 @@ async fn send(
                 }
             }
         }
-        (Some(other), _) => anyhow::bail!("unexpected argument `{other}`: use `-` to read NDJSON from stdin"),
+        (Some(other), _) => {
+            anyhow::bail!("unexpected argument `{other}`: use `-` to read NDJSON from stdin")
+        }
         (None, Some(kind)) => {
             let data: serde_json::Value = match data {
                 Some(d) => serde_json::from_str(&d).context("--data is not valid JSON")?,
@@ -224,11 +271,18 @@ async fn send(
             }
             lines.push(ev.to_string());
         }
-        (None, None) => anyhow::bail!("nothing to send: give --type T (and --data JSON), or `-` for stdin"),
+        (None, None) => {
+            anyhow::bail!("nothing to send: give --type T (and --data JSON), or `-` for stdin")
+        }
     }
     let stream = tokio::net::UnixStream::connect(socket)
         .await
-        .with_context(|| format!("cannot connect to {} (is the daemon running?)", socket.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to {} (is the daemon running?)",
+                socket.display()
+            )
+        })?;
     let (rd, mut wr) = stream.into_split();
     let expected = lines.len();
     let reader = tokio::spawn(async move {
@@ -259,5 +313,9 @@ async fn send(
     let _ = wr.shutdown().await;
     let mut err = std::io::stderr();
     let _ = writeln!(err, "sent {expected}: {ok} accepted, {failed} refused");
-    Ok(if failed == 0 && ok == expected { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 && ok == expected {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

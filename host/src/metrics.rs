@@ -78,7 +78,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let dropped = IntCounterVec::new(
-            opts("events_dropped_total", "Accepted events that reached no sink, by reason"),
+            opts(
+                "events_dropped_total",
+                "Accepted events that reached no sink, by reason",
+            ),
             &["reason"],
         )
         .expect("valid metric");
@@ -121,7 +124,10 @@ impl Metrics {
             )
             .expect("valid metric"),
             watched_memory_bytes: IntGaugeVec::new(
-                opts("watched_memory_bytes", "Resident memory of a watched process"),
+                opts(
+                    "watched_memory_bytes",
+                    "Resident memory of a watched process",
+                ),
                 &["pid"],
             )
             .expect("valid metric"),
@@ -150,12 +156,15 @@ impl Metrics {
             )
             .expect("valid metric"),
             plugin_call_duration: HistogramVec::new(
-                HistogramOpts::new("plugin_call_duration_seconds", "Wall time of one batch call")
-                    .namespace("outrigger")
-                    .buckets(vec![
-                        0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                        0.025, 0.05, 0.1, 0.25, 1.0,
-                    ]),
+                HistogramOpts::new(
+                    "plugin_call_duration_seconds",
+                    "Wall time of one batch call",
+                )
+                .namespace("outrigger")
+                .buckets(vec![
+                    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                    0.05, 0.1, 0.25, 1.0,
+                ]),
                 &["plugin"],
             )
             .expect("valid metric"),
@@ -180,7 +189,10 @@ impl Metrics {
             )
             .expect("valid metric"),
             sampling_boost_active: IntGaugeVec::new(
-                opts("sampling_boost_active", "1 while adaptive boost is active for a type"),
+                opts(
+                    "sampling_boost_active",
+                    "1 while adaptive boost is active for a type",
+                ),
                 &["type"],
             )
             .expect("valid metric"),

@@ -66,7 +66,11 @@ impl Worker {
     pub async fn run(mut self) {
         let mut routing = self.routing.borrow_and_update().clone();
         let mut chain = Chain::new(routing.plugins.clone()).await;
-        let mut open = Open { events: Vec::with_capacity(routing.batch.max_events), bytes: 0, since: None };
+        let mut open = Open {
+            events: Vec::with_capacity(routing.batch.max_events),
+            bytes: 0,
+            since: None,
+        };
         // Everything admitted before `taken` has left the queue; before `sent` has gone to the sinks.
         let (mut taken, mut sent) = (0u64, 0u64);
         loop {
@@ -95,7 +99,9 @@ impl Worker {
                     if open.since.is_none() {
                         open.since = Some(Instant::now());
                     }
-                    if open.events.len() >= routing.batch.max_events || open.bytes >= routing.batch.max_bytes.0 as usize {
+                    if open.events.len() >= routing.batch.max_events
+                        || open.bytes >= routing.batch.max_bytes.0 as usize
+                    {
                         // Events taken in this chunk may still be in the next batch.
                         sent = sent.max(before);
                         self.send(&routing, &mut open, before).await;
@@ -121,7 +127,10 @@ impl Worker {
 
     /// Sends the open batch (or, when empty, a progress marker) to every sink.
     async fn send(&self, routing: &Routing, open: &mut Open, upto: u64) {
-        let events = std::mem::replace(&mut open.events, Vec::with_capacity(routing.batch.max_events));
+        let events = std::mem::replace(
+            &mut open.events,
+            Vec::with_capacity(routing.batch.max_events),
+        );
         open.bytes = 0;
         open.since = None;
         let n = events.len() as u64;

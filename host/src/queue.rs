@@ -44,7 +44,10 @@ impl Queue {
     pub fn new(capacity: usize, on_full: OnFull, metrics: Arc<Metrics>) -> Queue {
         metrics.queue_capacity.set(capacity as i64);
         Queue {
-            inner: Mutex::new(Inner { items: VecDeque::with_capacity(capacity.min(1 << 16)), admitted: 0 }),
+            inner: Mutex::new(Inner {
+                items: VecDeque::with_capacity(capacity.min(1 << 16)),
+                admitted: 0,
+            }),
             capacity: AtomicUsize::new(capacity),
             on_full: Mutex::new(on_full),
             ready: Notify::new(),
@@ -99,7 +102,8 @@ impl Queue {
             q.items.extend(events);
             (refused, evicted, q.items.len())
         };
-        self.metrics.dropped(DropReason::QueueFull, (refused + evicted) as u64);
+        self.metrics
+            .dropped(DropReason::QueueFull, (refused + evicted) as u64);
         self.metrics.queue_depth.set(depth as i64);
         self.ready.notify_one();
         refused

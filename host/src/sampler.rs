@@ -74,7 +74,11 @@ impl Sampler {
     pub fn new(cfg: SamplingConfig, metrics: Arc<Metrics>) -> Sampler {
         let seed = crate::event::now_ns() | 1;
         let s = Sampler {
-            state: RwLock::new(State { cfg, boosts: HashMap::new(), degrade: 1.0 }),
+            state: RwLock::new(State {
+                cfg,
+                boosts: HashMap::new(),
+                degrade: 1.0,
+            }),
             rng: AtomicU64::new(seed),
             metrics,
         };
@@ -91,11 +95,18 @@ impl Sampler {
     /// The configured rates.
     pub fn rates(&self) -> Rates {
         let st = self.state.read();
-        Rates { default_rate: st.cfg.default_rate, rates: st.cfg.rates.clone() }
+        Rates {
+            default_rate: st.cfg.default_rate,
+            rates: st.cfg.rates.clone(),
+        }
     }
 
     /// Merges rates (`PUT /v1/sampling`): a given default replaces it, given types are set.
-    pub fn merge_rates(&self, default_rate: Option<f64>, rates: &std::collections::BTreeMap<String, f64>) {
+    pub fn merge_rates(
+        &self,
+        default_rate: Option<f64>,
+        rates: &std::collections::BTreeMap<String, f64>,
+    ) {
         {
             let mut st = self.state.write();
             if let Some(d) = default_rate {
@@ -115,7 +126,10 @@ impl Sampler {
 
     fn publish_rates(&self) {
         let st = self.state.read();
-        self.metrics.sampling_rate.with_label_values(&["_default"]).set(st.cfg.default_rate);
+        self.metrics
+            .sampling_rate
+            .with_label_values(&["_default"])
+            .set(st.cfg.default_rate);
         for (t, r) in &st.cfg.rates {
             self.metrics.sampling_rate.with_label_values(&[t]).set(*r);
         }
@@ -128,8 +142,12 @@ impl Sampler {
             return;
         }
         let until = Instant::now() + st.cfg.adaptive.boost_duration.0;
-        st.boosts.insert(kind.to_string(), (until, reason.to_string()));
-        self.metrics.sampling_boost_active.with_label_values(&[kind]).set(1);
+        st.boosts
+            .insert(kind.to_string(), (until, reason.to_string()));
+        self.metrics
+            .sampling_boost_active
+            .with_label_values(&[kind])
+            .set(1);
         tracing::info!(kind, reason, "anomaly reported: sampling boosted");
     }
 
@@ -140,7 +158,10 @@ impl Sampler {
         st.boosts.retain(|k, (until, _)| {
             let live = *until > now;
             if !live {
-                self.metrics.sampling_boost_active.with_label_values(&[k]).set(0);
+                self.metrics
+                    .sampling_boost_active
+                    .with_label_values(&[k])
+                    .set(0);
             }
             live
         });
@@ -160,7 +181,10 @@ impl Sampler {
             let st = self.state.read();
             let c = &st.cfg;
             if c.adaptive.enabled && !c.adaptive.on.is_empty() {
-                events.iter().find(|e| c.adaptive.on.contains(&e.kind)).map(|e| e.kind.clone())
+                events
+                    .iter()
+                    .find(|e| c.adaptive.on.contains(&e.kind))
+                    .map(|e| e.kind.clone())
             } else {
                 None
             }
@@ -170,9 +194,8 @@ impl Sampler {
         }
         let st = self.state.read();
         let c = &st.cfg;
-        let all_kept = st.degrade >= 1.0
-            && c.default_rate >= 1.0
-            && c.rates.values().all(|r| *r >= 1.0);
+        let all_kept =
+            st.degrade >= 1.0 && c.default_rate >= 1.0 && c.rates.values().all(|r| *r >= 1.0);
         if all_kept {
             return;
         }
@@ -203,12 +226,18 @@ impl Sampler {
             }
             let u = match (c.key, &e.run_id) {
                 (SampleKey::RunId, Some(run)) => unit(fnv1a(run.as_bytes())),
-                _ => unit(fnv1a(&self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed).to_le_bytes())),
+                _ => unit(fnv1a(
+                    &self
+                        .rng
+                        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+                        .to_le_bytes(),
+                )),
             };
             u < rate
         });
         drop(st);
-        self.metrics.dropped(DropReason::SampledOut, (before - events.len()) as u64);
+        self.metrics
+            .dropped(DropReason::SampledOut, (before - events.len()) as u64);
     }
 }
 
@@ -248,7 +277,11 @@ mod tests {
                 n => panic!("run split: {n} of 10 kept"),
             };
         }
-        assert!(kept_runs.len() > 60 && dropped_runs.len() > 60, "{} kept", kept_runs.len());
+        assert!(
+            kept_runs.len() > 60 && dropped_runs.len() > 60,
+            "{} kept",
+            kept_runs.len()
+        );
         // A new sampler (a restart) decides the same.
         let s2 = sampler("default_rate: 0.5\nkey: run_id\n");
         for id in &kept_runs {
@@ -270,7 +303,9 @@ mod tests {
 
     #[test]
     fn anomaly_boosts_rate() {
-        let s = sampler("default_rate: 0.2\nkey: random\nadaptive: {boost_factor: 5.0, boost_duration: 60s}\n");
+        let s = sampler(
+            "default_rate: 0.2\nkey: random\nadaptive: {boost_factor: 5.0, boost_duration: 60s}\n",
+        );
         s.report_anomaly("t", "error");
         let mut batch: Vec<Event> = (0..1000).map(|_| ev("t", None)).collect();
         s.apply(&mut batch);
@@ -280,7 +315,9 @@ mod tests {
 
     #[test]
     fn adaptive_on_types_trigger_global_boost() {
-        let s = sampler("default_rate: 0.2\nkey: random\nadaptive: {boost_factor: 5.0, on: [test_failed]}\n");
+        let s = sampler(
+            "default_rate: 0.2\nkey: random\nadaptive: {boost_factor: 5.0, on: [test_failed]}\n",
+        );
         let mut batch = vec![ev("test_failed", None)];
         s.apply(&mut batch);
         assert_eq!(s.boosts()[0].kind, "*");

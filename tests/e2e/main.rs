@@ -1,1 +1,6 @@
+//! End-to-end tests: the real `outrigger` binary, on temporary sockets and free ports.
+//!
+//! `harness` starts and drives daemons; each other module covers one capability.
 
+mod harness;
+mod pipeline;

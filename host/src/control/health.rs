@@ -61,12 +61,24 @@ pub struct HealthMonitor {
     pub profile: Mutex<serde_json::Value>,
 }
 
-fn c(pairs: &[(&'static str, serde_json::Value)], status: Status, reason: impl Into<String>) -> Component {
-    Component { status, reason: reason.into(), numbers: pairs.iter().cloned().collect() }
+fn c(
+    pairs: &[(&'static str, serde_json::Value)],
+    status: Status,
+    reason: impl Into<String>,
+) -> Component {
+    Component {
+        status,
+        reason: reason.into(),
+        numbers: pairs.iter().cloned().collect(),
+    }
 }
 
 impl HealthMonitor {
-    pub fn new(metrics: Arc<Metrics>, queue: Arc<Queue>, routing: watch::Receiver<Routing>) -> HealthMonitor {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        queue: Arc<Queue>,
+        routing: watch::Receiver<Routing>,
+    ) -> HealthMonitor {
         let s = Sample::default();
         HealthMonitor {
             metrics,
@@ -85,7 +97,9 @@ impl HealthMonitor {
             v.collect()
                 .iter()
                 .flat_map(|f| f.get_metric().iter())
-                .filter(|mm| want.is_empty() || mm.get_label().get(label).is_some_and(|l| l.value() == want))
+                .filter(|mm| {
+                    want.is_empty() || mm.get_label().get(label).is_some_and(|l| l.value() == want)
+                })
                 .map(|mm| mm.get_counter().get_value() as u64)
                 .sum()
         };
@@ -115,17 +129,34 @@ impl HealthMonitor {
 
         // Ingest and queue: drops for a full queue.
         let qdrop = d(now.dropped_queue, base.dropped_queue);
-        let drop_rate = if received > 0 { qdrop as f64 / received as f64 } else { 0.0 };
+        let drop_rate = if received > 0 {
+            qdrop as f64 / received as f64
+        } else {
+            0.0
+        };
         let (status, reason) = if drop_rate > 0.10 {
-            (Status::Unhealthy, format!("{:.1}% of events dropped: queue full", drop_rate * 100.0))
+            (
+                Status::Unhealthy,
+                format!("{:.1}% of events dropped: queue full", drop_rate * 100.0),
+            )
         } else if qdrop > 0 {
-            (Status::Degraded, format!("{qdrop} events dropped: queue full"))
+            (
+                Status::Degraded,
+                format!("{qdrop} events dropped: queue full"),
+            )
         } else {
             (Status::Healthy, "accepting".to_string())
         };
         components.insert(
             "ingest",
-            c(&[("received", received.into()), ("drop_rate", drop_rate.into())], status, reason),
+            c(
+                &[
+                    ("received", received.into()),
+                    ("drop_rate", drop_rate.into()),
+                ],
+                status,
+                reason,
+            ),
         );
         let depth = self.queue.len();
         let cap = self.queue.capacity().max(1);
@@ -137,7 +168,15 @@ impl HealthMonitor {
         };
         components.insert(
             "queue",
-            c(&[("depth", depth.into()), ("capacity", cap.into()), ("fill", fill.into())], status, reason),
+            c(
+                &[
+                    ("depth", depth.into()),
+                    ("capacity", cap.into()),
+                    ("fill", fill.into()),
+                ],
+                status,
+                reason,
+            ),
         );
         components.insert("sampler", c(&[], Status::Healthy, "deciding"));
 
@@ -148,7 +187,10 @@ impl HealthMonitor {
         let (status, reason) = if lost > 0 {
             (Status::Unhealthy, format!("{lost} events lost by sinks"))
         } else if retries > 0 && ok == 0 {
-            (Status::Unhealthy, format!("{retries} failed deliveries and none succeeded"))
+            (
+                Status::Unhealthy,
+                format!("{retries} failed deliveries and none succeeded"),
+            )
         } else if retries > 0 {
             (Status::Degraded, format!("{retries} deliveries retried"))
         } else {
@@ -156,21 +198,43 @@ impl HealthMonitor {
         };
         components.insert(
             "sinks",
-            c(&[("failures", retries.into()), ("batches_ok", ok.into()), ("lost", lost.into())], status, reason),
+            c(
+                &[
+                    ("failures", retries.into()),
+                    ("batches_ok", ok.into()),
+                    ("lost", lost.into()),
+                ],
+                status,
+                reason,
+            ),
         );
 
         // Plugins: quarantined ones are bypassed.
         let set = self.routing.borrow().plugins.clone();
         let status_list = set.status();
-        let quarantined: Vec<String> = status_list.iter().filter(|p| p.quarantined).map(|p| p.name.clone()).collect();
+        let quarantined: Vec<String> = status_list
+            .iter()
+            .filter(|p| p.quarantined)
+            .map(|p| p.name.clone())
+            .collect();
         let (status, reason) = if quarantined.is_empty() {
             (Status::Healthy, format!("{} loaded", status_list.len()))
         } else {
-            (Status::Degraded, format!("quarantined: {}", quarantined.join(", ")))
+            (
+                Status::Degraded,
+                format!("quarantined: {}", quarantined.join(", ")),
+            )
         };
         components.insert(
             "plugins",
-            c(&[("loaded", status_list.len().into()), ("quarantined", quarantined.len().into())], status, reason),
+            c(
+                &[
+                    ("loaded", status_list.len().into()),
+                    ("quarantined", quarantined.len().into()),
+                ],
+                status,
+                reason,
+            ),
         );
 
         let over = self.over_budget.lock().clone();
@@ -180,7 +244,11 @@ impl HealthMonitor {
         };
         components.insert("profiler", c(&[], status, reason));
 
-        let status = components.values().map(|c| c.status).max().unwrap_or(Status::Healthy);
+        let status = components
+            .values()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Healthy);
         HealthReport { status, components }
     }
 

@@ -65,7 +65,10 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "alive"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "alive"})) }),
+        )
         .route("/readyz", get(readyz))
         .nest("/v1", v1)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
@@ -73,8 +76,15 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .with_state(state)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ControlState>, stop: CancellationToken) {
-    if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ControlState>,
+    stop: CancellationToken,
+) {
+    if let Err(e) = axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
         tracing::error!(error = %e, "control API server failed");
     }
 }
@@ -96,9 +106,15 @@ async fn require_key(State(st): State<Arc<ControlState>>, req: Request, next: Ne
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            let mut resp = ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer KEY)".into())
-                .into_response();
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut resp = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API key (Authorization: Bearer KEY)".into(),
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return resp;
         }
     }
@@ -107,7 +123,10 @@ async fn require_key(State(st): State<Arc<ControlState>>, req: Request, next: Ne
 
 async fn metrics(State(st): State<Arc<ControlState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         st.metrics.render(),
     )
         .into_response()
@@ -117,7 +136,11 @@ async fn readyz(State(st): State<Arc<ControlState>>) -> Response {
     if st.ready.load(Ordering::Acquire) {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "starting"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "starting"})),
+        )
+            .into_response()
     }
 }
 
@@ -127,9 +150,14 @@ async fn health_route(State(st): State<Arc<ControlState>>) -> Response {
 
 async fn stats(State(st): State<Arc<ControlState>>) -> Response {
     let m = &st.metrics;
-    let received: u64 = ["socket", "http"].iter().map(|s| m.events_received.with_label_values(&[s]).get()).sum();
-    let dropped: BTreeMap<&str, u64> =
-        crate::metrics::DropReason::ALL.iter().map(|r| (r.as_str(), m.dropped_count(*r))).collect();
+    let received: u64 = ["socket", "http"]
+        .iter()
+        .map(|s| m.events_received.with_label_values(&[s]).get())
+        .sum();
+    let dropped: BTreeMap<&str, u64> = crate::metrics::DropReason::ALL
+        .iter()
+        .map(|r| (r.as_str(), m.dropped_count(*r)))
+        .collect();
     Json(serde_json::json!({
         "uptime_seconds": st.started.elapsed().as_secs_f64(),
         "events": {"received": received, "dropped": dropped},
@@ -147,14 +175,21 @@ async fn plugins(State(st): State<Arc<ControlState>>) -> Response {
 
 async fn reload(State(st): State<Arc<ControlState>>) -> Result<Response, ApiError> {
     let (tx, rx) = oneshot::channel();
-    st.reload
-        .send(tx)
-        .await
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down".into()))?;
+    st.reload.send(tx).await.map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down".into(),
+        )
+    })?;
     match rx.await {
-        Ok(Ok(summary)) => Ok(Json(serde_json::json!({"result": "ok", "summary": summary})).into_response()),
+        Ok(Ok(summary)) => {
+            Ok(Json(serde_json::json!({"result": "ok", "summary": summary})).into_response())
+        }
         Ok(Err(e)) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e)),
-        Err(_) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "reload was abandoned".into())),
+        Err(_) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload was abandoned".into(),
+        )),
     }
 }
 
@@ -181,10 +216,16 @@ async fn put_sampling(
     if let Some(d) = u.default_rate
         && !ok(d)
     {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "default_rate must be between 0.0 and 1.0".into()));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "default_rate must be between 0.0 and 1.0".into(),
+        ));
     }
     if let Some((t, _)) = u.rates.iter().find(|(_, r)| !ok(**r)) {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("rates.{t} must be between 0.0 and 1.0")));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("rates.{t} must be between 0.0 and 1.0"),
+        ));
     }
     st.sampler.merge_rates(u.default_rate, &u.rates);
     tracing::info!(default_rate = ?u.default_rate, types = u.rates.len(), "sampling rates changed over the API");
@@ -205,8 +246,15 @@ async fn anomaly(
 ) -> Result<Response, ApiError> {
     let Json(a) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     if a.kind.is_empty() {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "`type` must not be empty".into()));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "`type` must not be empty".into(),
+        ));
     }
     st.sampler.report_anomaly(&a.kind, &a.reason);
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"boosted": a.kind, "boosts": st.sampler.boosts()}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"boosted": a.kind, "boosts": st.sampler.boosts()})),
+    )
+        .into_response())
 }

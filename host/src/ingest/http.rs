@@ -44,9 +44,16 @@ pub fn router(adm: Arc<Admission>) -> Router {
 }
 
 /// Serves `router` on `addr` until `stop`.
-pub async fn serve(listener: tokio::net::TcpListener, adm: Arc<Admission>, stop: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    adm: Arc<Admission>,
+    stop: CancellationToken,
+) {
     let app = router(adm);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
         tracing::error!(error = %e, "HTTP ingest server failed");
     }
 }
@@ -67,20 +74,30 @@ async fn ingest(State(adm): State<Arc<Admission>>, headers: HeaderMap, body: Byt
     // The request index of each parsed event, to name the ones the queue refuses.
     let mut indexes = Vec::new();
     let mut errors = Vec::new();
-    let mut push = |index: usize, raw: &[u8], events: &mut Vec<event::Event>| match event::parse_line(&body, raw, max) {
-        Ok(Line::Event(e)) => {
-            events.push(e);
-            indexes.push(index);
-        }
-        Ok(Line::Hello { .. } | Line::Flush) => errors.push(LineFailure {
-            index,
-            error: "control lines (hello, flush) belong on the socket".into(),
-        }),
-        Err(e) => errors.push(LineFailure { index, error: e.to_string() }),
-    };
+    let mut push =
+        |index: usize, raw: &[u8], events: &mut Vec<event::Event>| match event::parse_line(
+            &body, raw, max,
+        ) {
+            Ok(Line::Event(e)) => {
+                events.push(e);
+                indexes.push(index);
+            }
+            Ok(Line::Hello { .. } | Line::Flush) => errors.push(LineFailure {
+                index,
+                error: "control lines (hello, flush) belong on the socket".into(),
+            }),
+            Err(e) => errors.push(LineFailure {
+                index,
+                error: e.to_string(),
+            }),
+        };
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     if ndjson {
-        for (i, raw) in body.split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty()).enumerate() {
+        for (i, raw) in body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.trim_ascii().is_empty())
+            .enumerate()
+        {
             push(i, raw, &mut events);
         }
     } else if first == Some(b'[') {
@@ -95,19 +112,32 @@ async fn ingest(State(adm): State<Arc<Admission>>, headers: HeaderMap, body: Byt
     } else if first == Some(b'{') {
         push(0, &body, &mut events);
     } else {
-        return bad_request("body must be a JSON object, an array of objects, or NDJSON (Content-Type: application/x-ndjson)");
+        return bad_request(
+            "body must be a JSON object, an array of objects, or NDJSON (Content-Type: application/x-ndjson)",
+        );
     }
     let source = adm.metrics.events_received.with_label_values(&["http"]);
     adm.invalid(errors.len());
     let n = events.len();
     let refused = adm.admit(&source, events).refused;
     for &index in &indexes[n - refused..] {
-        errors.push(LineFailure { index, error: "queue full: event dropped".into() });
+        errors.push(LineFailure {
+            index,
+            error: "queue full: event dropped".into(),
+        });
     }
-    let answer = IngestAnswer { accepted: n - refused, rejected: errors.len(), errors };
+    let answer = IngestAnswer {
+        accepted: n - refused,
+        rejected: errors.len(),
+        errors,
+    };
     (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
 }
 
 fn bad_request(msg: &str) -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error": msg}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(serde_json::json!({"error": msg})),
+    )
+        .into_response()
 }

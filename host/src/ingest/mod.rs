@@ -17,6 +17,9 @@ use crate::pipeline::FlushRequests;
 use crate::queue::Queue;
 use crate::sinks::Progress;
 
+/// Sees every admitted batch before it is queued (live tail, run views).
+pub type Observer = Arc<dyn Fn(&[Event]) + Send + Sync>;
+
 /// What every ingest path shares.
 pub struct Admission {
     pub queue: Arc<Queue>,
@@ -27,7 +30,7 @@ pub struct Admission {
     pub flush: Arc<FlushRequests>,
     pub progress: Arc<Progress>,
     /// Optional observer of every admitted batch (the live tail and run views).
-    pub observer: Option<Arc<dyn Fn(&[Event]) + Send + Sync>>,
+    pub observer: Option<Observer>,
 }
 
 /// The outcome of admitting a batch.
@@ -48,13 +51,16 @@ impl Admission {
         }
         source.inc_by(events.len() as u64);
         if !self.enabled.load(Ordering::Relaxed) {
-            self.metrics.dropped(DropReason::Disabled, events.len() as u64);
+            self.metrics
+                .dropped(DropReason::Disabled, events.len() as u64);
             return Admitted { refused: 0 };
         }
         if let Some(obs) = &self.observer {
             obs(&events);
         }
-        Admitted { refused: self.queue.push(events) }
+        Admitted {
+            refused: self.queue.push(events),
+        }
     }
 
     /// Counts malformed lines.
@@ -67,6 +73,8 @@ impl Admission {
     pub async fn flush(&self, timeout: std::time::Duration) -> bool {
         let target = self.queue.admitted();
         self.flush.request(target);
-        tokio::time::timeout(timeout, self.progress.wait_for(target)).await.is_ok()
+        tokio::time::timeout(timeout, self.progress.wait_for(target))
+            .await
+            .is_ok()
     }
 }

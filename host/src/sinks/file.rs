@@ -27,9 +27,11 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 impl FileSink {
     pub fn open(cfg: &FileSinkConfig) -> anyhow::Result<FileSink> {
         if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         }
-        let file = open_append(&cfg.path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.path.display()))?;
+        let file = open_append(&cfg.path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(FileSink {
             path: cfg.path.clone(),

@@ -22,7 +22,10 @@ fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
 }
 
 async fn post(req: reqwest::RequestBuilder, what: &str) -> Result<(), SinkError> {
-    let resp = req.send().await.map_err(|e| SinkError::Retryable(format!("{what}: {e}")))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| SinkError::Retryable(format!("{what}: {e}")))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
@@ -53,7 +56,12 @@ impl HttpSink {
                 reqwest::header::HeaderValue::from_str(v)?,
             );
         }
-        Ok(HttpSink { client: client(cfg.timeout.0)?, url: cfg.url.clone(), format: cfg.format, headers })
+        Ok(HttpSink {
+            client: client(cfg.timeout.0)?,
+            url: cfg.url.clone(),
+            format: cfg.format,
+            headers,
+        })
     }
 
     pub async fn send(&mut self, batch: &Batch) -> Result<usize, SinkError> {
@@ -114,7 +122,13 @@ impl WeaveSink {
 
     /// The `upsert_batch` body, and how many events it carries.
     pub fn encode(batch: &Batch) -> (Vec<u8>, usize) {
-        let mut body = Vec::with_capacity(64 + batch.events.iter().map(|e| e.data.len() + 32).sum::<usize>());
+        let mut body = Vec::with_capacity(
+            64 + batch
+                .events
+                .iter()
+                .map(|e| e.data.len() + 32)
+                .sum::<usize>(),
+        );
         body.extend_from_slice(b"{\"batch\":[");
         let mut n = 0;
         for e in &batch.events {
@@ -123,8 +137,12 @@ impl WeaveSink {
                 "call_end" => ("end", false),
                 _ => continue,
             };
-            let Ok(p) = serde_json::from_slice::<CallPayload>(&e.data) else { continue };
-            let Some(req) = (if field { p.start } else { p.end }) else { continue };
+            let Ok(p) = serde_json::from_slice::<CallPayload>(&e.data) else {
+                continue;
+            };
+            let Some(req) = (if field { p.start } else { p.end }) else {
+                continue;
+            };
             if n > 0 {
                 body.push(b',');
             }

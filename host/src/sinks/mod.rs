@@ -121,7 +121,12 @@ impl Progress {
 
     /// Everything admitted before this sequence has been handled by every sink.
     pub fn watermark(&self) -> u64 {
-        self.sinks.lock().iter().map(|d| d.load(Ordering::Acquire)).min().unwrap_or(u64::MAX)
+        self.sinks
+            .lock()
+            .iter()
+            .map(|d| d.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// Waits until the watermark reaches `seq`.
@@ -165,12 +170,22 @@ pub struct SinkContext {
 }
 
 /// Opens a sink and starts its task. `observe_latency`: this sink feeds the latency histogram.
-pub fn spawn(label: String, cfg: SinkConfig, ctx: SinkContext, observe_latency: bool) -> anyhow::Result<SinkHandle> {
+pub fn spawn(
+    label: String,
+    cfg: SinkConfig,
+    ctx: SinkContext,
+    observe_latency: bool,
+) -> anyhow::Result<SinkHandle> {
     let writer = Writer::open(&cfg).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
     let (tx, rx) = mpsc::channel(4);
     let done = ctx.progress.register();
     let task = tokio::spawn(run(label.clone(), writer, rx, ctx, done, observe_latency));
-    Ok(SinkHandle { label, config: cfg, tx, task })
+    Ok(SinkHandle {
+        label,
+        config: cfg,
+        tx,
+        task,
+    })
 }
 
 async fn run(
@@ -200,7 +215,8 @@ async fn run(
                         }
                         if observe_latency {
                             for e in &batch.events {
-                                m.processing_latency.observe(e.received.elapsed().as_secs_f64());
+                                m.processing_latency
+                                    .observe(e.received.elapsed().as_secs_f64());
                             }
                         }
                         break;
@@ -227,7 +243,9 @@ async fn run(
                             tracing::error!(sink = %label, events = batch.events.len(), "shutdown grace period over, batch dropped");
                             break;
                         }
-                        backoff = (backoff * 2).min(ctx.delivery.retry.max.0).max(Duration::from_millis(1));
+                        backoff = (backoff * 2)
+                            .min(ctx.delivery.retry.max.0)
+                            .max(Duration::from_millis(1));
                     }
                 }
             }
