@@ -22,8 +22,31 @@ use crate::metrics::Metrics;
 use crate::pipeline::{FlushRequests, Routing, Worker};
 use crate::plugins::PluginHost;
 use crate::queue::Queue;
+use crate::reload::{self, ConfigWatcher, ReloadStatus, Reloader, Targets};
 use crate::sampler::Sampler;
 use crate::sinks::{self, Progress, SinkContext, SinkHandle};
+
+/// Watches the config file and plugins directory; without a watcher, SIGHUP and the API still work.
+fn start_watcher(r: &Reloader) -> Option<(ConfigWatcher, mpsc::Receiver<Targets>)> {
+    match reload::watch(
+        r.config_path.as_deref(),
+        &r.config.plugins.dir,
+        Duration::from_millis(150),
+    ) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable: reload with SIGHUP or POST /v1/reload");
+            None
+        }
+    }
+}
+
+async fn next_change(w: &mut Option<(ConfigWatcher, mpsc::Receiver<Targets>)>) -> Option<Targets> {
+    match w {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Runs the daemon until `stop` is cancelled, then drains and returns.
 pub async fn run(
@@ -41,12 +64,14 @@ pub async fn run(
     let sampler = Arc::new(Sampler::new(cfg.sampling.clone(), metrics.clone()));
 
     let anomaly_sampler = sampler.clone();
-    let plugin_host = PluginHost::new(
-        &cfg.plugins,
-        metrics.clone(),
-        Arc::new(move |kind: &str, reason: &str| anomaly_sampler.report_anomaly(kind, reason)),
-    )
-    .context("starting the plugin runtime")?;
+    let plugin_host = Arc::new(
+        PluginHost::new(
+            &cfg.plugins,
+            metrics.clone(),
+            Arc::new(move |kind: &str, reason: &str| anomaly_sampler.report_anomaly(kind, reason)),
+        )
+        .context("starting the plugin runtime")?,
+    );
     let plugin_set = plugin_host
         .load_set(&cfg.plugins)
         .context("loading plugins")?;
@@ -126,6 +151,7 @@ pub async fn run(
         routing_rx.clone(),
     ));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let reload_status = Arc::new(parking_lot::Mutex::new(ReloadStatus::default()));
     let control_state = Arc::new(ControlState {
         metrics: metrics.clone(),
         sampler: sampler.clone(),
@@ -179,15 +205,50 @@ pub async fn run(
         "outrigger ready"
     );
 
+    let mut reloader = Reloader {
+        config: cfg,
+        config_path,
+        metrics: metrics.clone(),
+        queue: queue.clone(),
+        sampler: sampler.clone(),
+        admission: admission.clone(),
+        plugin_host,
+        sink_ctx,
+        sinks,
+        routing: routing_tx,
+        status: reload_status.clone(),
+        set_log_level: None,
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut watching = start_watcher(&reloader);
     loop {
-        tokio::select! {
+        let targets = tokio::select! {
             _ = stop.cancelled() => break,
             Some(answer) = reload_rx.recv() => {
-                // Live reload arrives with the reloader; until then, say so plainly.
-                let _ = answer.send(Err("live reload is not available in this build; restart the daemon".into()));
+                let _ = answer.send(reloader.reload(Targets::ALL).await);
+                None
+            }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP received: reloading config and plugins");
+                Some(Targets::ALL)
+            }
+            Some(t) = next_change(&mut watching) => Some(t),
+        };
+        if let Some(t) = targets {
+            let dir = reloader.config.plugins.dir.clone();
+            let _ = reloader.reload(t).await;
+            if reloader.config.plugins.dir != dir {
+                watching = start_watcher(&reloader);
             }
         }
     }
+    let Reloader {
+        config: cfg,
+        sinks,
+        routing: routing_tx,
+        ..
+    } = reloader;
 
     // Shutdown: stop accepting, drain, flush.
     tracing::info!("shutting down: draining the queue");

@@ -9,6 +9,7 @@
 //! - [`pipeline`]: the worker that pulls from the queue, samples, runs plugins and batches.
 //! - [`sinks`]: file, stdout, HTTP, Weave delivery with retry.
 //! - [`control`]: the control API (metrics, health, sampling, reload).
+//! - [`reload`]: the file watcher and live reload of config and plugins.
 //! - [`metrics`], [`config`]: shared by all of the above.
 //! - [`app`]: wires the stages together and runs them until shutdown.
 
@@ -21,5 +22,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
 pub mod queue;
+pub mod reload;
 pub mod sampler;
 pub mod sinks;

@@ -114,7 +114,12 @@ impl Worker {
                 sent = taken;
                 self.send(&routing, &mut open, taken).await;
             }
-            if self.routing.has_changed().unwrap_or(false) && open.events.is_empty() {
+            if self.routing.has_changed().unwrap_or(false) {
+                // Batch boundary: what is open goes to the sinks it was meant for, then swap.
+                if !open.events.is_empty() {
+                    sent = taken;
+                    self.send(&routing, &mut open, taken).await;
+                }
                 routing = self.routing.borrow_and_update().clone();
                 if !Arc::ptr_eq(&routing.plugins, chain.set()) {
                     chain = Chain::new(routing.plugins.clone()).await;

@@ -108,9 +108,16 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A new sink starts where the others are: it only gets batches sent from now on.
     fn register(&self) -> Arc<AtomicU64> {
-        let done = Arc::new(AtomicU64::new(0));
-        self.sinks.lock().push(done.clone());
+        let mut sinks = self.sinks.lock();
+        let start = sinks
+            .iter()
+            .map(|d| d.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
+        let done = Arc::new(AtomicU64::new(start));
+        sinks.push(done.clone());
         done
     }
 

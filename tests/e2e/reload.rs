@@ -1,0 +1,204 @@
+//! Hot reload of the config while events stream: rate changes, sinks added and removed, a broken
+//! config, SIGHUP and `POST /v1/reload`, rename-over saves. Every event is counted exactly once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::{Daemon, eventually, merge, read_ndjson};
+
+/// Streams numbered events of `kind` on one no-ack connection until `stop`; returns how many.
+fn stream(
+    d: &Daemon,
+    kind: &'static str,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<u64> {
+    let socket = d.socket.clone();
+    tokio::spawn(async move {
+        let s = tokio::net::UnixStream::connect(&socket)
+            .await
+            .expect("connect");
+        let (_rd, mut wr) = s.into_split();
+        wr.write_all(b"{\"hello\":{\"ack\":false}}\n")
+            .await
+            .expect("hello");
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let mut chunk = String::new();
+            for _ in 0..50 {
+                chunk.push_str(&format!("{{\"type\":\"{kind}\",\"data\":{{\"n\":{n}}}}}\n"));
+                n += 1;
+            }
+            wr.write_all(chunk.as_bytes()).await.expect("write");
+            sent.store(n, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        wr.shutdown().await.expect("shutdown");
+        n
+    })
+}
+
+/// Rewrites the daemon's config with `extra` merged over what is there, the way editors save:
+/// a new file renamed over the old one.
+fn rewrite_config(d: &Daemon, extra: &str) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let mut cfg: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    merge(
+        &mut cfg,
+        serde_yaml::from_str(&extra.replace("{dir}", &d.dir.path().display().to_string())).unwrap(),
+    );
+    let tmp = d.config.with_extension("yml.tmp");
+    std::fs::write(&tmp, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    std::fs::rename(&tmp, &d.config).unwrap();
+}
+
+fn numbers(events: &[Value], kind: &str) -> HashMap<u64, usize> {
+    let mut seen = HashMap::new();
+    for e in events.iter().filter(|e| e["type"] == kind) {
+        *seen.entry(e["data"]["n"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_change_and_sink_swap_under_load_count_every_event_once() {
+    let mut d = Daemon::start("sampling: {key: random}\nqueue: {capacity: 1000000}").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let streamer = stream(&d, "load", stop.clone(), sent.clone());
+    d.wait_metric("outrigger_events_received_total", "", 2000.0)
+        .await;
+
+    // 1. Drop every `load` event.
+    rewrite_config(&d, "sampling: {rates: {load: 0.0}}");
+    d.wait_metric("outrigger_reloads_total", r#"target="config""#, 1.0)
+        .await;
+    d.wait_metric(
+        "outrigger_events_dropped_total",
+        r#"reason="sampled_out""#,
+        500.0,
+    )
+    .await;
+    // 2. Keep them again, and add a second file sink.
+    rewrite_config(
+        &d,
+        "sampling: {rates: {load: 1.0}}\nsinks: [{type: file, path: \"{dir}/out/events.ndjson\"}, {type: file, name: second, path: \"{dir}/out/second.ndjson\"}]",
+    );
+    d.wait_metric("outrigger_reloads_total", r#"result="ok""#, 2.0)
+        .await;
+    d.wait_metric(
+        "outrigger_events_delivered_total",
+        r#"sink="second""#,
+        500.0,
+    )
+    .await;
+    // 3. Remove the second sink again.
+    rewrite_config(
+        &d,
+        "sinks: [{type: file, path: \"{dir}/out/events.ndjson\"}]",
+    );
+    d.wait_metric("outrigger_reloads_total", r#"result="ok""#, 3.0)
+        .await;
+    let before = d.metric("outrigger_events_received_total", "").await;
+    d.wait_metric("outrigger_events_received_total", "", before + 1000.0)
+        .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let total = streamer.await.unwrap();
+    d.wait_metric("outrigger_events_received_total", "", total as f64)
+        .await;
+    let sampled_out = d
+        .metric("outrigger_events_dropped_total", r#"reason="sampled_out""#)
+        .await;
+    let queue_full = d
+        .metric("outrigger_events_dropped_total", r#"reason="queue_full""#)
+        .await;
+    assert!(d.stop().success());
+
+    let main = numbers(&d.events(), "load");
+    assert!(main.values().all(|c| *c == 1), "an event was duplicated");
+    assert_eq!(queue_full, 0.0);
+    assert_eq!(
+        main.len() as u64 + sampled_out as u64,
+        total,
+        "delivered + sampled_out = sent"
+    );
+    // The second sink saw a contiguous stretch, each once, and none after it was removed.
+    let second = numbers(&read_ndjson(&d.path("out/second.ndjson")), "load");
+    assert!(!second.is_empty() && second.values().all(|c| *c == 1));
+    assert!(second.keys().all(|n| main.contains_key(n)));
+    assert!(d.log_text().contains("sinks closed: second"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_config_keeps_the_running_one_and_says_why() {
+    let mut d = Daemon::start("").await;
+    // A file written in two halves: the first half does not parse.
+    std::fs::write(&d.config, "sampling:\n  default_rate: [").unwrap();
+    d.wait_metric("outrigger_reloads_total", r#"result="error""#, 1.0)
+        .await;
+    assert_eq!(
+        d.send(&[r#"{"type": "still_running"}"#]).await,
+        [r#"{"success":true}"#]
+    );
+    // An explicit reload says what is wrong.
+    let (status, body) = d.send_json("POST", "/v1/reload", Value::Null).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("outrigger.yml"),
+        "{body}"
+    );
+    // A valid but wrong value names its key.
+    std::fs::write(&d.config, "sampling: {default_rate: 3.0}\n").unwrap();
+    let (status, body) = d.send_json("POST", "/v1/reload", Value::Null).await;
+    assert_eq!(status, 422);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("sampling.default_rate"),
+        "{body}"
+    );
+    assert!(d.log_text().contains("reload refused"));
+    assert!(d.stop().success());
+    assert_eq!(d.events().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_and_restart_only_keys_are_reported() {
+    let mut d = Daemon::start("").await;
+    // Change the config without the watcher noticing a difference in timing: SIGHUP applies it.
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let mut cfg: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    merge(
+        &mut cfg,
+        serde_yaml::from_str("enabled: false\ningest: {socket: /tmp/elsewhere.sock}").unwrap(),
+    );
+    std::fs::write(&d.config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    unsafe {
+        libc::kill(d.child.as_ref().unwrap().id() as i32, libc::SIGHUP);
+    }
+    d.wait_metric("outrigger_reloads_total", r#"result="ok""#, 1.0)
+        .await;
+    assert!(
+        eventually(Duration::from_secs(10), async || d
+            .log_text()
+            .contains("ingest.socket"))
+        .await,
+        "restart-only key not reported"
+    );
+    // The kill switch applied live; the socket stayed where it was.
+    assert_eq!(d.send(&[r#"{"type": "x"}"#]).await.len(), 1);
+    d.wait_metric(
+        "outrigger_events_dropped_total",
+        r#"reason="disabled""#,
+        1.0,
+    )
+    .await;
+    assert!(d.stop().success());
+}
