@@ -12,8 +12,10 @@
 //! - [`reload`]: the file watcher and live reload of config and plugins.
 //! - [`metrics`], [`config`]: shared by all of the above.
 //! - [`app`]: wires the stages together and runs them until shutdown.
+//! - [`bench`]: `outrigger bench`, the load generator.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod event;

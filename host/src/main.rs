@@ -63,6 +63,46 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Load generator against a running daemon: events/s, ack round trip, delivered and dropped.
+    Bench {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The daemon's socket (default: the config's ingest.socket).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Send over HTTP to this address (`POST /v1/events`) instead of the socket.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// The control API for /metrics (default: the config's control.listen).
+        #[arg(long)]
+        control: Option<std::net::SocketAddr>,
+        #[arg(long, env = "OUTRIGGER_API_KEY")]
+        api_key: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        #[arg(long, short = 'n', default_value_t = 1_000_000)]
+        events: u64,
+        /// Approximate bytes per event line.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Events per second in total; 0 = flat out.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Wait for and time every line's answer.
+        #[arg(long)]
+        ack: bool,
+        /// Lines per write (no-ack) or per HTTP request.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long = "type", default_value = "bench")]
+        kind: String,
+        #[arg(long)]
+        json: bool,
+        /// Measure the unix socket's own ceiling instead: the same load against a server that
+        /// only counts lines (and answers them with --ack).
+        #[arg(long)]
+        baseline: bool,
+    },
     /// Run plugins offline over recorded events; prints the resulting events and a verdict summary.
     Replay {
         events: PathBuf,
@@ -163,6 +203,49 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             command: PluginCommand::New { name, lang, dir },
         } => {
             outrigger::plugins::cli::new_scaffold(&name, &lang, &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            config,
+            socket,
+            http,
+            control,
+            api_key,
+            connections,
+            events,
+            size,
+            rate,
+            ack,
+            batch,
+            kind,
+            json,
+            baseline,
+        } => {
+            let (cfg, _) = load_config(config.as_deref())?;
+            let socket = match baseline {
+                true => outrigger::bench::baseline_server(ack)?,
+                false => socket.unwrap_or(cfg.ingest.socket),
+            };
+            let opts = outrigger::bench::BenchOptions {
+                socket,
+                http: http.filter(|_| !baseline),
+                control: control.or(cfg.control.listen).filter(|_| !baseline),
+                api_key: api_key.or(cfg.control.api_key),
+                connections: connections.max(1),
+                events,
+                size,
+                rate,
+                ack,
+                batch: if ack && http.is_none() { 1 } else { batch },
+                event_type: kind,
+            };
+            let report =
+                tokio::task::spawn_blocking(move || outrigger::bench::run(&opts)).await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                outrigger::bench::print(&report);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay {

@@ -1,0 +1,444 @@
+//! `outrigger bench`: a load generator against a running daemon.
+//!
+//! In: options (transport, connections, event size, fixed rate or flat out, ack or no-ack).
+//! Out: a report of events/s, the ack round trip p50/p95/p99, and the delivered and dropped
+//! counts read from the daemon's `/metrics` before and after (waiting for the pipeline to
+//! settle). One OS thread per connection with blocking I/O, so that the generator itself adds
+//! as little jitter as possible to the round trips it measures. Ends when every connection has
+//! sent its share.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// What to send and how.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub socket: PathBuf,
+    /// Send over HTTP `POST /v1/events` to this address instead of the socket.
+    pub http: Option<SocketAddr>,
+    /// The control API, for `/metrics`.
+    pub control: Option<SocketAddr>,
+    pub api_key: Option<String>,
+    pub connections: usize,
+    pub events: u64,
+    /// Approximate bytes of `data` per event.
+    pub size: usize,
+    /// Total events per second across connections; 0 = as fast as possible.
+    pub rate: u64,
+    /// Wait for every line's answer (and measure it); otherwise `hello {ack:false}`.
+    pub ack: bool,
+    /// Lines per write (no-ack) or per HTTP request.
+    pub batch: usize,
+    pub event_type: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BenchReport {
+    pub transport: String,
+    pub connections: usize,
+    pub event_bytes: usize,
+    pub sent: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub mib_per_second: f64,
+    pub ack: bool,
+    pub ack_p50_us: Option<f64>,
+    pub ack_p95_us: Option<f64>,
+    pub ack_p99_us: Option<f64>,
+    pub ack_max_us: Option<f64>,
+    /// From `/metrics`: deltas over the run, once the pipeline settled.
+    pub received: Option<u64>,
+    pub delivered: Option<u64>,
+    pub dropped: Option<u64>,
+    pub dropped_by_reason: std::collections::BTreeMap<String, u64>,
+    pub settle_seconds: Option<f64>,
+}
+
+fn event_line(kind: &str, size: usize, i: u64) -> String {
+    let pad = size.saturating_sub(40);
+    format!(
+        "{{\"type\":\"{kind}\",\"run_id\":\"bench-{}\",\"data\":{{\"i\":{i},\"status\":\"passed\",\"pad\":\"{}\"}}}}\n",
+        i % 1000,
+        "x".repeat(pad)
+    )
+}
+
+/// Runs the load and returns the report.
+pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let before = opts
+        .control
+        .map(|c| scrape(c, opts.api_key.as_deref()))
+        .transpose()?;
+    let per_conn = opts.events / opts.connections as u64;
+    let rate_per_conn = opts.rate as f64 / opts.connections as f64;
+    let started = Instant::now();
+    let mut threads = Vec::new();
+    for c in 0..opts.connections {
+        let o = opts.clone();
+        threads.push(std::thread::spawn(
+            move || -> anyhow::Result<(u64, u64, Vec<u32>)> {
+                match (o.http, o.ack) {
+                    (Some(addr), _) => http_conn(&o, addr, per_conn, rate_per_conn),
+                    (None, true) => ack_conn(&o, c, per_conn, rate_per_conn),
+                    (None, false) => noack_conn(&o, c, per_conn, rate_per_conn),
+                }
+            },
+        ));
+    }
+    let (mut sent, mut failed, mut rtts) = (0u64, 0u64, Vec::new());
+    for t in threads {
+        let (s, f, r) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        sent += s;
+        failed += f;
+        rtts.extend(r);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let event_bytes = event_line(&opts.event_type, opts.size, 0).len();
+    let mut report = BenchReport {
+        transport: if opts.http.is_some() {
+            "http".into()
+        } else {
+            "unix".into()
+        },
+        connections: opts.connections,
+        event_bytes,
+        sent,
+        failed,
+        seconds,
+        events_per_second: sent as f64 / seconds,
+        mib_per_second: (sent as f64 * event_bytes as f64) / seconds / (1024.0 * 1024.0),
+        ack: opts.ack,
+        ..Default::default()
+    };
+    if !rtts.is_empty() {
+        rtts.sort_unstable();
+        let pct =
+            |p: f64| rtts[((rtts.len() as f64 * p) as usize).min(rtts.len() - 1)] as f64 / 1000.0;
+        report.ack_p50_us = Some(pct(0.50));
+        report.ack_p95_us = Some(pct(0.95));
+        report.ack_p99_us = Some(pct(0.99));
+        report.ack_max_us = Some(*rtts.last().unwrap_or(&0) as f64 / 1000.0);
+    }
+    if let (Some(control), Some(before)) = (opts.control, before) {
+        // Wait until everything received has been delivered or dropped (or 30 s pass).
+        let settle = Instant::now();
+        let mut after = scrape(control, opts.api_key.as_deref())?;
+        while settle.elapsed() < Duration::from_secs(30) {
+            let received = after.received - before.received;
+            let handled = (after.delivered - before.delivered)
+                + (after.dropped_total() - before.dropped_total());
+            if received >= sent && handled >= received {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            after = scrape(control, opts.api_key.as_deref())?;
+        }
+        report.settle_seconds = Some(settle.elapsed().as_secs_f64());
+        report.received = Some(after.received - before.received);
+        report.delivered = Some(after.delivered - before.delivered);
+        report.dropped = Some(after.dropped_total() - before.dropped_total());
+        for (k, v) in &after.dropped {
+            let d = v - before.dropped.get(k).copied().unwrap_or(0);
+            if d > 0 {
+                report.dropped_by_reason.insert(k.clone(), d);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Sleeps until the `n`-th event is due at `rate` per second (no-op when flat out).
+fn pace(start: Instant, n: u64, rate: f64) {
+    if rate <= 0.0 {
+        return;
+    }
+    let due = start + Duration::from_secs_f64(n as f64 / rate);
+    let now = Instant::now();
+    if due > now {
+        let wait = due - now;
+        // Sleep most of the way, spin the rest: sleep alone overshoots by ~50-100 µs.
+        if wait > Duration::from_micros(200) {
+            std::thread::sleep(wait - Duration::from_micros(100));
+        }
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn noack_conn(
+    o: &BenchOptions,
+    c: usize,
+    n: u64,
+    rate: f64,
+) -> anyhow::Result<(u64, u64, Vec<u32>)> {
+    let mut s = UnixStream::connect(&o.socket)
+        .with_context(|| format!("connecting to {}", o.socket.display()))?;
+    s.write_all(b"{\"hello\":{\"ack\":false}}\n")?;
+    let batch = o.batch.max(1) as u64;
+    // One pre-built chunk, written again and again: the generator should cost almost nothing.
+    let mut chunk = Vec::new();
+    for i in 0..batch {
+        chunk.extend_from_slice(
+            event_line(&o.event_type, o.size, c as u64 * 1_000_000 + i).as_bytes(),
+        );
+    }
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < n {
+        let k = batch.min(n - sent);
+        pace(start, sent, rate);
+        if k == batch {
+            s.write_all(&chunk)?;
+        } else {
+            let cut = chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .nth(k as usize - 1)
+                .map_or(0, |(i, _)| i + 1);
+            s.write_all(&chunk[..cut])?;
+        }
+        sent += k;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    // Malformed-line answers would come back here; there should be none.
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    let failed = rest.lines().count() as u64;
+    Ok((sent, failed, Vec::new()))
+}
+
+fn ack_conn(o: &BenchOptions, c: usize, n: u64, rate: f64) -> anyhow::Result<(u64, u64, Vec<u32>)> {
+    let s = UnixStream::connect(&o.socket)
+        .with_context(|| format!("connecting to {}", o.socket.display()))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let line = event_line(&o.event_type, o.size, c as u64);
+    let mut rtts = Vec::with_capacity(n as usize);
+    let (mut failed, mut answer) = (0u64, String::new());
+    let start = Instant::now();
+    for i in 0..n {
+        pace(start, i, rate);
+        let t0 = Instant::now();
+        w.write_all(line.as_bytes())?;
+        answer.clear();
+        if r.read_line(&mut answer)? == 0 {
+            anyhow::bail!("the daemon closed the connection");
+        }
+        rtts.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+        if !answer.starts_with("{\"success\":true") {
+            failed += 1;
+        }
+    }
+    Ok((n, failed, rtts))
+}
+
+fn http_conn(
+    o: &BenchOptions,
+    addr: SocketAddr,
+    n: u64,
+    rate: f64,
+) -> anyhow::Result<(u64, u64, Vec<u32>)> {
+    let batch = o.batch.max(1) as u64;
+    let mut body = Vec::new();
+    for i in 0..batch {
+        body.extend_from_slice(event_line(&o.event_type, o.size, i).as_bytes());
+    }
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let (mut sent, mut failed, mut rtts) = (0u64, 0u64, Vec::new());
+    let start = Instant::now();
+    while sent < n {
+        pace(start, sent, rate);
+        let k = batch.min(n - sent);
+        let cut = if k == batch {
+            body.len()
+        } else {
+            body.iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .nth(k as usize - 1)
+                .map_or(0, |(i, _)| i + 1)
+        };
+        let t0 = Instant::now();
+        write!(
+            s,
+            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {cut}\r\n\r\n"
+        )?;
+        s.write_all(&body[..cut])?;
+        let (status, _) = read_response(&mut r)?;
+        rtts.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+        if status != 202 {
+            failed += k;
+        }
+        sent += k;
+    }
+    Ok((sent, failed, if o.ack { rtts } else { Vec::new() }))
+}
+
+/// The unix socket's own ceiling on this machine: a minimal server that only counts lines and
+/// (with `ack`) answers each with the same 17 bytes the daemon sends. Returns its socket path;
+/// the server threads live until the process exits.
+pub fn baseline_server(ack: bool) -> anyhow::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!(
+        "outrigger-bench-baseline-{}.sock",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut out = Vec::new();
+                let mut first = true;
+                loop {
+                    let n = match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let mut lines = memchr::memchr_iter(b'\n', &buf[..n]).count();
+                    if first && buf.starts_with(b"{\"hello\"") {
+                        lines = lines.saturating_sub(1);
+                    }
+                    first = false;
+                    if ack {
+                        out.clear();
+                        for _ in 0..lines {
+                            out.extend_from_slice(b"{\"success\":true}\n");
+                        }
+                        if conn.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(path)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body.
+fn read_response(r: &mut impl BufRead) -> anyhow::Result<(u16, String)> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("bad HTTP status line")?;
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The counters the report needs, from `/metrics`.
+struct Scrape {
+    received: u64,
+    delivered: u64,
+    dropped: std::collections::BTreeMap<String, u64>,
+}
+
+impl Scrape {
+    fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+}
+
+fn scrape(addr: SocketAddr, key: Option<&str>) -> anyhow::Result<Scrape> {
+    let mut s = TcpStream::connect(addr)
+        .with_context(|| format!("connecting to the control API at {addr}"))?;
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n"
+    )?;
+    let (status, body) = read_response(&mut BufReader::new(s))?;
+    anyhow::ensure!(status == 200, "GET /metrics answered {status}");
+    let mut out = Scrape {
+        received: 0,
+        delivered: 0,
+        dropped: Default::default(),
+    };
+    // With several sinks, "delivered" is the first sink's count (each sink gets every event).
+    let mut first_sink: Option<String> = None;
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let v = value.parse::<f64>().unwrap_or(0.0) as u64;
+        if series.starts_with("outrigger_events_received_total") {
+            out.received += v;
+        } else if let Some(rest) = series.strip_prefix("outrigger_events_delivered_total{sink=\"") {
+            let sink = rest.trim_end_matches("\"}").to_string();
+            if first_sink.get_or_insert_with(|| sink.clone()) == &sink {
+                out.delivered += v;
+            }
+        } else if let Some(rest) = series.strip_prefix("outrigger_events_dropped_total{reason=\"") {
+            out.dropped
+                .insert(rest.trim_end_matches("\"}").to_string(), v);
+        }
+    }
+    Ok(out)
+}
+
+/// The report for people.
+pub fn print(r: &BenchReport) {
+    println!(
+        "{} events over {} ({} conn), {} B each, in {:.3}s: {:.0} events/s ({:.1} MiB/s), {} failed",
+        r.sent,
+        r.transport,
+        r.connections,
+        r.event_bytes,
+        r.seconds,
+        r.events_per_second,
+        r.mib_per_second,
+        r.failed
+    );
+    if let (Some(p50), Some(p95), Some(p99), Some(max)) =
+        (r.ack_p50_us, r.ack_p95_us, r.ack_p99_us, r.ack_max_us)
+    {
+        println!(
+            "ack round trip: p50 {p50:.1} µs, p95 {p95:.1} µs, p99 {p99:.1} µs, max {max:.1} µs"
+        );
+    }
+    if let (Some(rec), Some(del), Some(drop)) = (r.received, r.delivered, r.dropped) {
+        let pct = if rec > 0 {
+            drop as f64 * 100.0 / rec as f64
+        } else {
+            0.0
+        };
+        println!(
+            "daemon: received {rec}, delivered {del}, dropped {drop} ({pct:.2}%) {:?}, settled in {:.2}s",
+            r.dropped_by_reason,
+            r.settle_seconds.unwrap_or(0.0)
+        );
+    }
+}
