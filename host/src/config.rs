@@ -1041,6 +1041,13 @@ log: {format: text, level: info}
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let cfg = parse(include_str!("../../examples/outrigger.yml")).unwrap();
+        validate(&cfg).unwrap();
+        assert_eq!(cfg.plugins.chain.len(), 3);
+    }
+
+    #[test]
     fn unknown_key_names_path_and_line() {
         let e = parse("queue:\n  capacity: 10\n  on_fulll: drop_newest\n").unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
