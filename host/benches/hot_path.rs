@@ -27,7 +27,11 @@ fn chunk() -> Bytes {
 
 fn parse_all(buf: &Bytes) -> Vec<Event> {
     let mut out = Vec::with_capacity(N);
-    for line in buf.strip_suffix(b"\n").unwrap_or(buf).split(|b| *b == b'\n') {
+    for line in buf
+        .strip_suffix(b"\n")
+        .unwrap_or(buf)
+        .split(|b| *b == b'\n')
+    {
         if let Ok(Line::Event(e)) = parse_line(buf, line, 1 << 20) {
             out.push(e);
         }
@@ -46,7 +50,11 @@ fn benches(c: &mut Criterion) {
     let cfg: SamplingConfig = serde_yaml::from_str("default_rate: 0.5\nkey: run_id\n").unwrap();
     let sampler = Sampler::new(cfg, Arc::new(Metrics::new()));
     g.bench_function("sampler_run_id_0.5_2000", |b| {
-        b.iter_batched(|| events.clone(), |mut batch| sampler.apply(&mut batch), criterion::BatchSize::LargeInput)
+        b.iter_batched(
+            || events.clone(),
+            |mut batch| sampler.apply(&mut batch),
+            criterion::BatchSize::LargeInput,
+        )
     });
 
     let mut out = Vec::with_capacity(1 << 20);

@@ -391,10 +391,10 @@ async fn hundred_thousand_events_then_sigterm_all_reach_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_drops_and_counts_without_blocking_the_client() {
-    // A sink that never succeeds backs the pipeline up; the queue fills and drops.
+    // Without a spool, a sink that never succeeds backs the pipeline up; the queue fills and drops.
     let server = Recorder::start(|_| 503).await;
     let mut d = Daemon::start(&format!(
-        "queue: {{capacity: 100, on_full: drop_newest}}\nbatch: {{max_events: 10, interval: 10ms}}\nsinks: [{{type: http, url: \"http://{}/x\"}}]\nshutdown: {{grace: 500ms}}",
+        "queue: {{capacity: 100, on_full: drop_newest}}\nbatch: {{max_events: 10, interval: 10ms}}\nsinks: [{{type: http, url: \"http://{}/x\"}}]\nshutdown: {{grace: 500ms}}\ndelivery: {{spool: {{max_bytes: 0}}}}",
         server.addr
     ))
     .await;
@@ -620,4 +620,64 @@ async fn run_without_config_uses_the_embedded_default() {
     let events = read_ndjson(&dir.path().join("outrigger-data/events.ndjson"));
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["data"]["from"], "default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sink_spools_and_the_next_start_delivers_the_spool() {
+    let down = Recorder::start(|_| 503).await;
+    let mut d = Daemon::start(&format!(
+        "queue: {{capacity: 1000}}\nbatch: {{max_events: 100, interval: 10ms}}\nsinks: [{{type: http, name: api, url: \"http://{}/x\"}}]\nshutdown: {{grace: 300ms}}\ndelivery: {{spool: {{dir: \"{{dir}}/spool\"}}}}",
+        down.addr
+    ))
+    .await;
+    let lines: Vec<String> = (0..3000)
+        .map(|i| format!("{{\"type\": \"t\", \"data\": {i}}}\n"))
+        .collect();
+    // Bursts of 500 into a queue of 1000, three times its size in all: with the sink down, the
+    // batches go to the spool and the queue keeps draining, so nothing is dropped.
+    for (k, burst) in lines.chunks(500).enumerate() {
+        d.send_noack(burst.concat().as_bytes()).await;
+        d.wait_metric(
+            "outrigger_events_received_total",
+            "",
+            (500 * (k + 1)) as f64,
+        )
+        .await;
+        assert!(
+            eventually(Duration::from_secs(10), async || d
+                .metric("outrigger_queue_depth", "")
+                .await
+                == 0.0)
+            .await,
+            "the queue stopped draining"
+        );
+    }
+    assert!(d.metric("outrigger_spool_bytes", r#"sink="api""#).await > 0.0);
+    assert_eq!(d.metric("outrigger_events_dropped_total", "").await, 0.0);
+    assert!(d.stop().success());
+    assert!(d.log_text().contains("events stay in the spool"));
+
+    // Next start, the endpoint is back: the spool goes first, in order, each event once.
+    let up = Recorder::start(|_| 200).await;
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        text.replace(&down.addr.to_string(), &up.addr.to_string()),
+    )
+    .unwrap();
+    d.launch();
+    d.wait_ready().await;
+    d.wait_metric("outrigger_events_delivered_total", r#"sink="api""#, 3000.0)
+        .await;
+    assert_eq!(
+        d.metric("outrigger_spool_bytes", r#"sink="api""#).await,
+        0.0
+    );
+    assert!(d.stop().success());
+    let mut got = Vec::new();
+    for (_, b) in up.bodies() {
+        let arr: Vec<Value> = serde_json::from_str(&b).unwrap();
+        got.extend(arr.iter().map(|e| e["data"].as_u64().unwrap()));
+    }
+    assert_eq!(got, (0..3000).collect::<Vec<_>>());
 }

@@ -1,15 +1,19 @@
 //! Delivery: one task per configured sink, fed whole batches by the pipeline worker.
 //!
-//! In: `Arc<Batch>` on a bounded channel per sink (a slow sink pushes back on the worker, which
-//! lets the queue fill and drop: the application is never blocked). Out: the events written by
-//! the sink; `events_delivered_total{sink}`, `sink_batches_total{sink,result}` and the ingest-to-
-//! sink latency. A retryable failure is retried with exponential back-off (`delivery.retry`)
-//! until it succeeds or the shutdown grace period ends (then counted as dropped `sink`). Every
-//! sink records the sequence number it has finished up to in [`Progress`], which answers Weave
-//! `flush` requests. A sink task ends when its channel closes, after flushing and closing.
+//! In: `Arc<Batch>` on a bounded channel per sink. Out: the events written by the sink;
+//! `events_delivered_total{sink}`, `sink_batches_total{sink,result}` and the ingest-to-sink
+//! latency. A retryable failure sends the batch, and every later one, to the sink's on-disk
+//! spool (`delivery.spool`), which is retried from the front with exponential back-off
+//! (`delivery.retry`) so order holds and the pipeline keeps moving; without a spool the batch is
+//! retried in place, which pushes back on the pipeline, lets the queue fill and drop (the
+//! application is never blocked). Every sink records the sequence number it has delivered up to
+//! in [`Progress`], which answers Weave `flush` requests. A sink task ends when its channel
+//! closes and its spool is empty, or when the shutdown grace period ends: an in-place batch is
+//! then dropped (counted `sink`), a spool stays on disk for the next start.
 
 mod file;
 mod http;
+mod spool;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +30,7 @@ use crate::metrics::{DropReason, Metrics};
 
 pub use file::FileSink;
 pub use http::{HttpSink, WeaveSink};
+use spool::Spool;
 
 /// A batch on its way to the sinks.
 pub struct Batch {
@@ -186,7 +191,36 @@ pub fn spawn(
     let writer = Writer::open(&cfg).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
     let (tx, rx) = mpsc::channel(4);
     let done = ctx.progress.register();
-    let task = tokio::spawn(run(label.clone(), writer, rx, ctx, done, observe_latency));
+    let m = &ctx.metrics;
+    let c = SinkMetrics {
+        delivered: m.events_delivered.with_label_values(&[&label]),
+        ok: m.sink_batches.with_label_values(&[&label, "ok"]),
+        retry: m.sink_batches.with_label_values(&[&label, "retry"]),
+        failed: m.sink_batches.with_label_values(&[&label, "error"]),
+    };
+    let spool_cfg = &ctx.delivery.spool;
+    let spool = match spool_cfg.max_bytes.0 {
+        0 => None,
+        max => match Spool::open(&spool_cfg.dir, &label, max, ctx.metrics.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(sink = %label, dir = %spool_cfg.dir.display(), error = %e, "no spool: a failing sink will hold up the pipeline");
+                None
+            }
+        },
+    };
+    let task = SinkTask {
+        label: label.clone(),
+        writer,
+        backoff: ctx.delivery.retry.initial.0,
+        ctx,
+        done,
+        observe_latency,
+        c,
+        spool,
+        attempts: 0,
+    };
+    let task = tokio::spawn(task.run(rx));
     Ok(SinkHandle {
         label,
         config: cfg,
@@ -195,72 +229,188 @@ pub fn spawn(
     })
 }
 
-async fn run(
+/// Counters for one sink, resolved once.
+struct SinkMetrics {
+    delivered: prometheus::IntCounter,
+    ok: prometheus::IntCounter,
+    retry: prometheus::IntCounter,
+    failed: prometheus::IntCounter,
+}
+
+/// One sink task: delivers batches in order; a failing sink spools (or, without a spool,
+/// retries in place, which pushes back on the pipeline).
+struct SinkTask {
     label: String,
-    mut writer: Writer,
-    mut rx: mpsc::Receiver<Arc<Batch>>,
+    writer: Writer,
     ctx: SinkContext,
     done: Arc<AtomicU64>,
     observe_latency: bool,
-) {
-    let m = &ctx.metrics;
-    let delivered = m.events_delivered.with_label_values(&[&label]);
-    let ok = m.sink_batches.with_label_values(&[&label, "ok"]);
-    let retry = m.sink_batches.with_label_values(&[&label, "retry"]);
-    let failed = m.sink_batches.with_label_values(&[&label, "error"]);
-    while let Some(batch) = rx.recv().await {
-        if !batch.events.is_empty() {
-            let mut backoff = ctx.delivery.retry.initial.0;
-            let mut attempts = 0u32;
-            loop {
-                match writer.deliver(&batch).await {
-                    Ok(n) => {
-                        delivered.inc_by(n as u64);
-                        ok.inc();
-                        if attempts > 0 {
-                            tracing::info!(sink = %label, attempts, "sink recovered");
-                        }
-                        if observe_latency {
-                            for e in &batch.events {
-                                m.processing_latency
-                                    .observe(e.received.elapsed().as_secs_f64());
-                            }
-                        }
-                        break;
-                    }
-                    Err(SinkError::Fatal(e)) => {
-                        failed.inc();
-                        m.dropped(DropReason::Sink, batch.events.len() as u64);
-                        tracing::error!(sink = %label, events = batch.events.len(), error = %e, "batch refused by sink, dropped");
-                        break;
-                    }
-                    Err(SinkError::Retryable(e)) => {
-                        retry.inc();
-                        attempts += 1;
-                        if attempts == 1 || attempts.is_power_of_two() {
-                            tracing::warn!(sink = %label, attempts, error = %e, backoff_ms = backoff.as_millis() as u64, "delivery failed, retrying");
-                        }
-                        let aborted = tokio::select! {
-                            _ = tokio::time::sleep(backoff) => false,
-                            _ = ctx.abort.cancelled() => true,
-                        };
-                        if aborted {
-                            failed.inc();
-                            m.dropped(DropReason::Sink, batch.events.len() as u64);
-                            tracing::error!(sink = %label, events = batch.events.len(), "shutdown grace period over, batch dropped");
-                            break;
-                        }
-                        backoff = (backoff * 2)
-                            .min(ctx.delivery.retry.max.0)
-                            .max(Duration::from_millis(1));
+    c: SinkMetrics,
+    spool: Option<Spool>,
+    backoff: Duration,
+    attempts: u32,
+}
+
+/// What became of one delivery attempt.
+enum Attempt {
+    Done,
+    Retry,
+}
+
+impl SinkTask {
+    /// One attempt; counts success and fatal refusal (the batch is then dropped).
+    async fn attempt(&mut self, batch: &Batch) -> Attempt {
+        match self.writer.deliver(batch).await {
+            Ok(n) => {
+                self.c.delivered.inc_by(n as u64);
+                self.c.ok.inc();
+                if self.attempts > 0 {
+                    tracing::info!(sink = %self.label, attempts = self.attempts, "sink recovered");
+                }
+                self.attempts = 0;
+                self.backoff = self.ctx.delivery.retry.initial.0;
+                if self.observe_latency {
+                    for e in &batch.events {
+                        self.ctx
+                            .metrics
+                            .processing_latency
+                            .observe(e.received.elapsed().as_secs_f64());
                     }
                 }
+                Attempt::Done
+            }
+            Err(SinkError::Fatal(e)) => {
+                self.c.failed.inc();
+                self.ctx
+                    .metrics
+                    .dropped(DropReason::Sink, batch.events.len() as u64);
+                tracing::error!(sink = %self.label, events = batch.events.len(), error = %e, "batch refused by sink, dropped");
+                Attempt::Done
+            }
+            Err(SinkError::Retryable(e)) => {
+                self.c.retry.inc();
+                self.attempts += 1;
+                if self.attempts == 1 || self.attempts.is_power_of_two() {
+                    tracing::warn!(sink = %self.label, attempts = self.attempts, error = %e, backoff_ms = self.backoff.as_millis() as u64, "delivery failed, retrying");
+                }
+                Attempt::Retry
             }
         }
-        done.fetch_max(batch.upto, Ordering::AcqRel);
-        ctx.progress.changed.notify_waiters();
     }
-    writer.close();
-    ctx.progress.unregister(&done);
-    tracing::debug!(sink = %label, "sink closed");
+
+    fn next_backoff(&mut self) -> Duration {
+        let now = self.backoff;
+        self.backoff = (self.backoff * 2)
+            .min(self.ctx.delivery.retry.max.0)
+            .max(Duration::from_millis(1));
+        now
+    }
+
+    fn mark_done(&self, upto: u64) {
+        self.done.fetch_max(upto, Ordering::AcqRel);
+        self.ctx.progress.changed.notify_waiters();
+    }
+
+    /// Retries one batch in place until it is delivered or the grace period ends.
+    async fn deliver_in_place(&mut self, batch: &Batch) {
+        while let Attempt::Retry = self.attempt(batch).await {
+            let wait = self.next_backoff();
+            let aborted = tokio::select! {
+                _ = tokio::time::sleep(wait) => false,
+                _ = self.ctx.abort.cancelled() => true,
+            };
+            if aborted {
+                self.c.failed.inc();
+                self.ctx
+                    .metrics
+                    .dropped(DropReason::Sink, batch.events.len() as u64);
+                tracing::error!(sink = %self.label, events = batch.events.len(), "shutdown grace period over, batch dropped");
+                return;
+            }
+        }
+    }
+
+    fn spooling(&self) -> bool {
+        self.spool.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    /// Puts a batch at the back of the spool; false when the spool cannot take it.
+    fn spool_push(&mut self, batch: &Batch) -> bool {
+        let Some(spool) = self.spool.as_mut() else {
+            return false;
+        };
+        match spool.push(batch) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(sink = %self.label, error = %e, "cannot write the spool; retrying in place");
+                false
+            }
+        }
+    }
+
+    /// Delivers from the front of the spool until it is empty or a delivery fails.
+    async fn drain_spool(&mut self, marker: u64) -> Option<tokio::time::Instant> {
+        loop {
+            let Some(batch) = self.spool.as_mut().and_then(|s| s.front()) else {
+                self.mark_done(marker);
+                return None;
+            };
+            match self.attempt(&batch).await {
+                Attempt::Done => {
+                    if let Some(s) = self.spool.as_mut() {
+                        s.pop_front();
+                    }
+                    self.mark_done(batch.upto);
+                }
+                Attempt::Retry => return Some(tokio::time::Instant::now() + self.next_backoff()),
+            }
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Arc<Batch>>) {
+        let mut retry_at = self.spooling().then(tokio::time::Instant::now);
+        // The newest `upto` handed over while the spool was busy: done once it drains.
+        let mut marker = 0u64;
+        let mut open = true;
+        while open || retry_at.is_some() {
+            tokio::select! {
+                b = rx.recv(), if open => match b {
+                    None => open = false,
+                    Some(batch) if self.spooling() => {
+                        if !batch.events.is_empty() && !self.spool_push(&batch) {
+                            self.deliver_in_place(&batch).await;
+                        }
+                        marker = marker.max(batch.upto);
+                    }
+                    Some(batch) if batch.events.is_empty() => self.mark_done(batch.upto),
+                    Some(batch) => match self.attempt(&batch).await {
+                        Attempt::Done => self.mark_done(batch.upto),
+                        Attempt::Retry if self.spool_push(&batch) => {
+                            marker = batch.upto;
+                            retry_at = Some(tokio::time::Instant::now() + self.next_backoff());
+                        }
+                        Attempt::Retry => {
+                            self.deliver_in_place(&batch).await;
+                            self.mark_done(batch.upto);
+                        }
+                    },
+                },
+                _ = sleep_until(retry_at) => retry_at = self.drain_spool(marker).await,
+                _ = self.ctx.abort.cancelled(), if !open => break,
+            }
+        }
+        if let Some(s) = self.spool.as_ref().filter(|s| !s.is_empty()) {
+            tracing::warn!(sink = %self.label, events = s.events(), "sink still failing at exit: events stay in the spool for the next start");
+        }
+        self.writer.close();
+        self.ctx.progress.unregister(&self.done);
+        tracing::debug!(sink = %self.label, "sink closed");
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
