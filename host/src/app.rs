@@ -103,17 +103,15 @@ pub async fn run(
 
     let flush = Arc::new(FlushRequests::default());
     let over_budget = Arc::new(AtomicBool::new(false));
-    let worker = tokio::spawn(
-        Worker {
-            queue: queue.clone(),
-            sampler: sampler.clone(),
-            metrics: metrics.clone(),
-            routing: routing_rx.clone(),
-            flush: flush.clone(),
-            over_budget: over_budget.clone(),
-        }
-        .run(),
-    );
+    let worker = Worker {
+        queue: queue.clone(),
+        sampler: sampler.clone(),
+        metrics: metrics.clone(),
+        routing: routing_rx.clone(),
+        flush: flush.clone(),
+        over_budget: over_budget.clone(),
+    }
+    .spawn()?;
 
     let admission = Arc::new(Admission {
         queue: queue.clone(),

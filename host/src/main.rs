@@ -239,8 +239,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 batch: if ack && http.is_none() { 1 } else { batch },
                 event_type: kind,
             };
-            let report =
-                tokio::task::spawn_blocking(move || outrigger::bench::run(&opts)).await??;
+            let baseline_socket = baseline.then(|| opts.socket.clone());
+            let report = tokio::task::spawn_blocking(move || outrigger::bench::run(&opts)).await?;
+            if let Some(p) = baseline_socket {
+                let _ = std::fs::remove_file(p);
+            }
+            let report = report?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

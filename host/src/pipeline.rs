@@ -63,6 +63,23 @@ struct Open {
 }
 
 impl Worker {
+    /// Runs the worker on a thread of its own (with its own single-threaded runtime), so that
+    /// busy ingest connections on the shared runtime cannot starve it. The returned receiver
+    /// resolves when the worker has drained and ended.
+    pub fn spawn(self) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("outrigger-pipeline".into())
+            .spawn(move || {
+                rt.block_on(self.run());
+                let _ = done_tx.send(());
+            })?;
+        Ok(done_rx)
+    }
+
     pub async fn run(mut self) {
         let mut routing = self.routing.borrow_and_update().clone();
         let mut chain = Chain::new(routing.plugins.clone()).await;

@@ -71,6 +71,8 @@ impl Queue {
         }
         let cap = self.capacity.load(Ordering::Relaxed);
         let on_full = *self.on_full.lock();
+        // Evicted events are freed after the lock is released, not while others wait on it.
+        let mut evicted_events: Vec<Event> = Vec::new();
         let (refused, evicted, depth) = {
             let mut q = self.inner.lock();
             let mut refused = 0;
@@ -80,7 +82,7 @@ impl Queue {
                     let room = cap.saturating_sub(q.items.len());
                     if events.len() > room {
                         refused = events.len() - room;
-                        events.truncate(room);
+                        evicted_events = events.split_off(room);
                     }
                 }
                 OnFull::DropOldest => {
@@ -93,7 +95,7 @@ impl Queue {
                     }
                     let over = (q.items.len() + events.len()).saturating_sub(cap);
                     if over > 0 {
-                        q.items.drain(..over);
+                        evicted_events.extend(q.items.drain(..over));
                         evicted += over;
                     }
                 }
@@ -106,6 +108,7 @@ impl Queue {
             .dropped(DropReason::QueueFull, (refused + evicted) as u64);
         self.metrics.queue_depth.set(depth as i64);
         self.ready.notify_one();
+        drop(evicted_events);
         refused
     }
 
