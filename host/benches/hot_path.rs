@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use outrigger::config::SamplingConfig;
-use outrigger::event::{Event, Line, parse_line};
+use outrigger::event::{Event, Interner, Line, parse_line, parse_line_with};
 use outrigger::metrics::Metrics;
 use outrigger::sampler::Sampler;
 
@@ -26,6 +26,22 @@ fn chunk() -> Bytes {
 }
 
 fn parse_all(buf: &Bytes) -> Vec<Event> {
+    let mut out = Vec::with_capacity(N);
+    let mut interner = Interner::default();
+    for line in buf
+        .strip_suffix(b"\n")
+        .unwrap_or(buf)
+        .split(|b| *b == b'\n')
+    {
+        if let Ok(Line::Event(e)) = parse_line_with(buf, line, 1 << 20, Some(&mut interner)) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+/// The same without the interner: every `type` and `run_id` allocated.
+fn parse_all_uninterned(buf: &Bytes) -> Vec<Event> {
     let mut out = Vec::with_capacity(N);
     for line in buf
         .strip_suffix(b"\n")
@@ -45,6 +61,9 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(N as u64));
 
     g.bench_function("envelope_parse_2000", |b| b.iter(|| parse_all(&buf)));
+    g.bench_function("envelope_parse_2000_uninterned", |b| {
+        b.iter(|| parse_all_uninterned(&buf))
+    });
 
     let events = parse_all(&buf);
     let cfg: SamplingConfig = serde_yaml::from_str("default_rate: 0.5\nkey: run_id\n").unwrap();

@@ -7,7 +7,10 @@
 //! native line for the sinks. Nothing here does I/O or keeps state.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -21,11 +24,11 @@ pub const MAX_TYPE_BYTES: usize = 256;
 /// One observed event as it flows through the pipeline.
 #[derive(Clone, Debug)]
 pub struct Event {
-    /// The event type (`type` on the wire, `kind` in WIT).
-    pub kind: String,
+    /// The event type (`type` on the wire, `kind` in WIT). Shared: types repeat.
+    pub kind: Arc<str>,
     /// Unix time in nanoseconds; filled at ingest when the sender gave none.
     pub ts_ns: u64,
-    pub run_id: Option<String>,
+    pub run_id: Option<Arc<str>>,
     pub attributes: Vec<(String, String)>,
     /// The event's `data` as the JSON text that arrived (`null` when absent).
     pub data: Bytes,
@@ -128,9 +131,64 @@ impl<'de> Deserialize<'de> for Attributes {
     }
 }
 
+/// FNV-1a, for the interner: short keys, no need for DoS-resistant hashing.
+#[derive(Default)]
+pub struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Shares the `type` and `run_id` strings that repeat on a connection, so that parsing
+/// allocates only for new ones. Bounded: it forgets everything past `MAX` entries.
+#[derive(Default)]
+pub struct Interner {
+    set: HashSet<Arc<str>, BuildHasherDefault<Fnv>>,
+}
+
+impl Interner {
+    const MAX: usize = 4096;
+
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.set.get(s) {
+            return a.clone();
+        }
+        if self.set.len() >= Self::MAX {
+            self.set.clear();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.set.insert(a.clone());
+        a
+    }
+}
+
 /// Parses one line (without its newline). `buf` must contain `line`: `data` becomes a slice
 /// of it, so the payload is never copied.
 pub fn parse_line(buf: &Bytes, line: &[u8], max_line_bytes: usize) -> Result<Line, LineError> {
+    parse_line_with(buf, line, max_line_bytes, None)
+}
+
+/// [`parse_line`], sharing repeated `type` and `run_id` strings through `interner`.
+pub fn parse_line_with(
+    buf: &Bytes,
+    line: &[u8],
+    max_line_bytes: usize,
+    mut interner: Option<&mut Interner>,
+) -> Result<Line, LineError> {
     if line.len() > max_line_bytes {
         return Err(LineError::TooLong(line.len(), max_line_bytes));
     }
@@ -162,9 +220,15 @@ pub fn parse_line(buf: &Bytes, line: &[u8], max_line_bytes: usize) -> Result<Lin
         _ => now_ns(),
     };
     Ok(Line::Event(Event {
-        kind: kind.into_owned(),
+        kind: match interner.as_deref_mut() {
+            Some(i) => i.get(&kind),
+            None => Arc::from(&*kind),
+        },
         ts_ns,
-        run_id: wire.run_id.map(Cow::into_owned),
+        run_id: wire.run_id.map(|r| match interner.as_deref_mut() {
+            Some(i) => i.get(&r),
+            None => Arc::from(&*r),
+        }),
         attributes: wire.attributes.map(|a| a.0).unwrap_or_default(),
         data,
         received: Instant::now(),
@@ -214,9 +278,9 @@ impl Event {
             Bytes::from(serde_json::to_vec(&data).unwrap_or_else(|_| NULL.to_vec()))
         };
         Event {
-            kind,
+            kind: kind.into(),
             ts_ns,
-            run_id,
+            run_id: run_id.map(Arc::from),
             attributes,
             data,
             received,
@@ -328,7 +392,7 @@ mod tests {
         .unwrap() else {
             panic!("not an event")
         };
-        assert_eq!(ev.kind, "test_end");
+        assert_eq!(&*ev.kind, "test_end");
         assert_eq!(ev.data_str(), r#"{"b": 1,  "a":[1,2]}"#);
         assert_eq!(ev.run_id.as_deref(), Some("r1"));
         assert_eq!(ev.ts_ns, 1_732_290_000_500_000_000);
@@ -348,7 +412,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(ev.kind, "call_start");
+        assert_eq!(&*ev.kind, "call_start");
         assert_eq!(ev.data_str(), r#"{"start":{"id":"x"}}"#);
         assert!(matches!(
             parse(r#"{"method":"flush","payload":{}}"#),

@@ -183,8 +183,8 @@ impl Sampler {
             if c.adaptive.enabled && !c.adaptive.on.is_empty() {
                 events
                     .iter()
-                    .find(|e| c.adaptive.on.contains(&e.kind))
-                    .map(|e| e.kind.clone())
+                    .find(|e| c.adaptive.on.iter().any(|t| **t == *e.kind))
+                    .map(|e| e.kind.to_string())
             } else {
                 None
             }
@@ -209,8 +209,8 @@ impl Sampler {
             let rate = match last {
                 Some((p, l, r)) if p == e.kind.as_ptr() && l == e.kind.len() => r,
                 _ => {
-                    let mut r = c.rates.get(&e.kind).copied().unwrap_or(c.default_rate);
-                    if global_boost || st.boosts.get(&e.kind).is_some_and(|(u, _)| *u > now) {
+                    let mut r = c.rates.get(&*e.kind).copied().unwrap_or(c.default_rate);
+                    if global_boost || st.boosts.get(&*e.kind).is_some_and(|(u, _)| *u > now) {
                         r = (r * factor).min(1.0);
                     }
                     r *= st.degrade;
@@ -297,7 +297,7 @@ mod tests {
         let mut batch = vec![ev("noisy", None), ev("keep", None), ev("noisy", None)];
         s.apply(&mut batch);
         assert_eq!(batch.len(), 1);
-        assert_eq!(batch[0].kind, "keep");
+        assert_eq!(&*batch[0].kind, "keep");
         assert_eq!(s.metrics.dropped_count(DropReason::SampledOut), 2);
     }
 

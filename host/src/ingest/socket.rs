@@ -92,6 +92,7 @@ struct Conn {
     /// Inside a line that went over `max_line_bytes`: bytes skipped so far.
     skipping: Option<usize>,
     out: Vec<u8>,
+    interner: event::Interner,
 }
 
 enum Answer {
@@ -109,6 +110,7 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
         ack: true,
         skipping: None,
         out: Vec::with_capacity(4096),
+        interner: event::Interner::default(),
     };
     let mut buf = BytesMut::with_capacity(256 * 1024);
     loop {
@@ -179,7 +181,7 @@ impl Conn {
             if raw.trim_ascii().is_empty() {
                 continue;
             }
-            match event::parse_line(chunk, raw, max) {
+            match event::parse_line_with(chunk, raw, max, Some(&mut self.interner)) {
                 Ok(Line::Event(e)) => {
                     events.push(e);
                     answers.push(Answer::Event);

@@ -132,7 +132,7 @@ impl WeaveSink {
         body.extend_from_slice(b"{\"batch\":[");
         let mut n = 0;
         for e in &batch.events {
-            let (mode, field) = match e.kind.as_str() {
+            let (mode, field) = match &*e.kind {
                 "call_start" => ("start", true),
                 "call_end" => ("end", false),
                 _ => continue,
