@@ -225,7 +225,7 @@ pub fn parse_line_with(
             None => Arc::from(&*kind),
         },
         ts_ns,
-        run_id: wire.run_id.map(|r| match interner.as_deref_mut() {
+        run_id: wire.run_id.map(|r| match interner {
             Some(i) => i.get(&r),
             None => Arc::from(&*r),
         }),
