@@ -2,6 +2,7 @@
 //!
 //! `harness` starts and drives daemons; each other module covers one capability.
 
+mod clients;
 mod harness;
 mod pipeline;
 mod reload;
