@@ -7,9 +7,21 @@ use serde_json::Value;
 use crate::harness::Daemon;
 
 fn python_client(socket: &std::path::Path, n: usize) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/clients/python/outrigger_client.py");
-    let out = Command::new("python3").arg(script).arg(socket).env("N", n.to_string()).output().expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/clients/python/outrigger_client.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(socket)
+        .env("N", n.to_string())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON line")
 }
 

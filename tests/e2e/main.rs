@@ -5,4 +5,6 @@
 mod clients;
 mod harness;
 mod pipeline;
+mod plugins;
 mod reload;
+mod wasm;

@@ -1,0 +1,606 @@
+//! Loading plugins: the [`PluginHost`] finds, compiles and configures them into an immutable
+//! [`PluginSet`].
+//!
+//! In: `plugins.dir` (every `*.wasm`, name = file stem, `NAME.yml` beside it as its config),
+//! `plugins.defaults` and `plugins.chain` (order, overrides, `types` routing, `enabled`).
+//! Out: an `Arc<PluginSet>`: the plugins in call order (samplers first, then handlers; within
+//! each, chain order, then the others by name), each with its compiled component, settings and
+//! shared health (call counts, consecutive failures, quarantine), plus the plugins that failed
+//! to load, with the reason. A failure of one plugin never fails the set. Loading again (hot
+//! reload) reuses the compiled component and the health of every file whose bytes did not
+//! change.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::bindings::{HandlerPre, SamplerPre};
+use super::imports::{PluginCtx, State};
+use super::runtime::{self, CompileInfo, Runtime};
+use super::{AnomalyFn, PluginError};
+use crate::config::{ChainEntry, OnError, PluginsConfig};
+use crate::metrics::Metrics;
+
+/// The world a component implements, with its pre-instantiated form.
+pub enum World {
+    Handler(HandlerPre<State>),
+    Sampler(SamplerPre<State>),
+}
+
+impl World {
+    pub fn name(&self) -> &'static str {
+        match self {
+            World::Handler(_) => "handler",
+            World::Sampler(_) => "sampler",
+        }
+    }
+}
+
+/// A compiled component, shareable across plugin sets (hot reload reuses it by hash).
+pub struct Compiled {
+    pub world: World,
+    pub info: CompileInfo,
+}
+
+/// Limits and error policy of one plugin (defaults with its chain overrides applied).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub fuel_per_event: u64,
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub quarantine_after: u32,
+    pub quarantine_initial: Duration,
+    pub quarantine_max: Duration,
+}
+
+/// One loaded plugin.
+pub struct Plugin {
+    pub name: Arc<str>,
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub runtime: Arc<Runtime>,
+    pub compiled: Arc<Compiled>,
+    pub settings: Settings,
+    /// Only events of these types go to the plugin (`None`: all).
+    pub types: Option<HashSet<String>>,
+    pub optional: bool,
+    /// The config passed to `init`, as JSON text.
+    pub config_json: String,
+    pub ctx: Arc<PluginCtx>,
+    pub health: Arc<Health>,
+    pub m_calls: prometheus::IntCounter,
+    pub m_fuel: prometheus::IntCounter,
+    pub m_duration: prometheus::Histogram,
+}
+
+impl Plugin {
+    pub fn is_sampler(&self) -> bool {
+        matches!(self.compiled.world, World::Sampler(_))
+    }
+
+    /// Counts a failed call or instantiation; quarantines after `quarantine_after` in a row.
+    pub fn failed(&self, err: &PluginError) {
+        let m = &self.ctx.metrics;
+        m.plugin_errors
+            .with_label_values(&[&*self.name, err.kind.as_str()])
+            .inc();
+        self.health.errors.fetch_add(1, Ordering::Relaxed);
+        let s = &self.settings;
+        let mut h = self.health.inner.lock();
+        h.consecutive += 1;
+        h.last_error = Some(format!("{}: {}", err.kind.as_str(), err.message));
+        self.health.failing.store(h.consecutive, Ordering::Relaxed);
+        if h.consecutive >= s.quarantine_after.max(1) {
+            let period = match h.backoff {
+                None => s.quarantine_initial,
+                Some(b) => (b * 2).min(s.quarantine_max),
+            };
+            h.backoff = Some(period);
+            h.until = Some((Instant::now() + period, SystemTime::now() + period));
+            self.health.quarantined.store(true, Ordering::Release);
+            m.plugin_quarantined
+                .with_label_values(&[&*self.name])
+                .set(1);
+            tracing::warn!(plugin = %self.name, kind = err.kind.as_str(), failures = h.consecutive, for_ms = period.as_millis() as u64, error = %err.message, "plugin quarantined: batches bypass it");
+        } else {
+            tracing::warn!(plugin = %self.name, kind = err.kind.as_str(), failures = h.consecutive, error = %err.message, "plugin call failed");
+        }
+    }
+
+    /// Counts a successful call; a success ends a run of failures and resets the back-off.
+    pub fn succeeded(&self) {
+        self.health.calls.fetch_add(1, Ordering::Relaxed);
+        if self.health.failing.load(Ordering::Relaxed) > 0 {
+            let mut h = self.health.inner.lock();
+            if h.consecutive > 0 {
+                tracing::info!(plugin = %self.name, after_failures = h.consecutive, "plugin recovered");
+            }
+            h.consecutive = 0;
+            h.backoff = None;
+            self.health.failing.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether batches bypass the plugin now. Ends an expired quarantine (the next call tries
+    /// a new instance; one more failure quarantines it again for twice as long).
+    pub fn quarantined(&self) -> bool {
+        if !self.health.quarantined.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut h = self.health.inner.lock();
+        match h.until {
+            Some((until, _)) if Instant::now() < until => true,
+            _ => {
+                h.until = None;
+                self.health.quarantined.store(false, Ordering::Release);
+                self.ctx
+                    .metrics
+                    .plugin_quarantined
+                    .with_label_values(&[&*self.name])
+                    .set(0);
+                tracing::info!(plugin = %self.name, "plugin quarantine over: trying it again");
+                false
+            }
+        }
+    }
+
+    fn status(&self) -> PluginStatus {
+        let h = self.health.inner.lock();
+        let until = h
+            .until
+            .filter(|(i, _)| Instant::now() < *i)
+            .map(|(_, wall)| unix_secs(wall));
+        let mut types: Option<Vec<String>> =
+            self.types.as_ref().map(|t| t.iter().cloned().collect());
+        if let Some(t) = types.as_mut() {
+            t.sort();
+        }
+        PluginStatus {
+            name: self.name.to_string(),
+            world: self.compiled.world.name().into(),
+            path: self.path.clone(),
+            size: self.size,
+            sha256: self.sha256.clone(),
+            calls: self.health.calls.load(Ordering::Relaxed),
+            errors: self.health.errors.load(Ordering::Relaxed),
+            consecutive_failures: h.consecutive,
+            quarantined: until.is_some(),
+            quarantined_until: until,
+            last_error: h.last_error.clone(),
+            types,
+            optional: self.optional,
+            compile_ms: Some(self.compiled.info.took.as_secs_f64() * 1e3),
+            from_cache: Some(self.compiled.info.from_cache),
+        }
+    }
+}
+
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Call counts and quarantine state of one plugin, shared by every worker's chain (and kept
+/// across reloads while the file is unchanged).
+#[derive(Default)]
+pub struct Health {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    /// Mirrors `inner.consecutive`, so a success needs no lock.
+    failing: AtomicU32,
+    /// Set while a quarantine may be running; `inner.until` says until when.
+    quarantined: AtomicBool,
+    inner: Mutex<HealthInner>,
+}
+
+#[derive(Default)]
+struct HealthInner {
+    consecutive: u32,
+    backoff: Option<Duration>,
+    until: Option<(Instant, SystemTime)>,
+    last_error: Option<String>,
+}
+
+/// A plugin as `GET /v1/plugins`, health and `outrigger check` show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    /// `handler`, `sampler`, or `unknown` when it failed to load.
+    pub world: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    /// Successful batch calls.
+    pub calls: u64,
+    /// Failed calls and instantiations.
+    pub errors: u64,
+    pub consecutive_failures: u32,
+    /// True while batches bypass the plugin.
+    pub quarantined: bool,
+    /// Unix seconds when the quarantine ends.
+    pub quarantined_until: Option<f64>,
+    /// The last failure (`kind: message`), or why the plugin could not be loaded.
+    pub last_error: Option<String>,
+    pub types: Option<Vec<String>>,
+    pub optional: bool,
+    pub compile_ms: Option<f64>,
+    pub from_cache: Option<bool>,
+}
+
+/// An immutable set of loaded plugins in call order.
+pub struct PluginSet {
+    pub(crate) plugins: Vec<Arc<Plugin>>,
+    failed: Vec<PluginStatus>,
+}
+
+impl PluginSet {
+    /// Every plugin, loaded or not, in call order (failed ones last).
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let mut out: Vec<PluginStatus> = self.plugins.iter().map(|p| p.status()).collect();
+        out.extend(self.failed.iter().cloned());
+        out
+    }
+
+    /// True when no plugin is loaded (batches pass through untouched).
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// How many plugins are loaded (failed ones not counted).
+    pub fn len(&self) -> usize {
+        self.plugins.len()
+    }
+
+    /// A set with no plugins.
+    pub fn empty() -> PluginSet {
+        PluginSet {
+            plugins: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+}
+
+/// A plugin's name and file hash.
+type HealthKey = (String, [u8; 32]);
+
+/// The plugin runtime: engine, epoch ticker, compile cache; loads plugin sets.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    anomaly: AnomalyFn,
+    /// Components of the last loaded set, by file hash, for reuse on reload.
+    compiled: Mutex<HashMap<[u8; 32], Arc<Compiled>>>,
+    /// Health of the last loaded set, by plugin name and file hash.
+    health: Mutex<HashMap<HealthKey, Arc<Health>>>,
+}
+
+impl PluginHost {
+    /// Starts the runtime. `cfg.cache_dir` (or the default cache location) is fixed for the
+    /// host's lifetime; `metrics` and `anomaly` are handed to every plugin.
+    pub fn new(
+        cfg: &PluginsConfig,
+        metrics: Arc<Metrics>,
+        anomaly: AnomalyFn,
+    ) -> anyhow::Result<PluginHost> {
+        let cache = runtime::cache_dir(cfg.cache_dir.as_deref()).map(|d| d.join("components"));
+        Ok(PluginHost {
+            inner: Arc::new(HostInner {
+                runtime: Arc::new(Runtime::new(cache)?),
+                metrics,
+                anomaly,
+                compiled: Mutex::new(HashMap::new()),
+                health: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Loads every `*.wasm` in `cfg.dir` (a missing directory is an empty set). Fails only if
+    /// the directory cannot be read; a plugin that cannot be loaded is logged, counted in
+    /// `reloads_total{target="plugin",result="error"}` and listed with its reason in the set's
+    /// status.
+    pub fn load_set(&self, cfg: &PluginsConfig) -> anyhow::Result<Arc<PluginSet>> {
+        let files = wasm_files(&cfg.dir)?;
+        let names: HashSet<String> = files.iter().map(|(n, _)| n.clone()).collect();
+        let mut ordered: Vec<(String, PathBuf)> = Vec::new();
+        let mut missing = Vec::new();
+        for entry in &cfg.chain {
+            if let Some(f) = files.iter().find(|(n, _)| *n == entry.name) {
+                if !ordered.iter().any(|(n, _)| *n == entry.name) {
+                    ordered.push(f.clone());
+                }
+            } else if entry.enabled != Some(false) && !names.contains(&entry.name) {
+                missing.push(entry.name.clone());
+            }
+        }
+        for f in files {
+            if !ordered.iter().any(|(n, _)| *n == f.0) {
+                ordered.push(f);
+            }
+        }
+        let mut set = self.load_files(cfg, ordered);
+        for name in missing {
+            let path = cfg.dir.join(format!("{name}.wasm"));
+            let err = format!("named in plugins.chain but there is no {}", path.display());
+            tracing::warn!(plugin = %name, "{err}");
+            self.inner
+                .metrics
+                .reloads
+                .with_label_values(&["plugin", "error"])
+                .inc();
+            set.failed.push(failed_status(&name, &path, None, err));
+        }
+        Ok(Arc::new(set))
+    }
+
+    /// Loads the given plugin files (name, path), in that order but samplers first; settings
+    /// and configs come from `cfg` as for [`PluginHost::load_set`].
+    pub(crate) fn load_files(
+        &self,
+        cfg: &PluginsConfig,
+        files: Vec<(String, PathBuf)>,
+    ) -> PluginSet {
+        let mut plugins = Vec::new();
+        let mut failed = Vec::new();
+        let mut compiled = HashMap::new();
+        let mut health = HashMap::new();
+        for (name, path) in files {
+            let entry = cfg.chain.iter().find(|c| c.name == name);
+            if entry.and_then(|e| e.enabled) == Some(false) {
+                tracing::debug!(plugin = %name, "plugin disabled in plugins.chain");
+                continue;
+            }
+            match self.load_one(cfg, entry, &name, &path) {
+                Ok((plugin, sha)) => {
+                    tracing::info!(
+                        plugin = %name,
+                        world = plugin.compiled.world.name(),
+                        from_cache = plugin.compiled.info.from_cache,
+                        compile_ms = plugin.compiled.info.took.as_millis() as u64,
+                        "plugin loaded"
+                    );
+                    self.inner
+                        .metrics
+                        .reloads
+                        .with_label_values(&["plugin", "ok"])
+                        .inc();
+                    compiled.insert(sha, plugin.compiled.clone());
+                    health.insert((name.clone(), sha), plugin.health.clone());
+                    plugins.push(Arc::new(plugin));
+                }
+                Err((err, sha, size)) => {
+                    let msg = format!("{err:#}");
+                    tracing::error!(plugin = %name, path = %path.display(), error = %msg, "plugin not loaded");
+                    self.inner
+                        .metrics
+                        .reloads
+                        .with_label_values(&["plugin", "error"])
+                        .inc();
+                    let mut st = failed_status(&name, &path, sha.as_ref(), msg);
+                    st.size = size;
+                    failed.push(st);
+                }
+            }
+        }
+        // Keep only what this set uses, so replaced components are freed with their sets.
+        *self.inner.compiled.lock() = compiled;
+        *self.inner.health.lock() = health;
+        // Samplers run before handlers; the sort is stable, so order within each is kept.
+        plugins.sort_by_key(|p| !p.is_sampler());
+        PluginSet { plugins, failed }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn load_one(
+        &self,
+        cfg: &PluginsConfig,
+        entry: Option<&ChainEntry>,
+        name: &str,
+        path: &Path,
+    ) -> Result<(Plugin, [u8; 32]), (anyhow::Error, Option<[u8; 32]>, u64)> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading {}", path.display()))
+            .map_err(|e| (e, None, 0))?;
+        let size = bytes.len() as u64;
+        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        let fail = |e: anyhow::Error| (e, Some(sha), size);
+        let config_json = plugin_config(entry, path).map_err(fail)?;
+        let existing = self.inner.compiled.lock().get(&sha).cloned();
+        let compiled = match existing {
+            Some(c) => c,
+            None => Arc::new(compile(&self.inner.runtime, &bytes, &sha).map_err(fail)?),
+        };
+        let d = &cfg.defaults;
+        let e = entry.cloned().unwrap_or_default();
+        let settings = Settings {
+            fuel_per_event: e.fuel_per_event.unwrap_or(d.fuel_per_event).max(1),
+            memory_bytes: (e.memory_mb.unwrap_or(d.memory_mb).max(1) as usize)
+                .saturating_mul(1 << 20),
+            timeout: e.timeout.map(|t| t.0).unwrap_or(d.timeout.0),
+            on_error: e.on_error.unwrap_or(d.on_error),
+            quarantine_after: d.quarantine_after,
+            quarantine_initial: d.quarantine_initial.0,
+            quarantine_max: d.quarantine_max.0.max(d.quarantine_initial.0),
+        };
+        let health = self
+            .inner
+            .health
+            .lock()
+            .get(&(name.to_string(), sha))
+            .cloned()
+            .unwrap_or_default();
+        let name: Arc<str> = Arc::from(name);
+        let m = &self.inner.metrics;
+        let plugin = Plugin {
+            ctx: Arc::new(PluginCtx::new(
+                name.clone(),
+                m.clone(),
+                self.inner.anomaly.clone(),
+            )),
+            m_calls: m.plugin_calls.with_label_values(&[&*name]),
+            m_fuel: m.plugin_fuel_consumed.with_label_values(&[&*name]),
+            m_duration: m.plugin_call_duration.with_label_values(&[&*name]),
+            name,
+            path: path.to_path_buf(),
+            size,
+            sha256: runtime::hex(&sha),
+            runtime: self.inner.runtime.clone(),
+            compiled,
+            settings,
+            types: e.types.map(|t| t.into_iter().collect()),
+            optional: e.optional.unwrap_or(false),
+            config_json,
+            health,
+        };
+        m.plugin_quarantined
+            .with_label_values(&[&*plugin.name])
+            .set(plugin.health.quarantined.load(Ordering::Relaxed) as i64);
+        Ok((plugin, sha))
+    }
+}
+
+fn failed_status(name: &str, path: &Path, sha: Option<&[u8; 32]>, err: String) -> PluginStatus {
+    PluginStatus {
+        name: name.to_string(),
+        world: "unknown".into(),
+        path: path.to_path_buf(),
+        size: 0,
+        sha256: sha.map(|s| runtime::hex(s)).unwrap_or_default(),
+        calls: 0,
+        errors: 0,
+        consecutive_failures: 0,
+        quarantined: false,
+        quarantined_until: None,
+        last_error: Some(err),
+        types: None,
+        optional: false,
+        compile_ms: None,
+        from_cache: None,
+    }
+}
+
+/// `*.wasm` files in `dir` as (name, path), sorted by name. A missing directory has none.
+fn wasm_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e))
+                .with_context(|| format!("reading plugins dir {}", dir.display()));
+        }
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.with_context(|| format!("reading plugins dir {}", dir.display()))?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("wasm") || !path.is_file() {
+            continue;
+        }
+        if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+            out.push((stem.to_string(), path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The plugin's config as JSON text: `chain[].config` if given, else `NAME.yml` beside the
+/// file (YAML), else `{}`.
+fn plugin_config(entry: Option<&ChainEntry>, wasm: &Path) -> anyhow::Result<String> {
+    if let Some(c) = entry.and_then(|e| e.config.as_ref()) {
+        return Ok(c.to_string());
+    }
+    let yml = wasm.with_extension("yml");
+    match std::fs::read_to_string(&yml) {
+        Ok(text) => {
+            let v: serde_json::Value = serde_yaml::from_str(&text)
+                .with_context(|| format!("parsing plugin config {}", yml.display()))?;
+            Ok(if v.is_null() {
+                "{}".into()
+            } else {
+                v.to_string()
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok("{}".into()),
+        Err(e) => Err(anyhow::Error::new(e)).with_context(|| format!("reading {}", yml.display())),
+    }
+}
+
+/// What a component exports and imports, and which world it implements.
+pub struct Inspection {
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
+    pub world: Result<&'static str, String>,
+}
+
+/// Lists a component's exports and imports and finds its world from the exports.
+pub fn inspect(runtime: &Runtime, component: &Component) -> Inspection {
+    let ty = component.component_type();
+    let engine = &runtime.engine;
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+    let has = |n: &str| exports.iter().any(|e| e == n);
+    let world = match (has("on-batch"), has("sample")) {
+        (true, false) => Ok("handler"),
+        (false, true) => Ok("sampler"),
+        (true, true) => Err("exports both `on-batch` (handler) and `sample` (sampler)".to_string()),
+        (false, false) => Err(format!(
+            "exports neither `on-batch` (world handler) nor `sample` (world sampler); exports: [{}]",
+            exports.join(", ")
+        )),
+    };
+    let world = match world {
+        Ok(w) if !has("init") => Err(format!("world {w} needs an `init` export")),
+        w => w,
+    };
+    Inspection {
+        exports,
+        imports,
+        world,
+    }
+}
+
+/// Compiles (or loads from cache) and links a component, checking it against its world.
+pub fn compile(runtime: &Runtime, bytes: &[u8], sha: &[u8; 32]) -> anyhow::Result<Compiled> {
+    let (component, info) = runtime.component(bytes, sha).context("compiling")?;
+    let world = link(runtime, &component)?;
+    Ok(Compiled { world, info })
+}
+
+/// Pre-instantiates `component` against the host's imports and its world's exports.
+pub fn link(runtime: &Runtime, component: &Component) -> anyhow::Result<World> {
+    let found = inspect(runtime, component)
+        .world
+        .map_err(anyhow::Error::msg)?;
+    let pre = runtime
+        .linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .context("linking its imports (only outrigger:plugin/host and WASI p2 are offered)")?;
+    Ok(match found {
+        "handler" => World::Handler(
+            HandlerPre::new(pre)
+                .map_err(anyhow::Error::from)
+                .context("its exports do not match world handler of outrigger:plugin@0.1.0")?,
+        ),
+        _ => World::Sampler(
+            SamplerPre::new(pre)
+                .map_err(anyhow::Error::from)
+                .context("its exports do not match world sampler of outrigger:plugin@0.1.0")?,
+        ),
+    })
+}

@@ -1,0 +1,549 @@
+//! Runtime tests against the example and fixture plugins, built from source once per test
+//! binary (`plugins/build.sh`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::*;
+use crate::config::PluginsConfig;
+use crate::event::{Event, Line};
+use crate::metrics::{DropReason, Metrics};
+
+/// `plugins/dist`, built once.
+fn dist() -> &'static Path {
+    static DIST: OnceLock<PathBuf> = OnceLock::new();
+    DIST.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new("bash")
+            .arg(root.join("plugins/build.sh"))
+            .output()
+            .expect("run plugins/build.sh");
+        assert!(
+            out.status.success(),
+            "plugins/build.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root.join("plugins/dist")
+    })
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    metrics: Arc<Metrics>,
+    anomalies: Arc<Mutex<Vec<(String, String)>>>,
+    host: PluginHost,
+}
+
+impl Fixture {
+    /// A plugins dir holding `files` (paths relative to `plugins/dist`, e.g.
+    /// `fixtures/misbehave.wasm`, optionally renamed `as`).
+    fn new(files: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        for (src, name) in files {
+            std::fs::copy(dist().join(src), dir.path().join(format!("{name}.wasm"))).unwrap();
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let anomalies: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let seen = anomalies.clone();
+        let host = PluginHost::new(
+            &PluginsConfig {
+                cache_dir: Some(cache.path().to_path_buf()),
+                ..Default::default()
+            },
+            metrics.clone(),
+            Arc::new(move |k: &str, r: &str| seen.lock().push((k.into(), r.into()))),
+        )
+        .unwrap();
+        Fixture {
+            dir,
+            cache,
+            metrics,
+            anomalies,
+            host,
+        }
+    }
+
+    fn config(&self, yaml: &str) -> PluginsConfig {
+        let mut cfg: PluginsConfig = serde_yaml::from_str(yaml).unwrap();
+        cfg.dir = self.dir.path().to_path_buf();
+        cfg.cache_dir = Some(self.cache.path().to_path_buf());
+        cfg
+    }
+
+    fn load(&self, yaml: &str) -> Arc<PluginSet> {
+        self.host.load_set(&self.config(yaml)).unwrap()
+    }
+
+    /// The value of the series `name` whose labels include all of `labels` (0 if absent).
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics.render();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (n, ls) = series.split_once('{').unwrap_or((series, ""));
+            if n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| ls.contains(&format!("{k}=\"{v}\"")))
+            {
+                return value.parse().unwrap();
+            }
+        }
+        0.0
+    }
+}
+
+fn ev(line: &str) -> Event {
+    match crate::event::parse_owned(line.as_bytes(), 1 << 20).unwrap() {
+        Line::Event(e) => e,
+        _ => panic!("not an event: {line}"),
+    }
+}
+
+fn data(e: &Event) -> serde_json::Value {
+    serde_json::from_slice(&e.data).unwrap()
+}
+
+fn kinds(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| &*e.kind).collect()
+}
+
+#[tokio::test]
+async fn redact_replaces_fields_and_counts() {
+    let f = Fixture::new(&[("redact.wasm", "redact")]);
+    std::fs::copy(dist().join("redact.yml"), f.dir.path().join("redact.yml")).unwrap();
+    let set = f.load("{}");
+    assert_eq!(set.len(), 1);
+    let mut chain = Chain::new(set.clone()).await;
+    let out = chain
+        .run(vec![
+            ev(r#"{"type":"login","data":{"user":"a","password":"hunter2","token":"t"}}"#),
+            ev(r#"{"type":"other","data":{"user":"b"}}"#),
+            ev(r#"{"type":"login","data":[1,2]}"#),
+        ])
+        .await;
+    assert_eq!(kinds(&out), ["login", "other", "login"]);
+    assert_eq!(data(&out[0])["password"], "***");
+    assert_eq!(data(&out[0])["token"], "***");
+    assert_eq!(data(&out[0])["user"], "a");
+    assert_eq!(out[1].data_str(), r#"{"user":"b"}"#);
+    assert_eq!(
+        f.metric(
+            "outrigger_plugin_counter_total",
+            &[("plugin", "redact"), ("name", "redacted")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        f.metric("outrigger_plugin_calls_total", &[("plugin", "redact")]),
+        1.0
+    );
+    assert!(
+        f.metric(
+            "outrigger_plugin_fuel_consumed_total",
+            &[("plugin", "redact")]
+        ) > 0.0
+    );
+    let st = &set.status()[0];
+    assert_eq!(st.world, "handler");
+    assert_eq!(st.calls, 1);
+}
+
+#[tokio::test]
+async fn types_routing_keeps_order_and_chain_config_overrides_yml() {
+    let f = Fixture::new(&[("redact.wasm", "redact")]);
+    std::fs::copy(dist().join("redact.yml"), f.dir.path().join("redact.yml")).unwrap();
+    let set = f.load("chain: [{name: redact, types: [api_call], config: {fields: [secret]}}]");
+    let mut chain = Chain::new(set).await;
+    let out = chain
+        .run(vec![
+            ev(r#"{"type":"a","data":{"secret":1}}"#),
+            ev(r#"{"type":"api_call","data":{"secret":2,"password":"p"}}"#),
+            ev(r#"{"type":"b","data":{"secret":3}}"#),
+        ])
+        .await;
+    assert_eq!(kinds(&out), ["a", "api_call", "b"]);
+    assert_eq!(data(&out[0])["secret"], 1);
+    assert_eq!(data(&out[1])["secret"], "***");
+    assert_eq!(
+        data(&out[1])["password"],
+        "p",
+        "chain config replaces the yml"
+    );
+    assert_eq!(data(&out[2])["secret"], 3);
+}
+
+#[tokio::test]
+async fn sampler_runs_first_and_drops_count_as_sampled_out() {
+    let f = Fixture::new(&[
+        ("drop-debug.wasm", "drop-debug"),
+        ("error-alert.wasm", "error-alert"),
+    ]);
+    // error-alert named first in the chain, but the sampler still runs first.
+    let set = f.load("chain: [{name: error-alert}, {name: drop-debug}]");
+    let names: Vec<String> = set.status().iter().map(|s| s.name.clone()).collect();
+    assert_eq!(names, ["drop-debug", "error-alert"]);
+    let mut chain = Chain::new(set).await;
+    let out = chain
+        .run(vec![
+            ev(r#"{"type":"debug.x","data":{"status":"failed"}}"#),
+            ev(r#"{"type":"job","data":{"status":"failed"}}"#),
+            ev(r#"{"type":"job","data":{"status":"ok"}}"#),
+        ])
+        .await;
+    assert_eq!(kinds(&out), ["job", "job"]);
+    assert_eq!(f.metrics.dropped_count(DropReason::SampledOut), 1);
+    assert_eq!(
+        f.anomalies.lock().clone(),
+        vec![("job".to_string(), "failed".to_string())]
+    );
+    assert_eq!(
+        f.metric(
+            "outrigger_plugin_counter_total",
+            &[("plugin", "error-alert"), ("name", "alerts")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn emitted_events_pass_through_later_plugins() {
+    let f = Fixture::new(&[
+        ("fixtures/emitter.wasm", "a-emitter"),
+        ("fixtures/misbehave.wasm", "b-tagger"),
+    ]);
+    let set = f.load(
+        "chain: [{name: a-emitter, config: {drop_trigger: true}}, {name: b-tagger, config: {mode: ok}}]",
+    );
+    let mut chain = Chain::new(set).await;
+    let out = chain
+        .run(vec![
+            ev(r#"{"type":"trigger","run_id":"r1","ts_ns":42,"data":{}}"#),
+            ev(r#"{"type":"plain","data":{}}"#),
+        ])
+        .await;
+    assert_eq!(kinds(&out), ["plain", "derived"]);
+    let derived = &out[1];
+    assert_eq!(data(derived)["from"], 42);
+    assert_eq!(derived.run_id.as_deref(), Some("r1"));
+    assert!(
+        derived
+            .attributes
+            .contains(&("seen_by".into(), "misbehave".into())),
+        "the emitted event went through the later plugin: {:?}",
+        derived.attributes
+    );
+    assert_eq!(f.metrics.dropped_count(DropReason::Plugin), 1);
+    assert_eq!(
+        f.metric(
+            "outrigger_plugin_gauge",
+            &[("plugin", "a-emitter"), ("name", "last_batch")]
+        ),
+        2.0
+    );
+}
+
+/// Loads `misbehave` in `mode` with quarantine after `after` failures.
+fn misbehave(mode: &str, extra: &str) -> (Fixture, Arc<PluginSet>) {
+    let f = Fixture::new(&[("fixtures/misbehave.wasm", "bad")]);
+    let set = f.load(&format!(
+        "defaults: {{quarantine_after: 100, {extra}}}\nchain: [{{name: bad, config: {{mode: {mode}}}}}]"
+    ));
+    assert_eq!(set.len(), 1, "{:?}", set.status());
+    (f, set)
+}
+
+async fn assert_error(mode: &str, kind: &str, extra: &str) {
+    let (f, set) = misbehave(mode, extra);
+    let mut chain = Chain::new(set.clone()).await;
+    let input = vec![
+        ev(r#"{"type":"x","data":{"n":1}}"#),
+        ev(r#"{"type":"y","data":{"n":2}}"#),
+    ];
+    let start = Instant::now();
+    let out = chain.run(input).await;
+    let took = start.elapsed();
+    assert_eq!(
+        kinds(&out),
+        ["x", "y"],
+        "on_error pass keeps the batch ({mode})"
+    );
+    assert!(out.iter().all(|e| e.attributes.is_empty()));
+    assert_eq!(
+        f.metric(
+            "outrigger_plugin_errors_total",
+            &[("plugin", "bad"), ("kind", kind)]
+        ),
+        1.0,
+        "mode {mode}: {:?} (took {took:?})",
+        set.status()
+    );
+    let last = set.status()[0].last_error.clone().unwrap_or_default();
+    assert!(last.starts_with(kind), "{last}");
+    // The failed instance was replaced: the next batch gets a fresh one and behaves.
+    let out = chain
+        .run(vec![ev(
+            r#"{"type":"x","attributes":{"fail":"no"},"data":{}}"#,
+        )])
+        .await;
+    assert!(
+        out[0]
+            .attributes
+            .contains(&("seen_by".into(), "misbehave".into())),
+        "mode {mode}: {:?}",
+        set.status()
+    );
+}
+
+#[tokio::test]
+async fn spin_is_stopped_by_the_timeout() {
+    assert_error("spin", "timeout", "fuel_per_event: 100000000000").await;
+}
+
+#[tokio::test]
+async fn spin_with_default_fuel_runs_out_of_fuel() {
+    assert_error("spin", "fuel", "timeout: 10s").await;
+}
+
+#[tokio::test]
+async fn memory_growth_is_capped() {
+    assert_error("oom", "memory", "memory_mb: 16").await;
+}
+
+#[tokio::test]
+async fn trap_is_a_trap() {
+    assert_error("trap", "trap", "").await;
+}
+
+#[tokio::test]
+async fn wrong_length_is_bad_output() {
+    assert_error("wrong_len", "bad_output", "").await;
+}
+
+#[tokio::test]
+async fn bad_replacement_is_bad_output() {
+    assert_error("bad_replace", "bad_output", "").await;
+}
+
+#[tokio::test]
+async fn sleeping_in_wasi_is_cancelled_at_the_timeout() {
+    let start = Instant::now();
+    assert_error("sleep", "timeout", "timeout: 200ms").await;
+    // The guest asked for 10 s; it was cut off (generous bound: no timing precision implied).
+    assert!(start.elapsed() < Duration::from_secs(9));
+}
+
+#[tokio::test]
+async fn init_error_is_counted_and_the_batch_passes() {
+    let (f, set) = misbehave("init_error", "");
+    let mut chain = Chain::new(set.clone()).await;
+    let out = chain.run(vec![ev(r#"{"type":"x","data":{}}"#)]).await;
+    assert_eq!(kinds(&out), ["x"]);
+    // Once at Chain::new, once more when the batch tried a new instance.
+    assert_eq!(
+        f.metric(
+            "outrigger_plugin_errors_total",
+            &[("plugin", "bad"), ("kind", "init")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn on_error_drop_drops_and_counts() {
+    let f = Fixture::new(&[("fixtures/misbehave.wasm", "bad")]);
+    let set = f.load("chain: [{name: bad, on_error: drop, types: [x], config: {mode: trap}}]");
+    let mut chain = Chain::new(set).await;
+    let out = chain
+        .run(vec![
+            ev(r#"{"type":"x","data":{}}"#),
+            ev(r#"{"type":"y","data":{}}"#),
+            ev(r#"{"type":"x","data":{}}"#),
+        ])
+        .await;
+    assert_eq!(kinds(&out), ["y"], "only the routed events were dropped");
+    assert_eq!(f.metrics.dropped_count(DropReason::Plugin), 2);
+}
+
+#[tokio::test]
+async fn repeated_failures_quarantine_then_recover() {
+    let f = Fixture::new(&[("fixtures/misbehave.wasm", "bad")]);
+    let set = f.load(
+        "defaults: {quarantine_after: 2, quarantine_initial: 200ms, quarantine_max: 1s}\n\
+         chain: [{name: bad, config: {mode: trap}}]",
+    );
+    let mut chain = Chain::new(set.clone()).await;
+    let batch = || vec![ev(r#"{"type":"x","data":{}}"#)];
+    chain.run(batch()).await;
+    assert!(!set.status()[0].quarantined);
+    chain.run(batch()).await;
+    let st = &set.status()[0];
+    assert!(st.quarantined, "{st:?}");
+    assert!(st.quarantined_until.is_some());
+    assert_eq!(
+        f.metric("outrigger_plugin_quarantined", &[("plugin", "bad")]),
+        1.0
+    );
+    // While quarantined, batches bypass it: no more calls, no more errors.
+    let calls = f.metric("outrigger_plugin_calls_total", &[("plugin", "bad")]);
+    let out = chain.run(batch()).await;
+    assert_eq!(kinds(&out), ["x"]);
+    assert_eq!(
+        f.metric("outrigger_plugin_calls_total", &[("plugin", "bad")]),
+        calls
+    );
+    // Wait for the quarantine to end, then a good batch recovers it.
+    let end = Instant::now() + Duration::from_secs(10);
+    while set.status()[0].quarantined {
+        assert!(Instant::now() < end, "quarantine never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = chain
+        .run(vec![ev(
+            r#"{"type":"x","attributes":{"fail":"no"},"data":{}}"#,
+        )])
+        .await;
+    assert!(
+        out[0]
+            .attributes
+            .contains(&("seen_by".into(), "misbehave".into()))
+    );
+    let st = &set.status()[0];
+    assert_eq!(st.consecutive_failures, 0);
+    assert!(!st.quarantined);
+    assert_eq!(
+        f.metric("outrigger_plugin_quarantined", &[("plugin", "bad")]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn optional_plugins_are_skipped_over_budget() {
+    let f = Fixture::new(&[("fixtures/misbehave.wasm", "tagger")]);
+    let set = f.load("chain: [{name: tagger, optional: true, config: {mode: ok}}]");
+    let mut chain = Chain::new(set).await;
+    chain.set_skip_optional(true);
+    let out = chain.run(vec![ev(r#"{"type":"x","data":{}}"#)]).await;
+    assert!(out[0].attributes.is_empty());
+    chain.set_skip_optional(false);
+    let out = chain.run(vec![ev(r#"{"type":"x","data":{}}"#)]).await;
+    assert_eq!(
+        out[0].attributes,
+        vec![("seen_by".into(), "misbehave".into())]
+    );
+}
+
+#[tokio::test]
+async fn disabled_missing_and_broken_plugins() {
+    let f = Fixture::new(&[("redact.wasm", "redact"), ("drop-debug.wasm", "off")]);
+    std::fs::write(f.dir.path().join("broken.wasm"), b"not wasm").unwrap();
+    std::fs::write(f.dir.path().join("redact.yml"), "fields: [unclosed").unwrap();
+    let set = f.load("chain: [{name: off, enabled: false}, {name: ghost}]");
+    assert_eq!(set.len(), 0);
+    let st = set.status();
+    let names: Vec<&str> = st.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["broken", "redact", "ghost"]);
+    assert!(
+        st.iter()
+            .all(|s| s.last_error.is_some() && s.world == "unknown")
+    );
+    assert!(st[1].last_error.as_deref().unwrap().contains("redact.yml"));
+    assert_eq!(
+        f.metric(
+            "outrigger_reloads_total",
+            &[("target", "plugin"), ("result", "error")]
+        ),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn missing_dir_is_an_empty_set() {
+    let f = Fixture::new(&[]);
+    let mut cfg = f.config("{}");
+    cfg.dir = f.dir.path().join("nope");
+    let set = f.host.load_set(&cfg).unwrap();
+    assert!(set.is_empty());
+}
+
+#[test]
+fn cache_is_used_and_a_corrupt_entry_is_rebuilt() {
+    let f = Fixture::new(&[("redact.wasm", "redact")]);
+    let first = f.load("{}");
+    assert_eq!(first.status()[0].from_cache, Some(false));
+    // A new host (as after a restart) finds the artifact in the cache.
+    let host = PluginHost::new(
+        &f.config("{}"),
+        f.metrics.clone(),
+        Arc::new(|_: &str, _: &str| {}),
+    )
+    .unwrap();
+    let second = host.load_set(&f.config("{}")).unwrap();
+    assert_eq!(second.status()[0].from_cache, Some(true));
+    // Corrupt every entry: it is ignored, recompiled and rewritten.
+    let dir = f.cache.path().join("components");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let host = PluginHost::new(
+        &f.config("{}"),
+        f.metrics.clone(),
+        Arc::new(|_: &str, _: &str| {}),
+    )
+    .unwrap();
+    let third = host.load_set(&f.config("{}")).unwrap();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third.status()[0].from_cache, Some(false));
+    let host = PluginHost::new(
+        &f.config("{}"),
+        f.metrics.clone(),
+        Arc::new(|_: &str, _: &str| {}),
+    )
+    .unwrap();
+    assert_eq!(
+        host.load_set(&f.config("{}")).unwrap().status()[0].from_cache,
+        Some(true)
+    );
+}
+
+#[test]
+fn reload_reuses_unchanged_components() {
+    let f = Fixture::new(&[("redact.wasm", "redact")]);
+    let a = f.load("{}");
+    let b = f.load("{}");
+    assert!(Arc::ptr_eq(&a.plugins[0].compiled, &b.plugins[0].compiled));
+    assert!(Arc::ptr_eq(&a.plugins[0].health, &b.plugins[0].health));
+}
+
+#[test]
+fn check_accepts_components_and_names_mismatches() {
+    assert!(cli::check(&dist().join("redact.wasm")).unwrap());
+    assert!(cli::check(&dist().join("drop-debug.wasm")).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").unwrap();
+    assert!(!cli::check(&junk).unwrap());
+    assert!(cli::check(&dir.path().join("absent.wasm")).is_err());
+}
+
+#[test]
+fn scaffold_refuses_other_languages_and_bad_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = cli::new_scaffold("x", "python", dir.path()).unwrap_err();
+    assert!(e.to_string().contains("not yet"), "{e}");
+    assert!(cli::new_scaffold("Bad Name", "rust", dir.path()).is_err());
+    cli::new_scaffold("good-one", "rust", dir.path()).unwrap();
+    assert!(dir.path().join("good-one/wit/outrigger.wit").is_file());
+    assert!(cli::new_scaffold("good-one", "rust", dir.path()).is_err());
+}

@@ -1,0 +1,121 @@
+//! Builds WASM components for the end-to-end tests: the repository's example and fixture
+//! plugins (`plugins/build.sh`, once per test binary) and plugin projects outside the
+//! repository, made with `outrigger plugin new` against the embedded copy of `wit/`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("host/ has a parent")
+            .to_path_buf()
+    })
+}
+
+/// `plugins/dist`, with every example (`NAME.wasm`, `NAME.yml`) and fixture
+/// (`fixtures/NAME.wasm`) freshly built. Builds once per test binary.
+pub fn dist() -> &'static Path {
+    static DIST: OnceLock<PathBuf> = OnceLock::new();
+    DIST.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(root().join("plugins/build.sh"))
+            .env("RUSTUP_TOOLCHAIN", toolchain())
+            .output()
+            .expect("run plugins/build.sh");
+        assert!(
+            out.status.success(),
+            "plugins/build.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root().join("plugins/dist")
+    })
+}
+
+/// The toolchain `rust-toolchain.toml` names (it has the wasm32-wasip2 target).
+pub fn toolchain() -> String {
+    let text = std::fs::read_to_string(root().join("rust-toolchain.toml"))
+        .expect("read rust-toolchain.toml");
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "channel").then(|| v.trim().trim_matches('"').to_string())
+        })
+        .expect("rust-toolchain.toml names a channel")
+}
+
+/// Copies plugin files from `dist()` into `dir` under new names: `(source, name)` pairs such
+/// as `("fixtures/misbehave.wasm", "spin")` become `dir/spin.wasm`. A source `NAME.yml` beside
+/// the `.wasm` is copied too.
+pub fn install(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).expect("plugins dir");
+    for (src, name) in files {
+        let from = dist().join(src);
+        std::fs::copy(&from, dir.join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        let yml = from.with_extension("yml");
+        if yml.is_file() {
+            std::fs::copy(&yml, dir.join(format!("{name}.yml"))).expect("copy yml");
+        }
+    }
+}
+
+/// Creates a plugin project outside the repository with `outrigger plugin new NAME`
+/// (replacing `src/lib.rs` with `lib_rs` if given), builds it with cargo, and returns the
+/// component. `parent` must be outside the repository. Builds are serialised; the cargo target
+/// dir is shared under the repository's `target/` so repeated runs are incremental.
+pub fn build_outside(parent: &Path, name: &str, lib_rs: Option<&str>) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        !parent.starts_with(root()),
+        "{} is inside the repository",
+        parent.display()
+    );
+    let out = Command::new(crate::harness::BIN)
+        .args(["plugin", "new", name, "--lang", "rust", "--dir"])
+        .arg(parent)
+        .output()
+        .expect("run outrigger plugin new");
+    assert!(
+        out.status.success(),
+        "plugin new failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let project = parent.join(name);
+    if let Some(src) = lib_rs {
+        std::fs::write(project.join("src/lib.rs"), src).expect("write lib.rs");
+    }
+    // Same dependency versions as the repository's plugins: no surprise upgrades in tests.
+    std::fs::copy(
+        root().join("plugins/Cargo.lock"),
+        project.join("Cargo.lock"),
+    )
+    .expect("copy Cargo.lock");
+    let out = Command::new("cargo")
+        .args(["build", "--release"])
+        .current_dir(&project)
+        .env("RUSTUP_TOOLCHAIN", toolchain())
+        .env("CARGO_TARGET_DIR", root().join("target/outside-plugins"))
+        .output()
+        .expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "building {name} outside the repository failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = root().join(format!(
+        "target/outside-plugins/wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ));
+    let dest = parent.join(format!("{name}.wasm"));
+    std::fs::copy(&wasm, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
+    dest
+}
