@@ -202,3 +202,152 @@ async fn sighup_applies_and_restart_only_keys_are_reported() {
     .await;
     assert!(d.stop().success());
 }
+
+/// Writes `bytes` to `path` the way a copy does: a temp file, then a rename into place.
+fn put(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn plugin_names(d: &Daemon) -> Vec<(String, bool)> {
+    let v = d.get_json("/v1/plugins").await;
+    v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["last_error"].is_null(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_added_changed_broken_and_removed_under_load_lose_nothing() {
+    let dist = crate::wasm::dist();
+    let redact = std::fs::read(dist.join("redact.wasm")).unwrap();
+    let error_alert = std::fs::read(dist.join("error-alert.wasm")).unwrap();
+    let mut d = Daemon::start("queue: {capacity: 1000000}").await;
+    let plugins = d.path("plugins");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let streamer = {
+        let socket = d.socket.clone();
+        let (stop, sent) = (stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+            let (_rd, mut wr) = s.into_split();
+            wr.write_all(b"{\"hello\":{\"ack\":false}}\n")
+                .await
+                .unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut chunk = String::new();
+                for _ in 0..20 {
+                    chunk.push_str(&format!(
+                        "{{\"type\":\"load\",\"data\":{{\"n\":{n},\"password\":\"hunter2\"}}}}\n"
+                    ));
+                    n += 1;
+                }
+                wr.write_all(chunk.as_bytes()).await.unwrap();
+                sent.store(n, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            wr.shutdown().await.unwrap();
+            n
+        })
+    };
+    let live = async |d: &Daemon, want: &[(&str, bool)]| {
+        let want: Vec<(String, bool)> = want.iter().map(|(n, ok)| (n.to_string(), *ok)).collect();
+        let started = std::time::Instant::now();
+        let ok = eventually(Duration::from_secs(30), async || {
+            plugin_names(d).await == want
+        })
+        .await;
+        assert!(
+            ok,
+            "plugins never became {want:?}: {:?}",
+            plugin_names(d).await
+        );
+        started.elapsed()
+    };
+    d.wait_metric("outrigger_events_received_total", "", 500.0)
+        .await;
+
+    // Add: a new component (and its config) is compiled in the background and swapped in.
+    std::fs::write(plugins.join("redact.yml"), "fields: [password]\n").unwrap();
+    put(&plugins.join("redact.wasm"), &redact);
+    let t_add = live(&d, &[("redact", true)]).await;
+    let calls = d
+        .wait_metric("outrigger_plugin_calls_total", r#"plugin="redact""#, 1.0)
+        .await;
+
+    // Change: a different component under the same name replaces it.
+    put(&plugins.join("redact.wasm"), &error_alert);
+    let before = d
+        .metric("outrigger_reloads_total", r#"target="plugins""#)
+        .await;
+    d.wait_metric(
+        "outrigger_reloads_total",
+        r#"target="plugins""#,
+        before + 1.0,
+    )
+    .await;
+    d.wait_metric(
+        "outrigger_plugin_calls_total",
+        r#"plugin="redact""#,
+        calls + 5.0,
+    )
+    .await;
+
+    // Broken: a file that is not a component keeps the running one, and says why.
+    let errors = d
+        .metric("outrigger_reloads_total", r#"result="error""#)
+        .await;
+    put(
+        &plugins.join("redact.wasm"),
+        b"\0asm this is not a component",
+    );
+    d.wait_metric("outrigger_reloads_total", r#"result="error""#, errors + 1.0)
+        .await;
+    live(&d, &[("redact", false)]).await;
+    let calls = d
+        .metric("outrigger_plugin_calls_total", r#"plugin="redact""#)
+        .await;
+    d.wait_metric(
+        "outrigger_plugin_calls_total",
+        r#"plugin="redact""#,
+        calls + 5.0,
+    )
+    .await;
+
+    // Remove: unloaded.
+    std::fs::remove_file(plugins.join("redact.wasm")).unwrap();
+    let t_remove = live(&d, &[]).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let total = streamer.await.unwrap();
+    d.wait_metric("outrigger_events_received_total", "", total as f64)
+        .await;
+    assert!(d.stop().success());
+    let events = d.events();
+    let seen = numbers(&events, "load");
+    assert_eq!(seen.len() as u64, total, "every event delivered");
+    assert!(seen.values().all(|c| *c == 1), "no event duplicated");
+    let redacted = events
+        .iter()
+        .filter(|e| e["data"]["password"] == "***")
+        .count();
+    let clear = events
+        .iter()
+        .filter(|e| e["data"]["password"] == "hunter2")
+        .count();
+    assert!(
+        redacted > 0 && clear > 0,
+        "{redacted} redacted, {clear} in the clear"
+    );
+    eprintln!("plugin add live after {t_add:?} (poll), remove after {t_remove:?}");
+}

@@ -184,6 +184,18 @@ impl Plugin {
     }
 }
 
+/// The inverse of `runtime::hex` for a sha256.
+fn hex_to_sha(hex: &str) -> Result<[u8; 32], ()> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return Err(());
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| ())?;
+    }
+    Ok(out)
+}
+
 fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -287,6 +299,9 @@ struct HostInner {
     compiled: Mutex<HashMap<[u8; 32], Arc<Compiled>>>,
     /// Health of the last loaded set, by plugin name and file hash.
     health: Mutex<HashMap<HealthKey, Arc<Health>>>,
+    /// The plugins of the last loaded set, by name: a reload that cannot load a plugin's new
+    /// file or config keeps this one running.
+    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
 }
 
 impl PluginHost {
@@ -305,6 +320,7 @@ impl PluginHost {
                 anomaly,
                 compiled: Mutex::new(HashMap::new()),
                 health: Mutex::new(HashMap::new()),
+                loaded: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -384,21 +400,40 @@ impl PluginHost {
                 }
                 Err((err, sha, size)) => {
                     let msg = format!("{err:#}");
-                    tracing::error!(plugin = %name, path = %path.display(), error = %msg, "plugin not loaded");
                     self.inner
                         .metrics
                         .reloads
                         .with_label_values(&["plugin", "error"])
                         .inc();
-                    let mut st = failed_status(&name, &path, sha.as_ref(), msg);
-                    st.size = size;
-                    failed.push(st);
+                    let previous = self.inner.loaded.lock().get(&name).cloned();
+                    match previous {
+                        Some(prev) => {
+                            tracing::error!(plugin = %name, path = %path.display(), error = %msg, "new version not loaded: the previous one keeps running");
+                            prev.health.inner.lock().last_error =
+                                Some(format!("reload refused, previous version kept: {msg}"));
+                            if let Ok(sha) = hex_to_sha(&prev.sha256) {
+                                compiled.insert(sha, prev.compiled.clone());
+                                health.insert((name.clone(), sha), prev.health.clone());
+                            }
+                            plugins.push(prev);
+                        }
+                        None => {
+                            tracing::error!(plugin = %name, path = %path.display(), error = %msg, "plugin not loaded");
+                            let mut st = failed_status(&name, &path, sha.as_ref(), msg);
+                            st.size = size;
+                            failed.push(st);
+                        }
+                    }
                 }
             }
         }
         // Keep only what this set uses, so replaced components are freed with their sets.
         *self.inner.compiled.lock() = compiled;
         *self.inner.health.lock() = health;
+        *self.inner.loaded.lock() = plugins
+            .iter()
+            .map(|p| (p.name.to_string(), p.clone()))
+            .collect();
         // Samplers run before handlers; the sort is stable, so order within each is kept.
         plugins.sort_by_key(|p| !p.is_sampler());
         PluginSet { plugins, failed }
