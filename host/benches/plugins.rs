@@ -1,0 +1,92 @@
+//! Criterion benches for the plugin call cost per batch size: the Rust `redact` handler and the
+//! `drop-debug` sampler from `plugins/dist/` (build them first with `bash plugins/build.sh`).
+//!
+//! `cargo bench -p outrigger --bench plugins`. Throughput is reported in events; each batch has
+//! 10 % of events carrying a field to redact.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use outrigger::config::PluginsConfig;
+use outrigger::event::{Event, Line, parse_owned};
+use outrigger::metrics::Metrics;
+use outrigger::plugins::{Chain, PluginHost};
+
+fn dist() -> PathBuf {
+    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist"));
+    assert!(
+        d.join("redact.wasm").is_file(),
+        "build the plugins first: bash plugins/build.sh"
+    );
+    d
+}
+
+fn batch(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let line = if i % 10 == 0 {
+                format!(r#"{{"type":"login","run_id":"r{}","data":{{"user":"u{i}","password":"p{i}","n":{i}}}}}"#, i % 7)
+            } else {
+                format!(r#"{{"type":"api_call","run_id":"r{}","data":{{"path":"/v1/x","status":200,"n":{i}}}}}"#, i % 7)
+            };
+            match parse_owned(line.as_bytes(), 1 << 20) {
+                Ok(Line::Event(e)) => e,
+                _ => unreachable!(),
+            }
+        })
+        .collect()
+}
+
+fn chain_for(rt: &tokio::runtime::Runtime, plugin: &str) -> Chain {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    std::fs::copy(
+        dist().join(format!("{plugin}.wasm")),
+        dir.join(format!("{plugin}.wasm")),
+    )
+    .expect("copy");
+    let yml = dist().join(format!("{plugin}.yml"));
+    if yml.is_file() {
+        std::fs::copy(&yml, dir.join(format!("{plugin}.yml"))).expect("copy yml");
+    }
+    let cfg = PluginsConfig {
+        dir: dir.clone(),
+        cache_dir: Some(dir.join("cache")),
+        ..Default::default()
+    };
+    let host = PluginHost::new(
+        &cfg,
+        Arc::new(Metrics::new()),
+        Arc::new(|_: &str, _: &str| {}),
+    )
+    .expect("host");
+    let set = host.load_set(&cfg).expect("load");
+    assert_eq!(set.len(), 1, "{:?}", set.status());
+    rt.block_on(Chain::new(set))
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for plugin in ["redact", "drop-debug"] {
+        let mut chain = chain_for(&rt, plugin);
+        let mut g = c.benchmark_group(format!("plugin_{plugin}"));
+        for n in [1usize, 10, 100, 1000, 4000] {
+            let events = batch(n);
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_with_input(BenchmarkId::from_parameter(n), &events, |b, events| {
+                b.iter_batched(
+                    || events.clone(),
+                    |batch| rt.block_on(chain.run(batch)),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(plugins, benches);
+criterion_main!(plugins);
