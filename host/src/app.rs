@@ -16,11 +16,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::limit::RateLimiter;
+use crate::control::views::EventViews;
 use crate::control::{self, ControlState, ReloadRequest, health::HealthMonitor};
+use crate::event::Event;
 use crate::ingest::{self, Admission};
 use crate::metrics::Metrics;
 use crate::pipeline::{FlushRequests, Routing, Worker};
 use crate::plugins::PluginHost;
+use crate::profiler::{ProfileHistory, Profiler};
 use crate::queue::Queue;
 use crate::reload::{self, ConfigWatcher, ReloadStatus, Reloader, Targets};
 use crate::sampler::Sampler;
@@ -48,11 +52,21 @@ async fn next_change(w: &mut Option<(ConfigWatcher, mpsc::Receiver<Targets>)>) -
     }
 }
 
+/// What `outrigger run` passes besides the config.
+#[derive(Default)]
+pub struct RunOptions {
+    /// `--watch-pid`: profiled in addition to `profiling.watch_pids`.
+    pub watch_pids: Vec<u32>,
+    /// The live log filter, for reloads and `PUT /v1/log`; `None` leaves the level fixed.
+    pub log: Option<crate::logging::LogControl>,
+}
+
 /// Runs the daemon until `stop` is cancelled, then drains and returns.
 pub async fn run(
     cfg: Config,
     config_path: Option<PathBuf>,
     stop: CancellationToken,
+    opts: RunOptions,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
@@ -113,6 +127,16 @@ pub async fn run(
     }
     .spawn()?;
 
+    // The live tail and per-run rings see every admitted batch.
+    let views = Arc::new(EventViews::new(
+        cfg.control.runs,
+        cfg.control.run_events,
+        &cfg.control.redact_fields,
+    ));
+    let observer: ingest::Observer = {
+        let views = views.clone();
+        Arc::new(move |events: &[Event]| views.observe(events))
+    };
     let admission = Arc::new(Admission {
         queue: queue.clone(),
         metrics: metrics.clone(),
@@ -120,7 +144,7 @@ pub async fn run(
         max_line_bytes: AtomicUsize::new(cfg.ingest.max_line_bytes.0 as usize),
         flush,
         progress,
-        observer: None,
+        observer: Some(observer),
     });
 
     // Listeners: a failure here is fatal at start (the socket is someone else's, a port is taken).
@@ -143,10 +167,12 @@ pub async fn run(
         ));
     }
 
+    let profile = Arc::new(ProfileHistory::new(&cfg.profiling));
     let health = Arc::new(HealthMonitor::new(
         metrics.clone(),
         queue.clone(),
         routing_rx.clone(),
+        profile.clone(),
     ));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let reload_status = Arc::new(parking_lot::Mutex::new(ReloadStatus::default()));
@@ -160,6 +186,9 @@ pub async fn run(
         reload: reload_tx,
         started,
         health: health.clone(),
+        views: views.clone(),
+        limiter: Arc::new(RateLimiter::new(cfg.control.rate_limit)),
+        log: opts.log.clone(),
     });
     let control_stop = CancellationToken::new();
     let mut control_task = None;
@@ -194,6 +223,16 @@ pub async fn run(
         }
     });
 
+    let profiler = Profiler {
+        config: cfg.profiling.clone(),
+        extra_pids: opts.watch_pids.clone(),
+        metrics: metrics.clone(),
+        sampler: sampler.clone(),
+        over_budget: over_budget.clone(),
+        history: profile,
+    }
+    .spawn(control_stop.clone());
+
     control_state.ready.store(true, Ordering::Release);
     tracing::info!(
         socket = %cfg.ingest.socket.display(),
@@ -215,7 +254,7 @@ pub async fn run(
         sinks,
         routing: routing_tx,
         status: reload_status.clone(),
-        set_log_level: None,
+        set_log_level: opts.log.as_ref().map(|l| l.setter()),
     };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
@@ -284,6 +323,7 @@ pub async fn run(
         let _ = t.await;
     }
     let _ = health_task.await;
+    profiler.join().await;
     let received: u64 = ["socket", "http"]
         .iter()
         .map(|s| metrics.events_received.with_label_values(&[s]).get())

@@ -1,8 +1,9 @@
 //! The `outrigger` command: parses the CLI, sets up logging, runs a subcommand, sets the exit code.
 //!
 //! `run` starts the daemon and turns SIGINT/SIGTERM into a graceful shutdown; `check` validates
-//! config and plugins; `send` writes events to a running daemon's socket; `plugin` and `replay`
-//! work on plugins offline. Errors print one clear message and exit 1.
+//! config and plugins; `send` writes events to a running daemon's socket; `status` and `tail`
+//! read its control API; `plugin` and `replay` work on plugins offline. Errors print one clear
+//! message and exit 1.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use outrigger::config::{self, Config, LogFormat};
+use outrigger::config::{self, Config};
 use outrigger::metrics::Metrics;
 
 #[derive(Parser)]
@@ -34,6 +35,9 @@ enum Command {
     Run {
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Profile this process too (CPU, memory); repeat for more (adds to profiling.watch_pids).
+        #[arg(long = "watch-pid", value_name = "PID")]
+        watch_pids: Vec<u32>,
     },
     /// Validate the config and every plugin; exit 1 with the reason when something is wrong.
     Check {
@@ -57,6 +61,28 @@ enum Command {
         run_id: Option<String>,
         /// `-` reads NDJSON lines from stdin.
         input: Option<String>,
+    },
+    /// Health and stats of a running daemon (exit 1 when unhealthy or unreachable).
+    Status {
+        #[command(flatten)]
+        control: outrigger::cli::ControlArgs,
+        /// The window of the profile summary.
+        #[arg(long, default_value = "60s")]
+        window: String,
+        /// One JSON object with `health` and `stats`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the events a running daemon admits (live, from its control API).
+    Tail {
+        #[command(flatten)]
+        control: outrigger::cli::ControlArgs,
+        /// Only these event types (repeat for more; `prefix*` matches a prefix).
+        #[arg(long = "type", short = 't', value_name = "T")]
+        types: Vec<String>,
+        /// Print each event as its native JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// Work with plugin components.
     Plugin {
@@ -128,19 +154,6 @@ enum PluginCommand {
     },
 }
 
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match cfg.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
 fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
     let path = config::locate(path);
     let cfg = config::load(path.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -166,14 +179,25 @@ fn main() -> ExitCode {
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Run { config } => {
+        Command::Run { config, watch_pids } => {
             let (cfg, path) = load_config(config.as_deref())?;
-            init_logging(&cfg);
+            let log = outrigger::logging::init(&cfg.log);
             let stop = CancellationToken::new();
             tokio::spawn(signals(stop.clone()));
-            outrigger::app::run(cfg, path, stop).await?;
+            let opts = outrigger::app::RunOptions { watch_pids, log };
+            outrigger::app::run(cfg, path, stop, opts).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status {
+            control,
+            window,
+            json,
+        } => outrigger::cli::status(&control.client()?, &window, json).await,
+        Command::Tail {
+            control,
+            types,
+            json,
+        } => outrigger::cli::tail(&control.client()?, &types, json).await,
         Command::Check { config } => check(config.as_deref()).await,
         Command::Send {
             socket,
@@ -192,7 +216,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => {
-            init_logging(&Config::default());
+            outrigger::logging::init(&Config::default().log);
             Ok(if outrigger::plugins::cli::check(&file)? {
                 ExitCode::SUCCESS
             } else {
@@ -258,7 +282,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             config,
         } => {
             let (cfg, _) = load_config(config.as_deref())?;
-            init_logging(&cfg);
+            outrigger::logging::init(&cfg.log);
             outrigger::plugins::cli::replay(
                 &events,
                 &plugins,

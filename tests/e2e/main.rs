@@ -3,6 +3,7 @@
 //! `harness` starts and drives daemons; each other module covers one capability.
 
 mod clients;
+mod control;
 mod harness;
 mod pipeline;
 mod plugins;

@@ -1,9 +1,9 @@
 //! Health: each stage judged healthy, degraded or unhealthy, with the reason and the numbers.
 //!
-//! In: the shared metrics, queue and plugin status, sampled every `health.interval` (and on
-//! demand) against the previous sample so rates cover a window. Out: a [`HealthReport`] whose
-//! overall status is the worst component's. Runs as one ticker task that ends on the shutdown
-//! token.
+//! In: the shared metrics, queue, plugin status and the profiler's history and budget verdict,
+//! sampled every `health.interval` (and on demand) against the previous sample so rates cover a
+//! window. Out: a [`HealthReport`] whose overall status is the worst component's, and the
+//! profile summary for `/v1/stats`. Runs as one ticker task that ends on the shutdown token.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::metrics::{DropReason, Metrics};
 use crate::pipeline::Routing;
+use crate::profiler::ProfileHistory;
 use crate::queue::Queue;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -55,10 +56,8 @@ pub struct HealthMonitor {
     routing: watch::Receiver<Routing>,
     /// The sample at the start of the current window, and the one before it.
     window: Mutex<(Instant, Sample, Sample)>,
-    /// Set by the profiler: Some(reason) while over budget.
-    pub over_budget: Mutex<Option<String>>,
-    /// Set by the profiler: its latest summary, for `/v1/stats`.
-    pub profile: Mutex<serde_json::Value>,
+    /// The profiler's history and budget verdict.
+    profile: Arc<ProfileHistory>,
 }
 
 fn c(
@@ -78,6 +77,7 @@ impl HealthMonitor {
         metrics: Arc<Metrics>,
         queue: Arc<Queue>,
         routing: watch::Receiver<Routing>,
+        profile: Arc<ProfileHistory>,
     ) -> HealthMonitor {
         let s = Sample::default();
         HealthMonitor {
@@ -85,8 +85,7 @@ impl HealthMonitor {
             queue,
             routing,
             window: Mutex::new((Instant::now(), s, s)),
-            over_budget: Mutex::new(None),
-            profile: Mutex::new(serde_json::Value::Null),
+            profile,
         }
     }
 
@@ -178,7 +177,26 @@ impl HealthMonitor {
                 reason,
             ),
         );
-        components.insert("sampler", c(&[], Status::Healthy, "deciding"));
+        let budget = self.profile.budget();
+        let (status, reason) = if budget.over.is_some() && budget.degrade_factor < 1.0 {
+            (
+                Status::Degraded,
+                format!(
+                    "rates scaled by {:.2}: over resource budget",
+                    budget.degrade_factor
+                ),
+            )
+        } else {
+            (Status::Healthy, "deciding".to_string())
+        };
+        components.insert(
+            "sampler",
+            c(
+                &[("degrade_factor", budget.degrade_factor.into())],
+                status,
+                reason,
+            ),
+        );
 
         // Sinks: retries mean a sink is failing now; drops mean data was lost.
         let retries = d(now.sink_retries, base.sink_retries);
@@ -237,12 +255,7 @@ impl HealthMonitor {
             ),
         );
 
-        let over = self.over_budget.lock().clone();
-        let (status, reason) = match over {
-            Some(r) => (Status::Degraded, r),
-            None => (Status::Healthy, "within budget".to_string()),
-        };
-        components.insert("profiler", c(&[], status, reason));
+        components.insert("profiler", self.profiler_component(budget));
 
         let status = components
             .values()
@@ -252,7 +265,33 @@ impl HealthMonitor {
         HealthReport { status, components }
     }
 
-    pub fn profile_summary(&self) -> serde_json::Value {
-        self.profile.lock().clone()
+    /// The profiler's view: over budget is degraded (with the reason), the numbers are the
+    /// latest sample and the averages the budget was judged on.
+    fn profiler_component(&self, budget: crate::profiler::BudgetState) -> Component {
+        if !self.profile.enabled() {
+            return c(&[], Status::Healthy, "profiling disabled");
+        }
+        let mut numbers: Vec<(&'static str, serde_json::Value)> = vec![
+            ("avg_cpu_percent", budget.avg_cpu_percent.into()),
+            ("avg_memory_mb", budget.avg_memory_mb.into()),
+            ("degrade_factor", budget.degrade_factor.into()),
+        ];
+        if let Some(s) = self.profile.latest() {
+            numbers.push(("cpu_percent", s.own.cpu_percent.into()));
+            numbers.push(("memory_bytes", s.own.memory_bytes.into()));
+            if let Some(t) = s.own.threads {
+                numbers.push(("threads", t.into()));
+            }
+            numbers.push(("watched", s.watched.len().into()));
+        }
+        match budget.over {
+            Some(r) => c(&numbers, Status::Degraded, r),
+            None => c(&numbers, Status::Healthy, "within budget"),
+        }
+    }
+
+    /// The profiler's summary over `window`, for `/v1/stats`.
+    pub fn profile_summary(&self, window: std::time::Duration) -> serde_json::Value {
+        serde_json::to_value(self.profile.summary(window)).unwrap_or(serde_json::Value::Null)
     }
 }

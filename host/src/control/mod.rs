@@ -1,31 +1,48 @@
-//! The control API on `control.listen`: metrics, health, readiness, sampling, anomalies, plugins.
+//! The control API on `control.listen`: metrics, health, readiness, stats, sampling, anomalies,
+//! plugins, reload, the live tail, recent events per run, and the log level.
 //!
-//! In: HTTP requests. Out: JSON (and Prometheus text on `/metrics`). With an API key set, every
-//! `/v1/` route needs `Authorization: Bearer KEY`, compared in constant time; errors are JSON
+//! In: HTTP requests. Out: JSON (Prometheus text on `/metrics`, Server-Sent Events on
+//! `/v1/tail`). With an API key set, every `/v1/` route needs `Authorization: Bearer KEY`,
+//! compared in constant time; `/metrics`, `/healthz` and `/readyz` stay open. Every client (peer
+//! IP) gets `control.rate_limit` requests per second, then 429 (`/healthz` and `/readyz` are
+//! exempt, so probes never fail for it). Bodies are limited to 1 MiB. Every error is JSON
 //! `{"error": …}`. Reads the daemon's shared state ([`ControlState`]); changes go through the
-//! sampler and the reload channel. The server stops on the shutdown token.
+//! sampler, the reload channel and the log handle. The server stops on the shutdown token, and
+//! tail streams end with it.
 
 pub mod health;
+pub mod limit;
+pub mod views;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::logging::LogControl;
 use crate::metrics::Metrics;
 use crate::pipeline::Routing;
 use crate::queue::Queue;
 use crate::sampler::Sampler;
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The `/v1/stats` window when none is asked for.
+pub const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
 
 /// A reload asked for over the API (or SIGHUP); the answer says what happened.
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
@@ -42,6 +59,17 @@ pub struct ControlState {
     pub reload: mpsc::Sender<ReloadRequest>,
     pub started: Instant,
     pub health: Arc<health::HealthMonitor>,
+    /// The live tail and the per-run rings (fed by the ingest observer).
+    pub views: Arc<views::EventViews>,
+    pub limiter: Arc<limit::RateLimiter>,
+    /// Changes the log filter live (`PUT /v1/log`); `None` when logging was set up elsewhere.
+    pub log: Option<LogControl>,
+}
+
+/// A body that could not be read as JSON: 413 when too large, 415 without a JSON content type,
+/// 400 otherwise.
+fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError(e.status(), e.body_text())
 }
 
 /// An API error: a status and a JSON body that says why.
@@ -53,8 +81,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Every control route.
+/// Every control route (tail streams end only with their client).
 pub fn router(state: Arc<ControlState>) -> Router {
+    router_until(state, CancellationToken::new())
+}
+
+/// Every control route; tail streams end when `stop` is cancelled.
+pub fn router_until(state: Arc<ControlState>, stop: CancellationToken) -> Router {
     let v1 = Router::new()
         .route("/health", get(health_route))
         .route("/stats", get(stats))
@@ -62,17 +95,25 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .route("/reload", post(reload))
         .route("/sampling", get(get_sampling).put(put_sampling))
         .route("/anomaly", post(anomaly))
+        .route("/tail", get(tail))
+        .route("/runs/{run_id}", get(run_events))
+        .route("/log", get(get_log).put(put_log))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
-    Router::new()
+    let limited = Router::new()
         .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit));
+    Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "alive"})) }),
         )
         .route("/readyz", get(readyz))
-        .nest("/v1", v1)
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
-        .layer(DefaultBodyLimit::max(1 << 20))
+        .merge(limited)
+        .layer(middleware::from_fn(json_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(Extension(TailStop(stop)))
         .with_state(state)
 }
 
@@ -81,12 +122,75 @@ pub async fn serve(
     state: Arc<ControlState>,
     stop: CancellationToken,
 ) {
-    if let Err(e) = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    let app = router_until(state, stop.clone());
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
     {
         tracing::error!(error = %e, "control API server failed");
     }
+}
+
+/// Turns any error response that is not JSON (axum's own rejections, 405) into `{"error": …}`.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let mut out = ApiError(status, message).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// The per-client rate limit: 429 with `Retry-After` once a client's bucket is empty.
+async fn rate_limit(State(st): State<Arc<ControlState>>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if let Err(wait) = st.limiter.check(peer) {
+        let mut resp = ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "rate limit exceeded for {peer}: retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+        )
+        .into_response();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    next.run(req).await
 }
 
 /// Compares in time that depends only on the lengths.
@@ -148,24 +252,63 @@ async fn health_route(State(st): State<Arc<ControlState>>) -> Response {
     Json(st.health.check()).into_response()
 }
 
-async fn stats(State(st): State<Arc<ControlState>>) -> Response {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    /// Like `60s`, `5m`, `500ms`.
+    window: Option<String>,
+}
+
+async fn stats(
+    State(st): State<Arc<ControlState>>,
+    query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let window = match q.window.as_deref() {
+        None => DEFAULT_STATS_WINDOW,
+        Some(w) => {
+            w.parse::<crate::config::Dur>()
+                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("window: {e}")))?
+                .0
+        }
+    };
     let m = &st.metrics;
-    let received: u64 = ["socket", "http"]
-        .iter()
-        .map(|s| m.events_received.with_label_values(&[s]).get())
-        .sum();
+    let received: BTreeMap<String, u64> = counter_values(&m.events_received);
+    let delivered: BTreeMap<String, u64> = counter_values(&m.events_delivered);
     let dropped: BTreeMap<&str, u64> = crate::metrics::DropReason::ALL
         .iter()
         .map(|r| (r.as_str(), m.dropped_count(*r)))
         .collect();
-    Json(serde_json::json!({
+    let (runs, run_events) = st.views.run_counts();
+    let rates = st.sampler.rates();
+    Ok(Json(serde_json::json!({
         "uptime_seconds": st.started.elapsed().as_secs_f64(),
-        "events": {"received": received, "dropped": dropped},
+        "events": {
+            "received": received.values().sum::<u64>(),
+            "received_by_ingest": received,
+            "delivered": delivered,
+            "dropped": dropped,
+        },
         "queue": {"depth": st.queue.len(), "capacity": st.queue.capacity()},
-        "sampling": {"boosts": st.sampler.boosts()},
-        "profile": st.health.profile_summary(),
+        "sampling": {"default_rate": rates.default_rate, "rates": rates.rates, "boosts": st.sampler.boosts()},
+        "profile": st.health.profile_summary(window),
+        "tail": {"subscribers": st.views.subscribers()},
+        "runs": {"kept": runs, "events": run_events},
     }))
-    .into_response()
+    .into_response())
+}
+
+/// Every series of a one-label counter, by label value.
+fn counter_values(v: &prometheus::IntCounterVec) -> BTreeMap<String, u64> {
+    use prometheus::core::Collector;
+    v.collect()
+        .iter()
+        .flat_map(|f| f.get_metric().iter())
+        .filter_map(|m| {
+            let label = m.get_label().first()?.value().to_string();
+            Some((label, m.get_counter().get_value() as u64))
+        })
+        .collect()
 }
 
 async fn plugins(State(st): State<Arc<ControlState>>) -> Response {
@@ -211,7 +354,7 @@ async fn put_sampling(
     State(st): State<Arc<ControlState>>,
     body: Result<Json<SamplingUpdate>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(u) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(u) = body.map_err(json_rejection)?;
     let ok = |r: f64| (0.0..=1.0).contains(&r);
     if let Some(d) = u.default_rate
         && !ok(d)
@@ -244,7 +387,7 @@ async fn anomaly(
     State(st): State<Arc<ControlState>>,
     body: Result<Json<AnomalyReport>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(a) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(a) = body.map_err(json_rejection)?;
     if a.kind.is_empty() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -257,4 +400,246 @@ async fn anomaly(
         Json(serde_json::json!({"boosted": a.kind, "boosts": st.sampler.boosts()})),
     )
         .into_response())
+}
+
+/// Cancelled on shutdown: tail streams end with it.
+#[derive(Clone)]
+struct TailStop(CancellationToken);
+
+/// True when `kind` matches one of the filters (exact, or a prefix ending in `*`); no filter
+/// matches everything.
+fn type_matches(filters: &[String], kind: &str) -> bool {
+    filters.is_empty()
+        || filters.iter().any(|f| match f.strip_suffix('*') {
+            Some(prefix) => kind.starts_with(prefix),
+            None => f == kind,
+        })
+}
+
+struct Tail {
+    sub: views::TailSubscription,
+    pending: VecDeque<SseEvent>,
+    types: Vec<String>,
+    st: Arc<ControlState>,
+    stop: CancellationToken,
+}
+
+/// `GET /v1/tail?type=T&type=U`: admitted events as Server-Sent Events, one native JSON event
+/// per `data:`. A client too slow to keep up gets an `event: lagged` with how many batches it
+/// missed, then the stream goes on.
+async fn tail(
+    State(st): State<Arc<ControlState>>,
+    Extension(TailStop(stop)): Extension<TailStop>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let mut types = Vec::new();
+    for (k, v) in params {
+        if k != "type" {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("unknown parameter `{k}` (only `type` is understood)"),
+            ));
+        }
+        types.extend(
+            v.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+        );
+    }
+    let sub = st.views.subscribe();
+    tracing::debug!(types = ?types, subscribers = st.views.subscribers(), "tail client connected");
+    let mut pending = VecDeque::new();
+    // Lets the client know the subscription is live before the first event.
+    pending.push_back(SseEvent::default().comment("outrigger tail"));
+    let state = Tail {
+        sub,
+        pending,
+        types,
+        st,
+        stop,
+    };
+    let stream = futures_util::stream::unfold(state, |mut t| async move {
+        loop {
+            if let Some(ev) = t.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(ev), t));
+            }
+            tokio::select! {
+                _ = t.stop.cancelled() => return None,
+                got = t.sub.rx.recv() => match got {
+                    Ok(batch) => {
+                        let redact = t.st.views.redact_fields();
+                        for e in batch.iter().filter(|e| type_matches(&t.types, &e.kind)) {
+                            let v = views::render_event(e, &redact);
+                            t.pending.push_back(SseEvent::default().data(v.to_string()));
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        t.pending.push_back(
+                            SseEvent::default()
+                                .event("lagged")
+                                .data(serde_json::json!({"missed_batches": n}).to_string()),
+                        );
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// `GET /v1/runs/{run_id}`: the most recent events of a run, oldest first, redacted.
+async fn run_events(
+    State(st): State<Arc<ControlState>>,
+    Path(run_id): Path<String>,
+) -> Result<Response, ApiError> {
+    match st.views.run(&run_id) {
+        Some(v) => Ok(Json(serde_json::json!({
+            "run_id": v.run_id,
+            "count": v.events.len(),
+            "events": v.events,
+        }))
+        .into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no recent events for run `{run_id}` (unknown, or evicted from the ring)"),
+        )),
+    }
+}
+
+async fn get_log(State(st): State<Arc<ControlState>>) -> Result<Response, ApiError> {
+    let log = st.log.as_ref().ok_or_else(log_unavailable)?;
+    Ok(Json(serde_json::json!({"level": log.level()})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogUpdate {
+    level: String,
+}
+
+/// `PUT /v1/log {"level": "debug"}`: changes the log filter until the next change (a config
+/// reload that changes `log.level` applies it again).
+async fn put_log(
+    State(st): State<Arc<ControlState>>,
+    body: Result<Json<LogUpdate>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(u) = body.map_err(json_rejection)?;
+    let log = st.log.as_ref().ok_or_else(log_unavailable)?;
+    log.set_level(&u.level)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    Ok(Json(serde_json::json!({"level": log.level()})).into_response())
+}
+
+fn log_unavailable() -> ApiError {
+    ApiError(
+        StatusCode::NOT_IMPLEMENTED,
+        "the log level cannot change in this process".into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BatchConfig, OnFull, ProfilingConfig};
+    use crate::plugins::PluginSet;
+    use crate::profiler::ProfileHistory;
+    use serde_json::Value;
+
+    /// A control API on a free port over fresh state; the reload receiver is kept alive.
+    async fn start(
+        api_key: Option<&str>,
+        rate: u32,
+    ) -> (SocketAddr, Arc<ControlState>, mpsc::Receiver<ReloadRequest>) {
+        let metrics = Arc::new(Metrics::new());
+        let queue = Arc::new(Queue::new(10, OnFull::DropOldest, metrics.clone()));
+        let (_tx, routing) = watch::channel(Routing {
+            batch: BatchConfig::default(),
+            sinks: Vec::new(),
+            plugins: Arc::new(PluginSet::empty()),
+        });
+        let profile = Arc::new(ProfileHistory::new(&ProfilingConfig::default()));
+        let (reload, reload_rx) = mpsc::channel(1);
+        let st = Arc::new(ControlState {
+            sampler: Arc::new(Sampler::new(Default::default(), metrics.clone())),
+            health: Arc::new(health::HealthMonitor::new(
+                metrics.clone(),
+                queue.clone(),
+                routing.clone(),
+                profile,
+            )),
+            metrics,
+            queue,
+            routing,
+            ready: AtomicBool::new(true),
+            api_key: api_key.map(str::to_string),
+            reload,
+            started: Instant::now(),
+            views: Arc::new(views::EventViews::new(10, 10, &[])),
+            limiter: Arc::new(limit::RateLimiter::new(rate)),
+            log: None,
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(l, st.clone(), CancellationToken::new()));
+        (addr, st, reload_rx)
+    }
+
+    async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (u16, Value) {
+        let mut r = reqwest::Client::new().get(format!("http://{addr}{path}"));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn keys_probes_and_json_errors() {
+        let (addr, _st, _rx) = start(Some("k"), 0).await;
+        assert_eq!(get(addr, "/v1/health", None).await.0, 401);
+        assert_eq!(get(addr, "/v1/health", Some("kk")).await.0, 401);
+        let (status, h) = get(addr, "/v1/health", Some("k")).await;
+        assert_eq!(status, 200);
+        assert_eq!(h["components"]["profiler"]["status"], "healthy", "{h}");
+        assert_eq!(get(addr, "/healthz", None).await.0, 200);
+        assert_eq!(get(addr, "/readyz", None).await.0, 200);
+        let (status, e) = get(addr, "/v1/log", Some("k")).await;
+        assert_eq!(status, 501, "no log handle in this process");
+        assert!(e["error"].is_string());
+        let (status, e) = get(addr, "/v1/runs/none", Some("k")).await;
+        assert_eq!(status, 404);
+        assert!(e["error"].as_str().unwrap().contains("none"));
+        let (status, e) = get(addr, "/v1/stats?window=nope", Some("k")).await;
+        assert_eq!(status, 400);
+        assert!(e["error"].as_str().unwrap().starts_with("window:"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn rate_limit_spares_probes() {
+        let (addr, _st, _rx) = start(None, 2).await;
+        let mut codes = Vec::new();
+        for _ in 0..5 {
+            codes.push(get(addr, "/v1/stats", None).await.0);
+        }
+        assert!(codes.contains(&429), "{codes:?}");
+        for _ in 0..5 {
+            assert_eq!(get(addr, "/healthz", None).await.0, 200);
+        }
+    }
+
+    #[test]
+    fn type_filters() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(type_matches(&[], "anything"));
+        assert!(type_matches(&f(&["a", "job.*"]), "job.done"));
+        assert!(type_matches(&f(&["a", "job.*"]), "a"));
+        assert!(!type_matches(&f(&["a", "job.*"]), "ab"));
+        assert!(!type_matches(&f(&["a", "job.*"]), "jobs"));
+    }
 }
