@@ -255,6 +255,25 @@ pub async fn run(
         routing: routing_tx,
         status: reload_status.clone(),
         set_log_level: opts.log.as_ref().map(|l| l.setter()),
+        hooks: vec![
+            {
+                let profiling = profiler.reconfigurer();
+                Box::new(move |c: &Config| {
+                    profiling.send_replace(c.profiling.clone());
+                })
+            },
+            {
+                let state = control_state.clone();
+                Box::new(move |c: &Config| {
+                    state.views.reconfigure(
+                        c.control.runs,
+                        c.control.run_events,
+                        &c.control.redact_fields,
+                    );
+                    state.limiter.set_rate(c.control.rate_limit);
+                })
+            },
+        ],
     };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;

@@ -339,6 +339,11 @@ impl ProfilerHandle {
         self.config.send_replace(config);
     }
 
+    /// A handle that applies new settings later (for the reloader), apart from `join`.
+    pub fn reconfigurer(&self) -> watch::Sender<ProfilingConfig> {
+        self.config.clone()
+    }
+
     /// Waits for the task to end (after the shutdown token is cancelled).
     pub async fn join(self) {
         let _ = self.task.await;

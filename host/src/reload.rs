@@ -52,6 +52,10 @@ pub struct ReloadStatus {
 /// Applies a new log filter; `Err` says why it was refused.
 pub type LogLevelFn = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
+/// Applies the parts of a new config that live outside the pipeline (profiler budgets,
+/// control API views and rate limit); called after a config was accepted.
+pub type ConfigHook = Box<dyn Fn(&Config) + Send + Sync>;
+
 /// Applies reloads to the running stages.
 pub struct Reloader {
     pub config: Config,
@@ -66,6 +70,7 @@ pub struct Reloader {
     pub routing: watch::Sender<Routing>,
     pub status: Arc<Mutex<ReloadStatus>>,
     pub set_log_level: Option<LogLevelFn>,
+    pub hooks: Vec<ConfigHook>,
 }
 
 impl Reloader {
@@ -246,6 +251,9 @@ impl Reloader {
                 Ok(()) => summary.push(format!("log level: {}", new.log.level)),
                 Err(e) => tracing::warn!(error = %e, "log level not changed"),
             }
+        }
+        for hook in &self.hooks {
+            hook(new);
         }
         Ok(restart)
     }

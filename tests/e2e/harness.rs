@@ -69,7 +69,8 @@ pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> 
 }
 
 impl Daemon {
-    /// The base config, with paths inside `dir`.
+    /// The base config, with paths inside `dir`. Resource budgets are off (0) so that a busy
+    /// test is not sampled down by the profiler; tests of the degrade path set their own.
     pub fn base_config(
         dir: &Path,
         socket: &Path,
@@ -86,6 +87,7 @@ sinks:
 delivery: {{retry: {{initial: 20ms, max: 200ms}}}}
 control: {{listen: "{control}"}}
 health: {{interval: 1s}}
+profiling: {{budgets: {{cpu_percent: 0, memory_mb: 0}}}}
 log: {{level: "info,outrigger=debug"}}
 "#,
             socket = socket.display(),

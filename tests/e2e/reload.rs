@@ -351,3 +351,27 @@ async fn plugins_added_changed_broken_and_removed_under_load_lose_nothing() {
     );
     eprintln!("plugin add live after {t_add:?} (poll), remove after {t_remove:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_change_live_degrade_and_recover() {
+    let mut d = Daemon::start("profiling: {interval: 100ms}").await;
+    let profiler = async |d: &Daemon| {
+        d.get_json("/v1/health").await["components"]["profiler"]["status"].clone()
+    };
+    assert_eq!(profiler(&d).await, "healthy");
+    // A memory budget the daemon cannot meet: degraded, and sampling is scaled down.
+    rewrite_config(&d, "profiling: {budgets: {memory_mb: 1}}");
+    let degraded = eventually(Duration::from_secs(20), async || {
+        profiler(&d).await == "degraded"
+    })
+    .await;
+    assert!(degraded, "{}", d.get_json("/v1/health").await);
+    // Budgets off again: it recovers.
+    rewrite_config(&d, "profiling: {budgets: {memory_mb: 0}}");
+    let healthy = eventually(Duration::from_secs(20), async || {
+        profiler(&d).await == "healthy"
+    })
+    .await;
+    assert!(healthy, "{}", d.get_json("/v1/health").await);
+    assert!(d.stop().success());
+}
