@@ -9,7 +9,8 @@
 //! at once. The ingest side takes one lock per batch and does nothing when there is neither a
 //! subscriber nor a run ring. Holds no task; tail streams end with their client or on shutdown.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -17,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
-use crate::event::Event;
+use crate::event::{Event, Fnv};
 
 /// Batches kept for a slow tail subscriber before it is told it missed some.
 const TAIL_BACKLOG: usize = 256;
@@ -37,11 +38,14 @@ struct Run {
     touched: u64,
 }
 
-/// The per-run rings, with the least recently active run first in `order`.
+/// The per-run rings. Recency is kept the cheap way (the ingest path touches a run per event):
+/// a touch only stamps the run; `order` holds runs in the order they were queued with the stamp
+/// they had then, and eviction gives a run touched since then a second chance at the back.
+/// That evicts the least recently active run, or one close to it, in O(1) amortized.
 #[derive(Default)]
 struct RunRing {
-    runs: HashMap<Arc<str>, Run>,
-    order: BTreeMap<u64, Arc<str>>,
+    runs: HashMap<Arc<str>, Run, BuildHasherDefault<Fnv>>,
+    order: VecDeque<(u64, Arc<str>)>,
     seq: u64,
     max_runs: usize,
     max_events: usize,
@@ -54,35 +58,41 @@ impl RunRing {
         self.seq += 1;
         let seq = self.seq;
         if let Some(r) = self.runs.get_mut(run) {
-            self.order.remove(&r.touched);
             r.touched = seq;
-        } else {
-            while self.runs.len() >= self.max_runs {
-                let Some((_, old)) = self.order.pop_first() else {
-                    break;
-                };
-                self.runs.remove(&old);
-            }
-            self.runs.insert(
-                run.clone(),
-                Run {
-                    events: VecDeque::new(),
-                    touched: seq,
-                },
-            );
+            return;
         }
-        self.order.insert(seq, run.clone());
+        self.evict_to(self.max_runs.saturating_sub(1));
+        self.runs.insert(
+            run.clone(),
+            Run {
+                events: VecDeque::new(),
+                touched: seq,
+            },
+        );
+        self.order.push_back((seq, run.clone()));
+    }
+
+    /// Evicts the least recently active runs until at most `keep` remain.
+    fn evict_to(&mut self, keep: usize) {
+        while self.runs.len() > keep {
+            let Some((stamp, old)) = self.order.pop_front() else {
+                break;
+            };
+            match self.runs.get(&old) {
+                // Touched since it was queued: a second chance, at the back.
+                Some(r) if r.touched != stamp => self.order.push_back((r.touched, old)),
+                Some(_) => {
+                    self.runs.remove(&old);
+                }
+                None => {}
+            }
+        }
     }
 
     fn resize(&mut self, max_runs: usize, max_events: usize) {
         self.max_runs = max_runs;
         self.max_events = max_events;
-        while self.runs.len() > max_runs {
-            let Some((_, old)) = self.order.pop_first() else {
-                break;
-            };
-            self.runs.remove(&old);
-        }
+        self.evict_to(max_runs);
         for r in self.runs.values_mut() {
             while r.events.len() > max_events {
                 r.events.pop_front();
