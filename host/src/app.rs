@@ -168,14 +168,15 @@ pub async fn run(
     }
 
     let profile = Arc::new(ProfileHistory::new(&cfg.profiling));
+    let reload_status = Arc::new(parking_lot::Mutex::new(ReloadStatus::default()));
     let health = Arc::new(HealthMonitor::new(
         metrics.clone(),
         queue.clone(),
         routing_rx.clone(),
         profile.clone(),
+        reload_status.clone(),
     ));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
-    let reload_status = Arc::new(parking_lot::Mutex::new(ReloadStatus::default()));
     let control_state = Arc::new(ControlState {
         metrics: metrics.clone(),
         sampler: sampler.clone(),

@@ -146,9 +146,14 @@ async fn broken_config_keeps_the_running_one_and_says_why() {
         d.send(&[r#"{"type": "still_running"}"#]).await,
         [r#"{"success":true}"#]
     );
-    // An explicit reload says what is wrong.
+    // An explicit reload says what is wrong, and so does health until a reload succeeds.
     let (status, body) = d.send_json("POST", "/v1/reload", Value::Null).await;
     assert_eq!(status, 422, "{body}");
+    let health = d.get_json("/v1/health").await;
+    assert_eq!(
+        health["components"]["reload"]["status"], "degraded",
+        "{health}"
+    );
     assert!(
         body["error"].as_str().unwrap().contains("outrigger.yml"),
         "{body}"
@@ -314,6 +319,17 @@ async fn plugins_added_changed_broken_and_removed_under_load_lose_nothing() {
     d.wait_metric("outrigger_reloads_total", r#"result="error""#, errors + 1.0)
         .await;
     live(&d, &[("redact", false)]).await;
+    let health = d.get_json("/v1/health").await;
+    assert_eq!(
+        health["components"]["plugins"]["status"], "degraded",
+        "{health}"
+    );
+    assert!(
+        health["components"]["plugins"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("redact")
+    );
     let calls = d
         .metric("outrigger_plugin_calls_total", r#"plugin="redact""#)
         .await;

@@ -17,6 +17,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::pipeline::Routing;
 use crate::profiler::ProfileHistory;
 use crate::queue::Queue;
+use crate::reload::ReloadStatus;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -58,6 +59,7 @@ pub struct HealthMonitor {
     window: Mutex<(Instant, Sample, Sample)>,
     /// The profiler's history and budget verdict.
     profile: Arc<ProfileHistory>,
+    reload: Arc<Mutex<ReloadStatus>>,
 }
 
 fn c(
@@ -78,6 +80,7 @@ impl HealthMonitor {
         queue: Arc<Queue>,
         routing: watch::Receiver<Routing>,
         profile: Arc<ProfileHistory>,
+        reload: Arc<Mutex<ReloadStatus>>,
     ) -> HealthMonitor {
         let s = Sample::default();
         HealthMonitor {
@@ -86,6 +89,7 @@ impl HealthMonitor {
             routing,
             window: Mutex::new((Instant::now(), s, s)),
             profile,
+            reload,
         }
     }
 
@@ -235,13 +239,31 @@ impl HealthMonitor {
             .filter(|p| p.quarantined)
             .map(|p| p.name.clone())
             .collect();
-        let (status, reason) = if quarantined.is_empty() {
-            (Status::Healthy, format!("{} loaded", status_list.len()))
-        } else {
+        let unloaded: Vec<String> = status_list
+            .iter()
+            .filter(|p| {
+                p.world == "unknown"
+                    || p.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("reload refused"))
+            })
+            .map(|p| p.name.clone())
+            .collect();
+        let (status, reason) = if !quarantined.is_empty() {
             (
                 Status::Degraded,
                 format!("quarantined: {}", quarantined.join(", ")),
             )
+        } else if !unloaded.is_empty() {
+            (
+                Status::Degraded,
+                format!(
+                    "not loaded, or kept at the previous version: {} (see /v1/plugins)",
+                    unloaded.join(", ")
+                ),
+            )
+        } else {
+            (Status::Healthy, format!("{} loaded", set.len()))
         };
         components.insert(
             "plugins",
@@ -256,6 +278,15 @@ impl HealthMonitor {
         );
 
         components.insert("profiler", self.profiler_component(budget));
+
+        // Reload: the last refused config or plugin set, until a reload succeeds.
+        let r = self.reload.lock().clone();
+        let restart: serde_json::Value = r.restart_needed.clone().into();
+        let (status, reason) = match &r.last_error {
+            Some(e) => (Status::Degraded, format!("last reload refused: {e}")),
+            None => (Status::Healthy, "config and plugins as loaded".to_string()),
+        };
+        components.insert("reload", c(&[("restart_needed", restart)], status, reason));
 
         let status = components
             .values()

@@ -571,6 +571,7 @@ mod tests {
                 queue.clone(),
                 routing.clone(),
                 profile,
+                Default::default(),
             )),
             metrics,
             queue,
