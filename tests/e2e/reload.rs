@@ -391,3 +391,48 @@ async fn budgets_change_live_degrade_and_recover() {
     assert!(healthy, "{}", d.get_json("/v1/health").await);
     assert!(d.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_directory_removed_and_recreated_is_watched_again() {
+    let dist = crate::wasm::dist();
+    let mut d = Daemon::start("").await;
+    let plugins = d.path("plugins");
+    put(
+        &plugins.join("redact.wasm"),
+        &std::fs::read(dist.join("redact.wasm")).unwrap(),
+    );
+    let names = async |d: &Daemon| {
+        plugin_names(d)
+            .await
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), async || names(&d).await
+            == ["redact"])
+        .await
+    );
+    // The directory goes away (a deploy tool replacing it): the plugin is unloaded.
+    std::fs::remove_dir_all(&plugins).unwrap();
+    assert!(eventually(Duration::from_secs(30), async || names(&d).await.is_empty()).await);
+    // It comes back with a plugin in it: watched again, loaded again.
+    std::fs::create_dir(&plugins).unwrap();
+    put(
+        &plugins.join("drop-debug.wasm"),
+        &std::fs::read(dist.join("drop-debug.wasm")).unwrap(),
+    );
+    let back = eventually(Duration::from_secs(30), async || {
+        names(&d).await == ["drop-debug"]
+    })
+    .await;
+    assert!(back, "{:?}", names(&d).await);
+    // And later changes in the new directory are seen too.
+    put(
+        &plugins.join("redact.wasm"),
+        &std::fs::read(dist.join("redact.wasm")).unwrap(),
+    );
+    let both = eventually(Duration::from_secs(30), async || names(&d).await.len() == 2).await;
+    assert!(both, "{:?}", names(&d).await);
+    assert!(d.stop().success());
+}
