@@ -146,6 +146,7 @@ enum PluginCommand {
     /// Create a plugin project that builds as it is.
     New {
         name: String,
+        /// rust, python, js or c.
         #[arg(long, default_value = "rust")]
         lang: String,
         /// Parent directory of the new project.
@@ -226,7 +227,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::New { name, lang, dir },
         } => {
-            outrigger::plugins::cli::new_scaffold(&name, &lang, &dir)?;
+            outrigger::plugins::scaffold::new_project(&name, &lang, &dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

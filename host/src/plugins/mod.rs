@@ -31,6 +31,7 @@ mod imports;
 mod instance;
 mod load;
 mod runtime;
+pub mod scaffold;
 #[cfg(test)]
 mod tests;
 

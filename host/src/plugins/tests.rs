@@ -536,14 +536,3 @@ fn check_accepts_components_and_names_mismatches() {
     assert!(!cli::check(&junk).unwrap());
     assert!(cli::check(&dir.path().join("absent.wasm")).is_err());
 }
-
-#[test]
-fn scaffold_refuses_other_languages_and_bad_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let e = cli::new_scaffold("x", "python", dir.path()).unwrap_err();
-    assert!(e.to_string().contains("not yet"), "{e}");
-    assert!(cli::new_scaffold("Bad Name", "rust", dir.path()).is_err());
-    cli::new_scaffold("good-one", "rust", dir.path()).unwrap();
-    assert!(dir.path().join("good-one/wit/outrigger.wit").is_file());
-    assert!(cli::new_scaffold("good-one", "rust", dir.path()).is_err());
-}

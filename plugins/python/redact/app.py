@@ -1,18 +1,110 @@
 """The `redact` handler in Python: the same behaviour, byte for byte, as plugins/redact (Rust).
 
 Replaces the top-level payload fields named in config `fields` with "***" and counts them in
-the plugin counter `redacted`. A payload that names none of the fields, or is not a JSON object,
-is kept untouched; a redacted one is re-serialised compactly with its keys sorted (as the Rust
-plugin's serde_json map does).
+the plugin counter `redacted`. A payload that names none of the fields, is not a JSON object, or
+is JSON the Rust plugin refuses (a lone surrogate escape, nesting deeper than 127) is kept
+untouched. A redacted one is re-serialised as the Rust plugin does: compact, keys sorted by code
+point at every level, numbers exactly as written (exponent spelled `e+`/`e-`). The contract:
+docs/plugins.md, "The redact contract".
 """
 
 import json
+import re
 
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import host, types
 
 FIELDS: list = []
+
+# serde_json's recursion limit: the top-level object is depth 1; 127 is the deepest accepted.
+MAX_DEPTH = 127
+# Payload text is valid UTF-8, so lone surrogates can only come from `\uD8xx`-style escapes.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class Num(str):
+    """A JSON number kept as its source text, so nothing is lost to floats."""
+
+
+def _number(text: str) -> Num:
+    e = max(text.find("e"), text.find("E"))
+    if e < 0:
+        return Num(text)
+    sign = "" if text[e + 1] in "+-" else "+"
+    return Num(text[:e] + "e" + sign + text[e + 1 :])
+
+
+def _refuse(name: str):
+    raise ValueError(f"not JSON: {name}")
+
+
+def parse(text: str):
+    """The payload as serde_json parses it, or None where serde_json refuses it."""
+    if too_deep(text):
+        return None
+    try:
+        obj = json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_refuse)
+        if SURROGATE_ESCAPE.search(text):
+            # Any lone surrogate, in a key or a string anywhere, fails to encode.
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return obj
+
+
+def too_deep(text: str) -> bool:
+    """Whether containers nest deeper than MAX_DEPTH."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for c in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif c in "]}":
+            depth -= 1
+    return False
+
+
+def write(v, out: list) -> None:
+    """Compact JSON, keys sorted by code point, numbers verbatim: what serde_json writes."""
+    if isinstance(v, Num):
+        out.append(v)
+    elif isinstance(v, str):
+        out.append(json.dumps(v, ensure_ascii=False))
+    elif v is True:
+        out.append("true")
+    elif v is False:
+        out.append("false")
+    elif v is None:
+        out.append("null")
+    elif isinstance(v, list):
+        out.append("[")
+        for i, x in enumerate(v):
+            if i:
+                out.append(",")
+            write(x, out)
+        out.append("]")
+    else:
+        out.append("{")
+        for i, k in enumerate(sorted(v)):
+            if i:
+                out.append(",")
+            out.append(json.dumps(k, ensure_ascii=False))
+            out.append(":")
+            write(v[k], out)
+        out.append("}")
 
 
 class WitWorld(wit_world.WitWorld):
@@ -34,10 +126,7 @@ class WitWorld(wit_world.WitWorld):
             if not any(f in ev.payload for f in FIELDS):
                 verdicts.append(types.Verdict_Keep())
                 continue
-            try:
-                obj = json.loads(ev.payload)
-            except ValueError:
-                obj = None
+            obj = parse(ev.payload)
             n = 0
             if isinstance(obj, dict):
                 for f in FIELDS:
@@ -48,7 +137,9 @@ class WitWorld(wit_world.WitWorld):
                 verdicts.append(types.Verdict_Keep())
                 continue
             redacted += n
-            ev.payload = json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+            out: list = []
+            write(obj, out)
+            ev.payload = "".join(out)
             verdicts.append(types.Verdict_Replace(ev))
         if redacted:
             host.counter_add("redacted", redacted)

@@ -1,0 +1,160 @@
+//! `outrigger plugin new NAME --lang rust|python|js|c`: a plugin project that builds as it is.
+//!
+//! In: a name, a language and a parent directory. Out: `DIR/NAME` with a handler that keeps
+//! every event and counts them, a copy of the WIT contract in `wit/`, a build command
+//! (`cargo build --release`, or `bash build.sh`) and a README naming its prerequisites. The
+//! templates live in `host/templates/<lang>/` and are embedded in the binary, so a project is
+//! made the same way outside this repository. Runs once and returns; never overwrites.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+/// The WIT contract, embedded so that a new project builds outside this repository.
+const WIT: &str = include_str!("../../../wit/outrigger.wit");
+
+/// One template file: its path in the project and its text, with `{name}` (the plugin name)
+/// and `{crate}` (the name with `_` for `-`) to fill in.
+type File = (&'static str, &'static str);
+
+macro_rules! template {
+    ($lang:literal: $($path:literal),+ $(,)?) => {
+        &[$(($path, include_str!(concat!("../../templates/", $lang, "/", $path)))),+]
+    };
+}
+
+/// The languages `--lang` accepts, with their files and how to build them.
+const LANGS: &[(&str, &[File], &str, &str)] = &[
+    (
+        "rust",
+        template!("rust": "Cargo.toml", "rust-toolchain.toml", ".cargo/config.toml", ".gitignore",
+            "src/lib.rs", "README.md"),
+        "cargo build --release",
+        "target/wasm32-wasip2/release/{crate}.wasm",
+    ),
+    (
+        "python",
+        template!("python": "app.py", "build.sh", ".gitignore", "README.md"),
+        "bash build.sh",
+        "{name}.wasm",
+    ),
+    (
+        "js",
+        template!("js": "handler.js", "package.json", "build.sh", ".gitignore", "README.md"),
+        "bash build.sh",
+        "{name}.wasm",
+    ),
+    (
+        "c",
+        template!("c": "handler.c", "build.sh", ".gitignore", "README.md"),
+        "bash build.sh",
+        "{name}.wasm",
+    ),
+];
+
+/// The names `--lang` accepts.
+pub fn languages() -> impl Iterator<Item = &'static str> {
+    LANGS.iter().map(|l| l.0)
+}
+
+/// Creates `dir/NAME` from the `lang` template. Refuses a name that is not a valid package
+/// name in every language, an unknown language, and an existing directory.
+pub fn new_project(name: &str, lang: &str, dir: &Path) -> anyhow::Result<()> {
+    let Some(&(_, files, build, output)) = LANGS.iter().find(|l| l.0 == lang) else {
+        let known: Vec<_> = languages().collect();
+        anyhow::bail!(
+            "--lang {lang}: unknown language (one of {})",
+            known.join(", ")
+        );
+    };
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        anyhow::bail!(
+            "plugin name `{name}`: use lower-case letters, digits, `-` and `_`, starting with a letter"
+        );
+    }
+    let root = dir.join(name);
+    if root.exists() {
+        anyhow::bail!("{} already exists", root.display());
+    }
+    let crate_name = name.replace('-', "_");
+    let fill = |text: &str| text.replace("{name}", name).replace("{crate}", &crate_name);
+    let wit: File = ("wit/outrigger.wit", WIT);
+    for &(rel, text) in files.iter().chain([&wit]) {
+        let path = root.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let text = if rel.starts_with("wit/") {
+            text.to_string()
+        } else {
+            fill(text)
+        };
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        if rel.ends_with(".sh") {
+            set_executable(&path)?;
+        }
+    }
+    println!("created {}", root.display());
+    println!("build:  cd {} && {build}", root.display());
+    println!("output: {}", fill(output));
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_executable(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))
+}
+
+#[cfg(not(unix))]
+fn set_executable(_: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_language_makes_a_project_with_the_wit_and_no_placeholders_left() {
+        for lang in languages() {
+            let dir = tempfile::tempdir().unwrap();
+            new_project("my-filter", lang, dir.path()).unwrap();
+            let root = dir.path().join("my-filter");
+            let wit = std::fs::read_to_string(root.join("wit/outrigger.wit")).unwrap();
+            assert_eq!(wit, WIT, "{lang}");
+            let (_, files, ..) = LANGS.iter().find(|l| l.0 == lang).unwrap();
+            for (rel, _) in *files {
+                let text = std::fs::read_to_string(root.join(rel)).unwrap();
+                assert!(
+                    !text.contains("{name}") && !text.contains("{crate}"),
+                    "{lang}/{rel} still has a placeholder"
+                );
+            }
+            let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+            assert!(readme.starts_with("# my-filter\n"), "{lang}: {readme}");
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_languages_bad_names_and_existing_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = new_project("x", "cobol", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rust, python, js, c"), "{err}");
+        let err = new_project("My Filter", "rust", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lower-case"), "{err}");
+        new_project("x", "python", dir.path()).unwrap();
+        let err = new_project("x", "js", dir.path()).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds {name}.wasm from handler.js against wit/ (world `handler`).
+# Needs Node.js 20+ and npm; componentize-js is installed into node_modules/ on first use.
+set -euo pipefail
+cd "$(dirname "$0")"
+command -v npm >/dev/null || { echo "npm not found: install Node.js 20+ and npm" >&2; exit 1; }
+if [ ! -x node_modules/.bin/componentize-js ]; then
+  npm install --no-audit --no-fund --loglevel=error
+fi
+# WASI features the plugin does not use are left out, so the component imports only
+# `outrigger:plugin/host` and what the JavaScript engine itself needs.
+node_modules/.bin/componentize-js handler.js --wit wit --world-name handler \
+  -d stdio random clocks http fetch-event -o {name}.wasm
+echo "built $(pwd)/{name}.wasm"
