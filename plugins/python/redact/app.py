@@ -21,6 +21,8 @@ FIELDS: list = []
 MAX_DEPTH = 127
 # Payload text is valid UTF-8, so lone surrogates can only come from `\uD8xx`-style escapes.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# Every escape in order (outside strings valid JSON has no backslash).
+ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|[^u])")
 
 
 class Num(str):
@@ -41,16 +43,29 @@ def _refuse(name: str):
 
 def parse(text: str):
     """The payload as serde_json parses it, or None where serde_json refuses it."""
+    if SURROGATE_ESCAPE.search(text) and has_lone_surrogate(text):
+        return None
     if too_deep(text):
         return None
     try:
-        obj = json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_refuse)
-        if SURROGATE_ESCAPE.search(text):
-            # Any lone surrogate, in a key or a string anywhere, fails to encode.
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    except (ValueError, UnicodeEncodeError):
+        return json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_refuse)
+    except ValueError:
         return None
-    return obj
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether a \\uD800-\\uDBFF escape is not directly followed by a \\uDC00-\\uDFFF one, or the
+    reverse: anywhere, even in a value that a later duplicate key replaces."""
+    high_end = -1  # where an unpaired high surrogate escape ends
+    for m in ESCAPE.finditer(text):
+        unit = int(m.group()[2:], 16) if len(m.group()) == 6 else -1
+        low = 0xDC00 <= unit <= 0xDFFF
+        if high_end >= 0 and not (low and m.start() == high_end):
+            return True
+        if high_end < 0 and low:
+            return True
+        high_end = m.start() + 6 if 0xD800 <= unit <= 0xDBFF else -1
+    return high_end >= 0
 
 
 def too_deep(text: str) -> bool:

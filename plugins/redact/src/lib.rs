@@ -4,6 +4,12 @@
 //! verdict per event: `replace` with every top-level payload field named in `fields` set to
 //! `"***"`, or `keep` when the event has none of them (or its payload is not a JSON object).
 //! Counts redacted fields as `outrigger_plugin_counter_total{plugin="redact", name="redacted"}`.
+//!
+//! A redacted payload is re-serialised by [`json`]: compact, keys sorted, numbers exactly as
+//! written. This plugin is the reference of "The redact contract" (docs/plugins.md) that the
+//! Python, JavaScript and C versions follow byte for byte.
+
+mod json;
 
 use std::cell::RefCell;
 
@@ -51,15 +57,13 @@ impl Guest for Redact {
                     if !fields.iter().any(|f| ev.payload.contains(f.as_str())) {
                         return Verdict::Keep;
                     }
-                    let Ok(serde_json::Value::Object(mut map)) =
-                        serde_json::from_str::<serde_json::Value>(&ev.payload)
-                    else {
+                    let Some(json::Json::Object(mut map)) = json::parse(&ev.payload) else {
                         return Verdict::Keep;
                     };
                     let mut n = 0;
                     for f in fields.iter() {
                         if let Some(v) = map.get_mut(f) {
-                            *v = serde_json::Value::String("***".into());
+                            *v = json::Json::String("***".into());
                             n += 1;
                         }
                     }
@@ -67,7 +71,9 @@ impl Guest for Redact {
                         return Verdict::Keep;
                     }
                     redacted += n;
-                    ev.payload = serde_json::Value::Object(map).to_string();
+                    let mut payload = String::with_capacity(ev.payload.len());
+                    json::write(&json::Json::Object(map), &mut payload);
+                    ev.payload = payload;
                     Verdict::Replace(ev)
                 })
                 .collect();
