@@ -1,5 +1,7 @@
 //! Criterion benches for the plugin call cost per batch size: the Rust `redact` handler and the
-//! `drop-debug` sampler from `plugins/dist/` (build them first with `bash plugins/build.sh`).
+//! `drop-debug` sampler from `plugins/dist/` (build them first with `bash plugins/build.sh`),
+//! and the same `redact` in Python, JavaScript and C from `plugins/dist/lang/` when they are
+//! built (`bash scripts/build-plugins`; a missing one is skipped with a note).
 //!
 //! `cargo bench -p outrigger --bench plugins`. Throughput is reported in events; each batch has
 //! 10 % of events carrying a field to redact.
@@ -38,22 +40,27 @@ fn batch(n: usize) -> Vec<Event> {
         .collect()
 }
 
-fn chain_for(rt: &tokio::runtime::Runtime, plugin: &str) -> Chain {
+/// A chain of the one plugin `dist/{path}.wasm` (with its `.yml`).
+fn chain_for(rt: &tokio::runtime::Runtime, path: &str) -> Chain {
     let dir = tempfile::tempdir().expect("tempdir").keep();
+    let name = path.rsplit('/').next().expect("a name");
     std::fs::copy(
-        dist().join(format!("{plugin}.wasm")),
-        dir.join(format!("{plugin}.wasm")),
+        dist().join(format!("{path}.wasm")),
+        dir.join(format!("{name}.wasm")),
     )
     .expect("copy");
-    let yml = dist().join(format!("{plugin}.yml"));
+    let yml = dist().join(format!("{path}.yml"));
     if yml.is_file() {
-        std::fs::copy(&yml, dir.join(format!("{plugin}.yml"))).expect("copy yml");
+        std::fs::copy(&yml, dir.join(format!("{name}.yml"))).expect("copy yml");
     }
-    let cfg = PluginsConfig {
+    let mut cfg = PluginsConfig {
         dir: dir.clone(),
         cache_dir: Some(dir.join("cache")),
         ..Default::default()
     };
+    // The JavaScript interpreter needs more than the default 1 M fuel per event in small
+    // batches; metering costs the same whatever the budget.
+    cfg.defaults.fuel_per_event = 10_000_000;
     let host = PluginHost::new(
         &cfg,
         Arc::new(Metrics::new()),
@@ -70,9 +77,20 @@ fn benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    for plugin in ["redact", "drop-debug"] {
+    for plugin in [
+        "redact",
+        "drop-debug",
+        "lang/redact-c",
+        "lang/redact-py",
+        "lang/redact-js",
+    ] {
+        if !dist().join(format!("{plugin}.wasm")).is_file() {
+            eprintln!("skipping {plugin}: not built (bash scripts/build-plugins)");
+            continue;
+        }
         let mut chain = chain_for(&rt, plugin);
-        let mut g = c.benchmark_group(format!("plugin_{plugin}"));
+        let name = plugin.rsplit('/').next().expect("a name");
+        let mut g = c.benchmark_group(format!("plugin_{name}"));
         for n in [1usize, 10, 100, 1000, 4000] {
             let events = batch(n);
             g.throughput(Throughput::Elements(n as u64));
