@@ -99,7 +99,7 @@ fn rust_redact_keeps_everything_but_the_fields() {
     let input = std::fs::read_to_string(corpus()).unwrap();
     assert_eq!(lines.len(), input.lines().count(), "{summary}");
     assert!(
-        summary.contains("replaced=15") && summary.contains("errors=[]"),
+        summary.contains("replaced=16") && summary.contains("errors=[]"),
         "{summary}"
     );
     // Numbers exactly as written, keys sorted, only top-level fields.
@@ -172,11 +172,11 @@ async fn through_daemon(name: &str, plugin: &Path) -> String {
         answers.iter().all(|a| a == r#"{"success":true}"#),
         "{name}: {answers:?}"
     );
-    // 17 fields in 15 events; the plugin reports them through `host.counter-add`.
+    // 18 fields in 16 events; the plugin reports them through `host.counter-add`.
     let redacted = d
-        .wait_metric("outrigger_plugin_counter_total", r#"name="redacted""#, 17.0)
+        .wait_metric("outrigger_plugin_counter_total", r#"name="redacted""#, 18.0)
         .await;
-    assert_eq!(redacted, 17.0, "{name}");
+    assert_eq!(redacted, 18.0, "{name}");
     let errors = d.metric("outrigger_plugin_errors_total", "").await;
     assert_eq!(errors, 0.0, "{name}: {}", d.log_text());
     assert!(d.stop().success(), "{name}: {}", d.log_text());

@@ -41,16 +41,45 @@ def _refuse(name: str):
     raise ValueError(f"not JSON: {name}")
 
 
+# Numbers are parsed into placeholder strings "\ue000<i>\ue001" (private-use chars), so that the
+# json module's C encoder writes everything else; the placeholders are then swapped for the
+# numbers' text. A payload that holds those chars itself takes the pure-Python writer instead.
+PLACEHOLDER_CHARS = re.compile("[\ue000\ue001]|\\\\u[eE]00[01]")
+PLACEHOLDER = re.compile('"\ue000(\\d+)\ue001"')
+
+
 def parse(text: str):
-    """The payload as serde_json parses it, or None where serde_json refuses it."""
+    """`(tree, numbers)` as the Rust plugin parses the payload, or None where it refuses it.
+    `numbers` lists the number texts the tree's placeholders stand for; None when the tree
+    holds `Num`s instead."""
     if SURROGATE_ESCAPE.search(text) and has_lone_surrogate(text):
         return None
     if too_deep(text):
         return None
     try:
-        return json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_refuse)
+        if PLACEHOLDER_CHARS.search(text):
+            hooks = dict(parse_int=_number, parse_float=_number, parse_constant=_refuse)
+            return json.loads(text, **hooks), None
+        numbers = []
+
+        def placeholder(t: str) -> str:
+            numbers.append(_number(t))
+            return f"\ue000{len(numbers) - 1}\ue001"
+
+        hooks = dict(parse_int=placeholder, parse_float=placeholder, parse_constant=_refuse)
+        return json.loads(text, **hooks), numbers
     except ValueError:
         return None
+
+
+def dump(tree, numbers) -> str:
+    """The tree as the Rust plugin writes it (see `write`)."""
+    if numbers is None:
+        out: list = []
+        write(tree, out)
+        return "".join(out)
+    text = json.dumps(tree, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return PLACEHOLDER.sub(lambda m: numbers[int(m.group(1))], text) if numbers else text
 
 
 def has_lone_surrogate(text: str) -> bool:
@@ -141,7 +170,8 @@ class WitWorld(wit_world.WitWorld):
             if not any(f in ev.payload for f in FIELDS):
                 verdicts.append(types.Verdict_Keep())
                 continue
-            obj = parse(ev.payload)
+            parsed = parse(ev.payload)
+            obj, numbers = parsed if parsed else (None, None)
             n = 0
             if isinstance(obj, dict):
                 for f in FIELDS:
@@ -152,9 +182,7 @@ class WitWorld(wit_world.WitWorld):
                 verdicts.append(types.Verdict_Keep())
                 continue
             redacted += n
-            out: list = []
-            write(obj, out)
-            ev.payload = "".join(out)
+            ev.payload = dump(obj, numbers)
             verdicts.append(types.Verdict_Replace(ev))
         if redacted:
             host.counter_add("redacted", redacted)
