@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 command -v npm >/dev/null || { echo "npm not found: install Node.js 20+ and npm" >&2; exit 1; }
+# (package.json also names @bytecodealliance/preview2-shim: componentize-js 0.23.0 imports it
+# but declares it only as a dev dependency, so npm does not always install it where it looks.)
 if [ ! -x node_modules/.bin/componentize-js ]; then
   npm install --no-audit --no-fund --loglevel=error
 fi

@@ -9,6 +9,8 @@ command -v npm >/dev/null || { echo "npm not found: install Node.js 20+ (apt-get
 out="$root/plugins/dist/lang"
 mkdir -p "$out"
 cd "$here"
+# (package.json also names @bytecodealliance/preview2-shim: componentize-js 0.23.0 imports it
+# but declares it only as a dev dependency, so npm does not always install it where it looks.)
 if [ ! -x node_modules/.bin/componentize-js ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
