@@ -60,6 +60,7 @@ pub struct Metrics {
     pub plugin_errors: IntCounterVec,
     pub plugin_fuel_consumed: IntCounterVec,
     pub plugin_call_duration: HistogramVec,
+    pub plugin_recycled: IntCounterVec,
     pub plugin_quarantined: IntGaugeVec,
     pub plugin_counter: IntCounterVec,
     pub plugin_gauge: GaugeVec,
@@ -168,6 +169,14 @@ impl Metrics {
                 &["plugin"],
             )
             .expect("valid metric"),
+            plugin_recycled: IntCounterVec::new(
+                opts(
+                    "plugin_recycled_total",
+                    "Plugin instances replaced between batches because their memory grew",
+                ),
+                &["plugin"],
+            )
+            .expect("valid metric"),
             plugin_quarantined: IntGaugeVec::new(
                 opts("plugin_quarantined", "1 while a plugin is quarantined"),
                 &["plugin"],
@@ -230,6 +239,7 @@ impl Metrics {
             Box::new(m.plugin_errors.clone()),
             Box::new(m.plugin_fuel_consumed.clone()),
             Box::new(m.plugin_call_duration.clone()),
+            Box::new(m.plugin_recycled.clone()),
             Box::new(m.plugin_quarantined.clone()),
             Box::new(m.plugin_counter.clone()),
             Box::new(m.plugin_gauge.clone()),

@@ -5,7 +5,8 @@
 //! emitted them (so later plugins see them too). Drops are counted here (`sampled_out` for a
 //! sampler's `false`, `plugin` for a handler's `drop` or a failed batch under
 //! `on_error: drop`). Each chain owns one instance per plugin (its own stores: no lock on the
-//! hot path); a failed instance is dropped and a new one made on the next batch. Quarantined
+//! hot path); a failed instance is dropped and a new one made on the next batch, and so is one
+//! whose linear memory grew past half the room `init` left it (`plugin_recycled_total`). Quarantined
 //! plugins, and optional ones while the daemon is over budget, are bypassed: their batches
 //! pass unchanged. The chain ends when the worker drops it.
 
@@ -31,6 +32,8 @@ pub struct SlotStats {
     pub emitted: u64,
     pub bypassed: u64,
     pub failed_batches: u64,
+    /// Instances replaced between batches because their memory grew (see [`Live::memory_pressed`]).
+    pub recycled: u64,
     pub errors: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -193,9 +196,21 @@ impl Slot {
         plugin.m_calls.inc();
         plugin.m_fuel.inc_by(fuel);
         plugin.m_duration.observe(start.elapsed().as_secs_f64());
+        let pressed = live.memory_pressed().then(|| live.memory());
         self.stats.calls += 1;
         let (output, emitted) = result?;
         let checked = check(output, input.len())?;
+        if let Some((used, baseline)) = pressed {
+            tracing::debug!(
+                plugin = %plugin.name,
+                used_mib = used >> 20,
+                after_init_mib = baseline >> 20,
+                "plugin instance replaced: its memory grew past half of its headroom"
+            );
+            self.live = None;
+            self.stats.recycled += 1;
+            plugin.m_recycled.inc();
+        }
         Ok((checked, emitted))
     }
 }

@@ -141,7 +141,7 @@ pub async fn replay(
     for (name, s) in chain.stats() {
         let errors: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         eprintln!(
-            "  {name}: calls={} kept={} dropped={} replaced={} emitted={} bypassed={} failed_batches={} errors=[{}]",
+            "  {name}: calls={} kept={} dropped={} replaced={} emitted={} bypassed={} failed_batches={} recycled={} errors=[{}]",
             s.calls,
             s.kept,
             s.dropped,
@@ -149,6 +149,7 @@ pub async fn replay(
             s.emitted,
             s.bypassed,
             s.failed_batches,
+            s.recycled,
             errors.join(", ")
         );
     }

@@ -81,6 +81,11 @@ impl Limits {
             hit: false,
         }
     }
+
+    /// Bytes of linear memory the store holds (memories never shrink).
+    pub fn used(&self) -> usize {
+        self.used
+    }
 }
 
 impl wasmtime::ResourceLimiter for Limits {

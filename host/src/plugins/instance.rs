@@ -40,6 +40,8 @@ pub enum Output {
 pub struct Live {
     store: Store<State>,
     exports: Exports,
+    /// Linear memory right after `init`.
+    baseline: usize,
 }
 
 impl Live {
@@ -78,8 +80,30 @@ impl Live {
                 ErrorKind::Init,
                 format!("init refused its config: {msg}"),
             )),
-            Ok(Ok((exports, Ok(())))) => Ok(Live { store, exports }),
+            Ok(Ok((exports, Ok(())))) => {
+                let baseline = store.data().limits.used();
+                Ok(Live {
+                    store,
+                    exports,
+                    baseline,
+                })
+            }
         }
+    }
+
+    /// True when the instance's linear memory has grown past half of the room `init` left it
+    /// under `memory_mb`. Linear memory never shrinks, and some guests keep growing their heap
+    /// across calls (a garbage collector that does not know the cap, or a leak); such an instance
+    /// is replaced between batches before a batch runs out of memory.
+    pub fn memory_pressed(&self) -> bool {
+        let limits = &self.store.data().limits;
+        let room = limits.max_bytes.saturating_sub(self.baseline);
+        limits.used() > self.baseline + room / 2
+    }
+
+    /// Linear memory the instance holds now, and right after `init`.
+    pub fn memory(&self) -> (usize, usize) {
+        (self.store.data().limits.used(), self.baseline)
     }
 
     /// Calls the plugin with one batch under the per-call limits. Returns the output, the

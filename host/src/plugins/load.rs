@@ -80,6 +80,7 @@ pub struct Plugin {
     pub m_calls: prometheus::IntCounter,
     pub m_fuel: prometheus::IntCounter,
     pub m_duration: prometheus::Histogram,
+    pub m_recycled: prometheus::IntCounter,
 }
 
 impl Plugin {
@@ -489,6 +490,7 @@ impl PluginHost {
             m_calls: m.plugin_calls.with_label_values(&[&*name]),
             m_fuel: m.plugin_fuel_consumed.with_label_values(&[&*name]),
             m_duration: m.plugin_call_duration.with_label_values(&[&*name]),
+            m_recycled: m.plugin_recycled.with_label_values(&[&*name]),
             name,
             path: path.to_path_buf(),
             size,

@@ -317,6 +317,32 @@ async fn memory_growth_is_capped() {
     assert_error("oom", "memory", "memory_mb: 16").await;
 }
 
+/// A guest whose heap only grows (a leak, or a collector that does not know the cap) is given
+/// a fresh instance between batches before it runs out of memory: no batch fails.
+#[tokio::test]
+async fn an_instance_whose_memory_keeps_growing_is_replaced_between_batches() {
+    let (f, set) = misbehave("leak", "memory_mb: 16");
+    let mut chain = Chain::new(set.clone()).await;
+    // 1 MiB a batch: without replacement the 16 MiB cap is reached within 16 batches.
+    for i in 0..40 {
+        let out = chain
+            .run(vec![ev(&format!(r#"{{"type":"x","data":{{"n":{i}}}}}"#))])
+            .await;
+        assert!(
+            out[0]
+                .attributes
+                .contains(&("seen_by".into(), "misbehave".into())),
+            "batch {i} was not handled: {:?}",
+            set.status()
+        );
+    }
+    let recycled = f.metric("outrigger_plugin_recycled_total", &[("plugin", "bad")]);
+    assert!(recycled >= 2.0, "recycled {recycled} times");
+    let stats = &chain.stats()[0].1;
+    assert_eq!(stats.recycled as f64, recycled);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+}
+
 #[tokio::test]
 async fn trap_is_a_trap() {
     assert_error("trap", "trap", "").await;
