@@ -8,9 +8,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use outrigger::config::PluginsConfig;
+use outrigger::config::{Dur, PluginsConfig};
 use outrigger::event::{Event, Line, parse_owned};
 use outrigger::metrics::Metrics;
 use outrigger::plugins::{Chain, PluginHost};
@@ -40,8 +41,8 @@ fn batch(n: usize) -> Vec<Event> {
         .collect()
 }
 
-/// A chain of the one plugin `dist/{path}.wasm` (with its `.yml`).
-fn chain_for(rt: &tokio::runtime::Runtime, path: &str) -> Chain {
+/// A chain of the one plugin `dist/{path}.wasm` (with its `.yml`), counting into `metrics`.
+fn chain_for(rt: &tokio::runtime::Runtime, path: &str, metrics: &Arc<Metrics>) -> Chain {
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let name = path.rsplit('/').next().expect("a name");
     std::fs::copy(
@@ -59,14 +60,12 @@ fn chain_for(rt: &tokio::runtime::Runtime, path: &str) -> Chain {
         ..Default::default()
     };
     // The JavaScript interpreter needs more than the default 1 M fuel per event in small
-    // batches; metering costs the same whatever the budget.
+    // batches, and about 100 ms for a batch of 4000 (the default timeout); limits cost the same
+    // whatever their size.
     cfg.defaults.fuel_per_event = 10_000_000;
-    let host = PluginHost::new(
-        &cfg,
-        Arc::new(Metrics::new()),
-        Arc::new(|_: &str, _: &str| {}),
-    )
-    .expect("host");
+    cfg.defaults.timeout = Dur(Duration::from_secs(5));
+    let host =
+        PluginHost::new(&cfg, metrics.clone(), Arc::new(|_: &str, _: &str| {})).expect("host");
     let set = host.load_set(&cfg).expect("load");
     assert_eq!(set.len(), 1, "{:?}", set.status());
     rt.block_on(Chain::new(set))
@@ -88,7 +87,8 @@ fn benches(c: &mut Criterion) {
             eprintln!("skipping {plugin}: not built (bash scripts/build-plugins)");
             continue;
         }
-        let mut chain = chain_for(&rt, plugin);
+        let metrics = Arc::new(Metrics::new());
+        let mut chain = chain_for(&rt, plugin, &metrics);
         let name = plugin.rsplit('/').next().expect("a name");
         let mut g = c.benchmark_group(format!("plugin_{name}"));
         for n in [1usize, 10, 100, 1000, 4000] {
@@ -101,9 +101,24 @@ fn benches(c: &mut Criterion) {
                     BatchSize::SmallInput,
                 )
             });
+            // A failed call passes the batch through untouched and would be timed as a fast one.
+            assert_no_errors(&format!("{plugin} in batches of {n}"), &metrics);
         }
         g.finish();
     }
+}
+
+/// Panics when a plugin call failed (fuel, memory, timeout, trap) during the bench.
+fn assert_no_errors(plugin: &str, metrics: &Metrics) {
+    let text = metrics.render();
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("outrigger_plugin_errors_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{plugin} failed during the bench, so its figures are not the plugin's: {failed:?}"
+    );
 }
 
 criterion_group!(plugins, benches);
