@@ -6,9 +6,9 @@
 //! sampler's `false`, `plugin` for a handler's `drop` or a failed batch under
 //! `on_error: drop`). Each chain owns one instance per plugin (its own stores: no lock on the
 //! hot path); a failed instance is dropped and a new one made on the next batch, and so is one
-//! whose linear memory grew past half the room `init` left it (`plugin_recycled_total`). Quarantined
-//! plugins, and optional ones while the daemon is over budget, are bypassed: their batches
-//! pass unchanged. The chain ends when the worker drops it.
+//! whose linear memory grew past half the room `init` left it (`plugin_recycled_total`).
+//! Quarantined plugins, and optional ones while the daemon is over budget, are bypassed: their
+//! batches pass unchanged. The chain ends when the worker drops it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -196,7 +196,7 @@ impl Slot {
         plugin.m_calls.inc();
         plugin.m_fuel.inc_by(fuel);
         plugin.m_duration.observe(start.elapsed().as_secs_f64());
-        let pressed = live.memory_pressed().then(|| live.memory());
+        let pressed = live.memory_pressed();
         self.stats.calls += 1;
         let (output, emitted) = result?;
         let checked = check(output, input.len())?;

@@ -91,19 +91,15 @@ impl Live {
         }
     }
 
-    /// True when the instance's linear memory has grown past half of the room `init` left it
-    /// under `memory_mb`. Linear memory never shrinks, and some guests keep growing their heap
-    /// across calls (a garbage collector that does not know the cap, or a leak); such an instance
-    /// is replaced between batches before a batch runs out of memory.
-    pub fn memory_pressed(&self) -> bool {
+    /// When the instance's linear memory has grown past half of the room `init` left it under
+    /// `memory_mb`: the memory it holds now and right after `init`. Linear memory never shrinks,
+    /// and some guests keep growing their heap across calls (a garbage collector that does not
+    /// know the cap, or a leak); such an instance is replaced between batches before a batch
+    /// runs out of memory.
+    pub fn memory_pressed(&self) -> Option<(usize, usize)> {
         let limits = &self.store.data().limits;
         let room = limits.max_bytes.saturating_sub(self.baseline);
-        limits.used() > self.baseline + room / 2
-    }
-
-    /// Linear memory the instance holds now, and right after `init`.
-    pub fn memory(&self) -> (usize, usize) {
-        (self.store.data().limits.used(), self.baseline)
+        (limits.used() > self.baseline + room / 2).then_some((limits.used(), self.baseline))
     }
 
     /// Calls the plugin with one batch under the per-call limits. Returns the output, the

@@ -111,6 +111,12 @@ fn data(e: &Event) -> serde_json::Value {
     serde_json::from_slice(&e.data).unwrap()
 }
 
+/// True when the `misbehave` fixture handled `e` as in its `ok` mode.
+fn seen_by_misbehave(e: &Event) -> bool {
+    e.attributes
+        .contains(&("seen_by".into(), "misbehave".into()))
+}
+
 fn kinds(events: &[Event]) -> Vec<&str> {
     events.iter().map(|e| &*e.kind).collect()
 }
@@ -234,9 +240,7 @@ async fn emitted_events_pass_through_later_plugins() {
     assert_eq!(data(derived)["from"], 42);
     assert_eq!(derived.run_id.as_deref(), Some("r1"));
     assert!(
-        derived
-            .attributes
-            .contains(&("seen_by".into(), "misbehave".into())),
+        seen_by_misbehave(derived),
         "the emitted event went through the later plugin: {:?}",
         derived.attributes
     );
@@ -294,9 +298,7 @@ async fn assert_error(mode: &str, kind: &str, extra: &str) {
         )])
         .await;
     assert!(
-        out[0]
-            .attributes
-            .contains(&("seen_by".into(), "misbehave".into())),
+        seen_by_misbehave(&out[0]),
         "mode {mode}: {:?}",
         set.status()
     );
@@ -329,9 +331,7 @@ async fn an_instance_whose_memory_keeps_growing_is_replaced_between_batches() {
             .run(vec![ev(&format!(r#"{{"type":"x","data":{{"n":{i}}}}}"#))])
             .await;
         assert!(
-            out[0]
-                .attributes
-                .contains(&("seen_by".into(), "misbehave".into())),
+            seen_by_misbehave(&out[0]),
             "batch {i} was not handled: {:?}",
             set.status()
         );
@@ -436,11 +436,7 @@ async fn repeated_failures_quarantine_then_recover() {
             r#"{"type":"x","attributes":{"fail":"no"},"data":{}}"#,
         )])
         .await;
-    assert!(
-        out[0]
-            .attributes
-            .contains(&("seen_by".into(), "misbehave".into()))
-    );
+    assert!(seen_by_misbehave(&out[0]));
     let st = &set.status()[0];
     assert_eq!(st.consecutive_failures, 0);
     assert!(!st.quarantined);
