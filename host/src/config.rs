@@ -383,7 +383,22 @@ pub enum SinkConfig {
     Nats(NatsSinkConfig),
 }
 
+// TEMPORARY stub until the conditions branch lands.
+/// Which events a sink takes.
+pub struct SinkRoute;
+impl SinkRoute {
+    pub fn is_all(&self) -> bool {
+        true
+    }
+    pub fn admits(&self, _e: &crate::event::Event, _m: &crate::metrics::Metrics) -> bool {
+        true
+    }
+}
+
 impl SinkConfig {
+    pub fn route(&self) -> &SinkRoute {
+        &SinkRoute
+    }
     /// The sink's label in metrics and logs: its `name`, else its type and position.
     pub fn label(&self, index: usize) -> String {
         let (kind, name) = match self {

@@ -6,18 +6,22 @@
 //! - [`queue`]: the bounded fail-open queue between ingest and the pipeline.
 //! - [`sampler`]: native sampling (per-type rates, whole runs, adaptive boost).
 //! - [`plugins`]: WASM components (samplers, then handlers) on wasmtime.
-//! - [`pipeline`]: the worker that pulls from the queue, samples, runs plugins and batches.
-//! - [`sinks`]: file, stdout, HTTP, Weave delivery with retry.
+//! - [`pipeline`]: the worker that pulls from the queue, samples, runs plugins and batches,
+//!   woken by data, the batch deadline, a flush or a reload.
+//! - [`batcher`]: cuts batches by events, bytes and interval.
+//! - [`sinks`]: the sink set (per-sink routing), file, stdout, HTTP and Weave writers, and the
+//!   delivery state machine (retry, back-off, spool).
 //! - [`profiler`]: the daemon's own CPU and memory, watched pids, budgets that degrade sampling.
 //! - [`control`]: the control API (metrics, health, stats, sampling, reload, live tail, runs).
 //! - [`reload`]: the file watcher and live reload of config and plugins.
 //! - [`metrics`], [`config`]: shared by all of the above.
-//! - [`app`]: wires the stages together and runs them until shutdown.
+//! - [`app`]: builds the stages and binds the listeners, runs them, drains them at shutdown.
 //! - [`logging`]: text or JSON logs whose level can change live.
-//! - [`cli`]: `outrigger status` and `outrigger tail`, clients of the control API.
+//! - [`cli`]: the daemon's clients: `outrigger status`, `tail` and `send`.
 //! - [`bench`]: `outrigger bench`, the load generator.
 
 pub mod app;
+pub mod batcher;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -1,18 +1,16 @@
 //! The `outrigger` command: parses the CLI, sets up logging, runs a subcommand, sets the exit code.
 //!
-//! `run` starts the daemon and turns SIGINT/SIGTERM into a graceful shutdown; `check` validates
-//! config and plugins; `send` writes events to a running daemon's socket; `status` and `tail`
-//! read its control API; `plugin` and `replay` work on plugins offline. Errors print one clear
-//! message and exit 1.
+//! `run` starts the daemon and turns SIGINT/SIGTERM into a graceful shutdown (a second signal
+//! cuts the drain short and exits 130); `check` builds every stage as `run` would; `send`,
+//! `status` and `tail` are clients of a running daemon; `plugin` and `replay` work on plugins
+//! offline. Everything else lives in the library. Errors print one clear message and exit 1.
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use outrigger::config::{self, Config};
@@ -128,6 +126,13 @@ enum Command {
         /// only counts lines (and answers them with --ack).
         #[arg(long)]
         baseline: bool,
+        /// Send nothing: watch the running daemon for this many seconds and report its CPU,
+        /// wake-ups per thread and RSS.
+        #[arg(long, value_name = "SECONDS")]
+        idle: Option<f64>,
+        /// The daemon's pid for the CPU figures (default: the socket's peer).
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// Run plugins offline over recorded events; prints the resulting events and a verdict summary.
     Replay {
@@ -183,11 +188,15 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config, watch_pids } => {
             let (cfg, path) = load_config(config.as_deref())?;
             let log = outrigger::logging::init(&cfg.log);
-            let stop = CancellationToken::new();
-            tokio::spawn(signals(stop.clone()));
+            let (stop, force) = (CancellationToken::new(), CancellationToken::new());
+            tokio::spawn(signals(stop.clone(), force.clone()));
             let opts = outrigger::app::RunOptions { watch_pids, log };
-            outrigger::app::run(cfg, path, stop, opts).await?;
-            Ok(ExitCode::SUCCESS)
+            Ok(
+                match outrigger::app::run(cfg, path, stop, force, opts).await? {
+                    outrigger::app::Stopped::Drained => ExitCode::SUCCESS,
+                    outrigger::app::Stopped::Forced => ExitCode::from(130),
+                },
+            )
         }
         Command::Status {
             control,
@@ -212,7 +221,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 Some(s) => s,
                 None => load_config(config.as_deref())?.0.ingest.socket,
             };
-            send(&socket, kind, data, run_id, input).await
+            let args = outrigger::cli::send::SendArgs {
+                kind,
+                data,
+                run_id,
+                input,
+            };
+            outrigger::cli::send::send(&socket, args).await
         }
         Command::Plugin {
             command: PluginCommand::Check { file },
@@ -245,8 +260,38 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             kind,
             json,
             baseline,
+            idle,
+            pid,
         } => {
             let (cfg, _) = load_config(config.as_deref())?;
+            let daemon_socket = socket.clone().unwrap_or(cfg.ingest.socket.clone());
+            let pid = match (pid, baseline) {
+                (Some(p), _) => Some(p),
+                (None, true) => None,
+                (None, false) => {
+                    match outrigger::bench::procstat::socket_peer_pid(&daemon_socket) {
+                        Ok(p) => Some(p),
+                        Err(e) if idle.is_some() => return Err(e),
+                        Err(e) => {
+                            eprintln!("daemon CPU not measured: {e:#}");
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(seconds) = idle {
+                let pid = pid.context("--idle measures a daemon: give --pid or its socket")?;
+                let usage = tokio::task::spawn_blocking(move || {
+                    outrigger::bench::procstat::watch(pid, seconds)
+                })
+                .await??;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&usage)?);
+                } else {
+                    outrigger::bench::procstat::print(&usage);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let socket = match baseline {
                 true => outrigger::bench::baseline_server(ack)?,
                 false => socket.unwrap_or(cfg.ingest.socket),
@@ -263,6 +308,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 ack,
                 batch: if ack && http.is_none() { 1 } else { batch },
                 event_type: kind,
+                pid,
             };
             let baseline_socket = baseline.then(|| opts.socket.clone());
             let report = tokio::task::spawn_blocking(move || outrigger::bench::run(&opts)).await?;
@@ -296,8 +342,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// SIGINT or SIGTERM: graceful shutdown. A second one exits at once.
-async fn signals(stop: CancellationToken) {
+/// SIGINT or SIGTERM: graceful shutdown (`stop`). A second one: `force`.
+async fn signals(stop: CancellationToken, force: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -316,23 +362,19 @@ async fn signals(stop: CancellationToken) {
         _ = int.recv() => {},
     }
     eprintln!("outrigger: second signal, exiting without draining");
-    std::process::exit(130);
+    force.cancel();
 }
 
+/// Builds every stage of the config as `run` would, binding nothing; exit 1 on any failure.
 async fn check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let (cfg, path) = load_config(path)?;
     let name = path
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
     println!("config: {name}: ok");
-    let host = outrigger::plugins::PluginHost::new(
-        &cfg.plugins,
-        Arc::new(Metrics::new()),
-        Arc::new(|_: &str, _: &str| {}),
-    )?;
-    let set = host.load_set(&cfg.plugins)?;
+    let status = tokio::task::block_in_place(|| outrigger::app::check(&cfg))?;
     let mut ok = true;
-    for p in set.status() {
+    for p in &status {
         match &p.last_error {
             Some(e) => {
                 ok = false;
@@ -341,91 +383,11 @@ async fn check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             None => println!("plugin {}: ok ({})", p.name, p.world),
         }
     }
-    if set.status().is_empty() {
+    if status.is_empty() {
         println!("plugins: none in {}", cfg.plugins.dir.display());
     }
+    println!("sinks: {} ok", cfg.sinks.len());
     Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// Sends events and reports every refusal; exit 1 if any line was refused.
-async fn send(
-    socket: &Path,
-    kind: Option<String>,
-    data: Option<String>,
-    run_id: Option<String>,
-    input: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let mut lines: Vec<String> = Vec::new();
-    match (input.as_deref(), kind) {
-        (Some("-"), _) => {
-            for l in std::io::stdin().lock().lines() {
-                let l = l.context("reading stdin")?;
-                if !l.trim().is_empty() {
-                    lines.push(l);
-                }
-            }
-        }
-        (Some(other), _) => {
-            anyhow::bail!("unexpected argument `{other}`: use `-` to read NDJSON from stdin")
-        }
-        (None, Some(kind)) => {
-            let data: serde_json::Value = match data {
-                Some(d) => serde_json::from_str(&d).context("--data is not valid JSON")?,
-                None => serde_json::Value::Null,
-            };
-            let mut ev = serde_json::json!({"type": kind, "data": data});
-            if let Some(r) = run_id {
-                ev["run_id"] = r.into();
-            }
-            lines.push(ev.to_string());
-        }
-        (None, None) => {
-            anyhow::bail!("nothing to send: give --type T (and --data JSON), or `-` for stdin")
-        }
-    }
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {} (is the daemon running?)",
-                socket.display()
-            )
-        })?;
-    let (rd, mut wr) = stream.into_split();
-    let expected = lines.len();
-    let reader = tokio::spawn(async move {
-        let mut rd = tokio::io::BufReader::new(rd).lines();
-        let (mut ok, mut failed) = (0usize, 0usize);
-        while ok + failed < expected {
-            match rd.next_line().await {
-                Ok(Some(answer)) => {
-                    if answer.contains("\"success\":true") {
-                        ok += 1;
-                    } else {
-                        failed += 1;
-                        eprintln!("refused (line {}): {answer}", ok + failed);
-                    }
-                }
-                _ => break,
-            }
-        }
-        (ok, failed)
-    });
-    let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-    for l in &lines {
-        buf.extend_from_slice(l.as_bytes());
-        buf.push(b'\n');
-    }
-    wr.write_all(&buf).await.context("writing to the socket")?;
-    let (ok, failed) = reader.await?;
-    let _ = wr.shutdown().await;
-    let mut err = std::io::stderr();
-    let _ = writeln!(err, "sent {expected}: {ok} accepted, {failed} refused");
-    Ok(if failed == 0 && ok == expected {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -18,16 +18,18 @@ pub enum DropReason {
     Invalid,
     Disabled,
     Sink,
+    Unrouted,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::QueueFull,
         DropReason::SampledOut,
         DropReason::Plugin,
         DropReason::Invalid,
         DropReason::Disabled,
         DropReason::Sink,
+        DropReason::Unrouted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +40,7 @@ impl DropReason {
             DropReason::Invalid => "invalid",
             DropReason::Disabled => "disabled",
             DropReason::Sink => "sink",
+            DropReason::Unrouted => "unrouted",
         }
     }
 }
@@ -46,7 +49,7 @@ impl DropReason {
 pub struct Metrics {
     pub registry: Registry,
     pub events_received: IntCounterVec,
-    events_dropped: [IntCounter; 6],
+    events_dropped: [IntCounter; 7],
     pub events_delivered: IntCounterVec,
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,

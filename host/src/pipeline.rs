@@ -1,32 +1,34 @@
 //! The pipeline worker: queue → native sampler → plugin chain → batcher → sinks.
 //!
-//! In: chunks popped from the [`Queue`], and the current [`Routing`] (batch limits, sink
-//! channels, plugin set) from a watch channel, picked up at a batch boundary so that a reload
-//! never splits a batch. Out: `Arc<Batch>` to every sink, when the batch reaches
-//! `max_events` or `max_bytes`, when `interval` has passed since its first event, or when a
-//! `flush` asks for it. Ends when the queue is closed and drained: the last batch is sent and
-//! the worker's sink senders are dropped, which lets the sinks finish.
+//! In: chunks popped from the [`Queue`]; the data-plane [`Routing`] (plugin set, batch limits)
+//! from a watch channel; [`SinkPlan`]s from the reloader; flush requests. The worker is woken by
+//! data, the batch deadline, a flush, or a reload, and applies a reload as soon as it is
+//! published: before it processes another chunk, and at once when idle, so that every event
+//! admitted after a reload was reported goes through the new chain and the new sinks. What the
+//! old routing had batched goes to the old sinks first (a reload never splits a batch between
+//! two chains). Out: [`Cut`]s to the [`SinkSet`] the worker owns. Ends when the queue is closed
+//! and drained: the last batch is sent, the sink set is closed (its senders dropped), and the
+//! closing sinks are handed back to be waited for.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::batcher::{Batcher, Cut};
 use crate::config::BatchConfig;
-use crate::event::Event;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::Metrics;
 use crate::plugins::{Chain, PluginSet};
-use crate::queue::Queue;
+use crate::queue::{Chunk, Queue};
 use crate::sampler::Sampler;
-use crate::sinks::Batch;
+use crate::sinks::{ClosingSinks, SinkPlan, SinkSet};
 
-/// Where batches go and how big they get; replaced as a whole on reload.
+/// The data-plane settings a reload publishes as one: the plugin set and the batch limits.
 #[derive(Clone)]
 pub struct Routing {
     pub batch: BatchConfig,
-    pub sinks: Vec<mpsc::Sender<Arc<Batch>>>,
     pub plugins: Arc<PluginSet>,
 }
 
@@ -45,125 +47,201 @@ impl FlushRequests {
     }
 }
 
+/// The pipeline worker and everything it reads.
 pub struct Worker {
     pub queue: Arc<Queue>,
     pub sampler: Arc<Sampler>,
     pub metrics: Arc<Metrics>,
     pub routing: watch::Receiver<Routing>,
+    /// New sink sets from the reloader, applied in order.
+    pub sink_plans: mpsc::UnboundedReceiver<SinkPlan>,
+    /// The running sinks; the worker owns them and closes them when it ends.
+    pub sinks: SinkSet,
     pub flush: Arc<FlushRequests>,
     /// Set while the daemon is over its resource budget: optional plugins are skipped.
     pub over_budget: Arc<AtomicBool>,
 }
 
-/// The open batch.
-struct Open {
-    events: Vec<Event>,
-    bytes: usize,
-    since: Option<Instant>,
+/// What woke the worker.
+enum Wake {
+    Chunk(Chunk),
+    Plan(SinkPlan),
+    Routing,
+    /// The batch deadline, or the end of a hold.
+    Timer,
+    /// A flush request: stop holding, take what is queued.
+    Flush,
+    /// The queue is closed and drained.
+    Closed,
 }
+
+/// The worker's own state: the current chain and the open batch.
+struct Running {
+    chain: Chain,
+    batcher: Batcher,
+    /// False once the reloader has gone (shutdown): its channels are no longer polled.
+    control_open: bool,
+    /// After a small chunk, the queue is left alone until then so that events arriving one by
+    /// one are taken a few dozen at a time (one wake per chunk, not per event).
+    hold_until: Option<Instant>,
+}
+
+/// A chunk smaller than this is followed by a hold.
+const HOLD_BELOW: usize = 256;
+/// The longest hold; never past the open batch's deadline. Reloads and flushes end it at once.
+const HOLD: Duration = Duration::from_millis(5);
 
 impl Worker {
     /// Runs the worker on a thread of its own (with its own single-threaded runtime), so that
-    /// busy ingest connections on the shared runtime cannot starve it. The returned receiver
-    /// resolves when the worker has drained and ended.
-    pub fn spawn(self) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    /// busy ingest connections on the shared runtime cannot starve it. The receiver resolves
+    /// when the worker has drained, with the sinks it closed.
+    pub fn spawn(self) -> std::io::Result<oneshot::Receiver<ClosingSinks>> {
+        let (done_tx, done_rx) = oneshot::channel();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         std::thread::Builder::new()
             .name("outrigger-pipeline".into())
             .spawn(move || {
-                rt.block_on(self.run());
-                let _ = done_tx.send(());
+                let closing = rt.block_on(self.run());
+                let _ = done_tx.send(closing);
             })?;
         Ok(done_rx)
     }
 
-    pub async fn run(mut self) {
-        let mut routing = self.routing.borrow_and_update().clone();
-        let mut chain = Chain::new(routing.plugins.clone()).await;
-        let mut open = Open {
-            events: Vec::with_capacity(routing.batch.max_events),
-            bytes: 0,
-            since: None,
+    /// Runs until the queue is closed and drained; returns the closed sinks.
+    pub async fn run(mut self) -> ClosingSinks {
+        let routing = self.routing.borrow_and_update().clone();
+        let mut st = Running {
+            chain: Chain::new(routing.plugins.clone()).await,
+            batcher: Batcher::new(routing.batch),
+            control_open: true,
+            hold_until: None,
         };
-        // Everything admitted before `taken` has left the queue; before `sent` has gone to the sinks.
-        let (mut taken, mut sent) = (0u64, 0u64);
         loop {
-            let deadline = open.since.map(|t| t + routing.batch.interval.0);
-            let chunk = tokio::select! {
-                biased;
-                c = self.queue.pop(routing.batch.max_events.min(4096)) => match c {
-                    Some(c) => Some(c),
-                    None => break,
-                },
-                _ = sleep_until(deadline) => None,
-                _ = self.flush.wake.notified() => None,
-            };
-            let before = taken;
-            if let Some(chunk) = chunk {
-                taken = chunk.upto;
-                let mut events = chunk.events;
-                self.sampler.apply(&mut events);
-                if !chain.is_empty() && !events.is_empty() {
-                    chain.set_skip_optional(self.over_budget.load(Ordering::Relaxed));
-                    events = chain.run(events).await;
+            match self.next(&mut st).await {
+                Wake::Chunk(chunk) => {
+                    // A reload published while this chunk was being taken applies to it.
+                    self.apply_changes(&mut st, None, false).await;
+                    let small = chunk.events.len() < HOLD_BELOW;
+                    self.process(&mut st, chunk).await;
+                    st.hold_until = small.then(|| hold_end(Instant::now(), st.batcher.deadline()));
                 }
-                for e in events {
-                    open.bytes += e.encoded_len();
-                    open.events.push(e);
-                    if open.since.is_none() {
-                        open.since = Some(Instant::now());
-                    }
-                    if open.events.len() >= routing.batch.max_events
-                        || open.bytes >= routing.batch.max_bytes.0 as usize
-                    {
-                        // Events taken in this chunk may still be in the next batch.
-                        sent = sent.max(before);
-                        self.send(&routing, &mut open, before).await;
-                    }
-                }
+                Wake::Plan(plan) => self.apply_changes(&mut st, Some(plan), false).await,
+                // `changed()` marked the new routing as seen: say so.
+                Wake::Routing => self.apply_changes(&mut st, None, true).await,
+                Wake::Timer => {}
+                Wake::Flush => st.hold_until = None,
+                Wake::Closed => break,
             }
-            let due = deadline.is_some_and(|d| Instant::now() >= d);
-            let asked = self.flush.target.load(Ordering::Acquire) > sent;
-            if (due || asked) && (!open.events.is_empty() || taken > sent) {
-                sent = taken;
-                self.send(&routing, &mut open, taken).await;
-            }
-            if self.routing.has_changed().unwrap_or(false) {
-                // Batch boundary: what is open goes to the sinks it was meant for, then swap.
-                if !open.events.is_empty() {
-                    sent = taken;
-                    self.send(&routing, &mut open, taken).await;
-                }
-                routing = self.routing.borrow_and_update().clone();
-                if !Arc::ptr_eq(&routing.plugins, chain.set()) {
-                    chain = Chain::new(routing.plugins.clone()).await;
-                }
-            }
+            self.cut_if_due(&mut st).await;
         }
-        self.send(&routing, &mut open, taken).await;
+        let last = st.batcher.take();
+        self.sinks.send(last).await;
         tracing::debug!("pipeline worker drained");
+        self.sinks.close()
     }
 
-    /// Sends the open batch (or, when empty, a progress marker) to every sink.
-    async fn send(&self, routing: &Routing, open: &mut Open, upto: u64) {
-        let events = std::mem::replace(
-            &mut open.events,
-            Vec::with_capacity(routing.batch.max_events),
-        );
-        open.bytes = 0;
-        open.since = None;
-        let n = events.len() as u64;
-        let batch = Arc::new(Batch { events, upto });
-        for tx in &routing.sinks {
-            if tx.send(batch.clone()).await.is_err() {
-                // A sink that has gone away cannot take the batch: say so in the counts.
-                self.metrics.dropped(DropReason::Sink, n);
+    /// Waits for data (after the hold, if any), a reload, the batch deadline or a flush
+    /// request.
+    async fn next(&mut self, st: &mut Running) -> Wake {
+        let deadline = st.batcher.deadline();
+        let hold = st.hold_until.take().filter(|t| *t > Instant::now());
+        let max = st.batcher.config().max_events.min(4096);
+        let open = st.control_open;
+        tokio::select! {
+            biased;
+            r = self.routing.changed(), if open => match r {
+                Ok(()) => Wake::Routing,
+                Err(_) => {
+                    st.control_open = false;
+                    Wake::Timer
+                }
+            },
+            p = self.sink_plans.recv(), if open => match p {
+                Some(plan) => Wake::Plan(plan),
+                None => {
+                    st.control_open = false;
+                    Wake::Timer
+                }
+            },
+            c = self.queue.pop(max), if hold.is_none() => match c {
+                Some(c) => Wake::Chunk(c),
+                None => Wake::Closed,
+            },
+            _ = sleep_until(deadline) => {
+                st.hold_until = hold;
+                Wake::Timer
+            }
+            _ = sleep_until(hold), if hold.is_some() => Wake::Timer,
+            _ = self.flush.wake.notified() => Wake::Flush,
+        }
+    }
+
+    /// Applies every published change: the open batch goes to the sinks it was meant for, then
+    /// the sink plans (in order) and the routing are swapped in. `routing_seen`: the caller
+    /// already consumed the routing's change notice.
+    async fn apply_changes(
+        &mut self,
+        st: &mut Running,
+        plan: Option<SinkPlan>,
+        routing_seen: bool,
+    ) {
+        let mut plans: Vec<SinkPlan> = plan.into_iter().collect();
+        while let Ok(p) = self.sink_plans.try_recv() {
+            plans.push(p);
+        }
+        let routing_changed = routing_seen || self.routing.has_changed().unwrap_or(false);
+        if plans.is_empty() && !routing_changed {
+            return;
+        }
+        if st.batcher.has_news() {
+            self.sinks.send(st.batcher.take()).await;
+        }
+        for p in plans {
+            self.sinks.apply(p);
+        }
+        if routing_changed {
+            let r = self.routing.borrow_and_update().clone();
+            st.batcher.reconfigure(r.batch);
+            if !Arc::ptr_eq(&r.plugins, st.chain.set()) {
+                st.chain = Chain::new(r.plugins).await;
             }
         }
     }
+
+    /// Samples a chunk, runs it through the plugins and into the batcher.
+    async fn process(&mut self, st: &mut Running, chunk: Chunk) {
+        let mut events = chunk.events;
+        self.sampler.apply(&mut events);
+        if !st.chain.is_empty() && !events.is_empty() {
+            st.chain
+                .set_skip_optional(self.over_budget.load(Ordering::Relaxed));
+            events = st.chain.run(events).await;
+        }
+        for e in events {
+            if let Some(cut) = st.batcher.push(e) {
+                self.sinks.send(cut).await;
+            }
+        }
+        st.batcher.settle(chunk.upto);
+    }
+
+    /// Sends the open batch when its interval is over or a flush asked for it.
+    async fn cut_if_due(&mut self, st: &mut Running) {
+        let due = st.batcher.is_due(Instant::now());
+        let asked = self.flush.target.load(Ordering::Acquire) > st.batcher.sent();
+        if (due || asked) && st.batcher.has_news() {
+            let cut: Cut = st.batcher.take();
+            self.sinks.send(cut).await;
+        }
+    }
+}
+
+/// When a hold that starts `now` ends: after [`HOLD`], or at the batch deadline if sooner.
+fn hold_end(now: Instant, deadline: Option<Instant>) -> Instant {
+    let end = now + HOLD;
+    deadline.map_or(end, |d| d.min(end))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -175,3 +253,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// How long `flush` waits for delivery before answering with an error.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_never_outlasts_the_open_batch() {
+        let now = Instant::now();
+        assert_eq!(hold_end(now, None), now + HOLD);
+        let soon = now + HOLD / 2;
+        assert_eq!(hold_end(now, Some(soon)), soon);
+        assert_eq!(hold_end(now, Some(now + HOLD * 10)), now + HOLD);
+    }
+}

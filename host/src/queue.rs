@@ -162,11 +162,6 @@ impl Queue {
         self.closed.store(true, Ordering::Release);
         self.ready.notify_one();
     }
-
-    /// Wakes the worker without adding events (a flush request).
-    pub fn wake(&self) {
-        self.ready.notify_one();
-    }
 }
 
 #[cfg(test)]

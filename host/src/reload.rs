@@ -1,12 +1,14 @@
 //! Hot reload: config and plugins change while the daemon runs, and nothing is lost.
 //!
 //! In: reload triggers from a debounced `notify` watcher on the config file and the plugins
-//! directory ([`watch`]), SIGHUP, and `POST /v1/reload`. Out: the new config applied live
-//! (kill switch, line limit, queue limits, sampling, batch settings, sinks added/removed/changed,
-//! plugin chain and defaults, log level) and a new plugin set compiled in the background, both
-//! handed to the pipeline worker as one [`Routing`] that it swaps in at a batch boundary. A bad
-//! config or plugin keeps what runs now and says why (log, `reloads_total{result="error"}`, the
-//! returned error). Settings that need a restart are reported, the rest is applied. The watcher
+//! directory ([`watch`]), SIGHUP, and `POST /v1/reload`. The [`Reloader`] coordinates: it reads
+//! the new config, keeps the settings that need a restart (and reports them), then prepares
+//! everything that can fail (new sinks opened, a new plugin set compiled in the background)
+//! before it changes anything. A bad config, sink or plugin keeps what runs now and says why
+//! (log, `reloads_total{result="error"}`, the returned [`ReloadError`], health). Once prepared,
+//! the change is committed: the sink plan and the data-plane [`Routing`] go to the pipeline
+//! worker (which applies them before the next event), and every other stage reconfigures
+//! itself from the new config ([`Reconfigure`]). Only then is the reload reported. The watcher
 //! thread ends when the daemon drops its receiver.
 
 use std::collections::HashSet;
@@ -19,13 +21,15 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config, SinkConfig};
+use crate::control::limit::RateLimiter;
+use crate::control::views::EventViews;
 use crate::ingest::Admission;
 use crate::metrics::Metrics;
 use crate::pipeline::Routing;
-use crate::plugins::PluginHost;
+use crate::plugins::{PluginHost, PluginSet};
 use crate::queue::Queue;
 use crate::sampler::Sampler;
-use crate::sinks::{self, SinkContext, SinkHandle};
+use crate::sinks::{PlannedSink, SinkContext, SinkHandle, SinkPlan};
 
 /// What a reload should look at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,6 +39,7 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// The config file and the plugins directory.
     pub const ALL: Targets = Targets {
         config: true,
         plugins: true,
@@ -49,200 +54,273 @@ pub struct ReloadStatus {
     pub restart_needed: Vec<String>,
 }
 
+/// Why a reload was refused; what runs now keeps running.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config file could not be read or validated, or a sink could not open.
+    #[error("config: {0}")]
+    Config(String),
+    /// The plugin set could not be loaded.
+    #[error("plugins: {0}")]
+    Plugins(String),
+}
+
+impl ReloadError {
+    /// The `target` label of `reloads_total`.
+    pub fn target(&self) -> &'static str {
+        match self {
+            ReloadError::Config(_) => "config",
+            ReloadError::Plugins(_) => "plugins",
+        }
+    }
+}
+
 /// Applies a new log filter; `Err` says why it was refused.
 pub type LogLevelFn = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
-/// Applies the parts of a new config that live outside the pipeline (profiler budgets,
-/// control API views and rate limit); called after a config was accepted.
-pub type ConfigHook = Box<dyn Fn(&Config) + Send + Sync>;
+/// A stage that takes its live settings from a new, accepted config.
+pub trait Reconfigure: Send + Sync {
+    /// Applies what this stage can change live; never fails (the config was validated).
+    fn reconfigure(&self, cfg: &Config);
+}
 
-/// Applies reloads to the running stages.
+impl Reconfigure for Queue {
+    fn reconfigure(&self, cfg: &Config) {
+        Queue::reconfigure(self, cfg.queue.capacity, cfg.queue.on_full);
+    }
+}
+
+impl Reconfigure for Sampler {
+    fn reconfigure(&self, cfg: &Config) {
+        Sampler::reconfigure(self, cfg.sampling.clone());
+    }
+}
+
+impl Reconfigure for Admission {
+    fn reconfigure(&self, cfg: &Config) {
+        self.enabled.store(cfg.enabled, Ordering::Relaxed);
+        self.max_line_bytes
+            .store(cfg.ingest.max_line_bytes.0 as usize, Ordering::Relaxed);
+    }
+}
+
+impl Reconfigure for EventViews {
+    fn reconfigure(&self, cfg: &Config) {
+        EventViews::reconfigure(
+            self,
+            cfg.control.runs,
+            cfg.control.run_events,
+            &cfg.control.redact_fields,
+        );
+    }
+}
+
+impl Reconfigure for RateLimiter {
+    fn reconfigure(&self, cfg: &Config) {
+        self.set_rate(cfg.control.rate_limit);
+    }
+}
+
+/// The profiler's settings channel.
+impl Reconfigure for watch::Sender<crate::config::ProfilingConfig> {
+    fn reconfigure(&self, cfg: &Config) {
+        self.send_replace(cfg.profiling.clone());
+    }
+}
+
+/// The data plane's side of a reload: the worker's channels and the sinks it runs.
+pub struct DataPlane {
+    pub routing: watch::Sender<Routing>,
+    pub sink_plans: mpsc::UnboundedSender<SinkPlan>,
+    pub sink_ctx: SinkContext,
+    /// What the worker runs now: label and config of each sink, in order.
+    pub sinks: Vec<(String, SinkConfig)>,
+    pub plugin_host: Arc<PluginHost>,
+}
+
+/// Coordinates reloads of the running stages.
 pub struct Reloader {
     pub config: Config,
     pub config_path: Option<PathBuf>,
     pub metrics: Arc<Metrics>,
-    pub queue: Arc<Queue>,
-    pub sampler: Arc<Sampler>,
-    pub admission: Arc<Admission>,
-    pub plugin_host: Arc<PluginHost>,
-    pub sink_ctx: SinkContext,
-    pub sinks: Vec<SinkHandle>,
-    pub routing: watch::Sender<Routing>,
+    pub data: DataPlane,
+    /// Every stage outside the data plane, reconfigured after the data plane.
+    pub stages: Vec<Arc<dyn Reconfigure>>,
     pub status: Arc<Mutex<ReloadStatus>>,
     pub set_log_level: Option<LogLevelFn>,
-    pub hooks: Vec<ConfigHook>,
+}
+
+/// A reload prepared and ready to commit.
+struct Prepared {
+    config: Config,
+    plan: Option<SinkPlan>,
+    plugins: Option<Arc<PluginSet>>,
+    summary: Vec<String>,
 }
 
 impl Reloader {
-    /// Re-reads what `targets` names and applies it. `Ok` carries a short summary.
-    pub async fn reload(&mut self, targets: Targets) -> Result<String, String> {
+    /// Re-reads what `targets` names and applies it. `Ok` carries a short summary; by the time
+    /// it returns, every event admitted later goes through the new chain and sinks.
+    pub async fn reload(&mut self, targets: Targets) -> Result<String, ReloadError> {
         let started = Instant::now();
+        let prepared = match self.prepare(targets).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail(e)),
+        };
+        let summary = self.commit(prepared, targets);
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, summary = %summary, "reloaded");
+        Ok(summary)
+    }
+
+    /// Reads the config, opens new sinks and loads plugins; changes nothing that runs.
+    async fn prepare(&mut self, targets: Targets) -> Result<Prepared, ReloadError> {
+        let mut config = self.config.clone();
         let mut summary = Vec::new();
-        let mut new_cfg = self.config.clone();
         if targets.config {
-            match config::load(self.config_path.as_deref()) {
-                Ok(c) => new_cfg = c,
-                Err(e) => return Err(self.fail("config", e.to_string())),
+            config = config::load(self.config_path.as_deref())
+                .map_err(|e| ReloadError::Config(e.to_string()))?;
+            let restart = keep_restart_only(&self.config, &mut config);
+            if !restart.is_empty() {
+                tracing::warn!(keys = %restart.join(", "), "these settings change only on restart");
             }
-        }
-        let plugins_changed = targets.plugins
-            || serde_json::to_value(&new_cfg.plugins).ok()
-                != serde_json::to_value(&self.config.plugins).ok();
-        if targets.config {
-            let restart = self.apply_config(&mut new_cfg, &mut summary)?;
             self.status.lock().restart_needed = restart;
         }
-        let mut routing = self.routing.borrow().clone();
+        let plan = self.plan_sinks(&config, &mut summary)?;
+        let plugins_changed = targets.plugins
+            || serde_json::to_value(&config.plugins).ok()
+                != serde_json::to_value(&self.config.plugins).ok();
+        let mut plugins = None;
         if plugins_changed {
-            let host = self.plugin_host.clone();
-            let pcfg = new_cfg.plugins.clone();
-            let loaded = tokio::task::spawn_blocking(move || host.load_set(&pcfg)).await;
-            match loaded {
-                Ok(Ok(set)) => {
+            match self.load_plugins(&config).await {
+                Ok(set) => {
                     summary.push(format!("{} plugins", set.len()));
-                    routing.plugins = set;
-                    self.metrics
-                        .reloads
-                        .with_label_values(&["plugins", "ok"])
-                        .inc();
+                    plugins = Some(set);
                 }
-                Ok(Err(e)) => return Err(self.fail("plugins", format!("{e:#}"))),
-                Err(e) => return Err(self.fail("plugins", format!("plugin loading failed: {e}"))),
+                Err(e) => {
+                    // Roll back: sinks opened for this reload are closed unused.
+                    drop(plan);
+                    return Err(e);
+                }
             }
         }
-        routing.batch = new_cfg.batch.clone();
-        routing.sinks = self.sinks.iter().map(|s| s.tx.clone()).collect();
-        self.routing.send_replace(routing);
-        self.config = new_cfg;
+        Ok(Prepared {
+            config,
+            plan,
+            plugins,
+            summary,
+        })
+    }
+
+    async fn load_plugins(&self, config: &Config) -> Result<Arc<PluginSet>, ReloadError> {
+        let host = self.data.plugin_host.clone();
+        let pcfg = config.plugins.clone();
+        match tokio::task::spawn_blocking(move || host.load_set(&pcfg)).await {
+            Ok(Ok(set)) => Ok(set),
+            Ok(Err(e)) => Err(ReloadError::Plugins(format!("{e:#}"))),
+            Err(e) => Err(ReloadError::Plugins(format!("plugin loading failed: {e}"))),
+        }
+    }
+
+    /// The sink plan for `new`: unchanged sinks kept, changed and new ones opened. `None` when
+    /// nothing changes. A sink that cannot open refuses the reload.
+    fn plan_sinks(
+        &self,
+        new: &Config,
+        summary: &mut Vec<String>,
+    ) -> Result<Option<SinkPlan>, ReloadError> {
+        let mut sinks = Vec::new();
+        let (mut opened, mut kept) = (Vec::new(), HashSet::new());
+        for (i, s) in new.sinks.iter().enumerate() {
+            let label = s.label(i);
+            let same = self
+                .data
+                .sinks
+                .iter()
+                .any(|(l, c)| *l == label && same_sink(c, s));
+            if same {
+                kept.insert(label.clone());
+                sinks.push(PlannedSink::Keep(label));
+                continue;
+            }
+            // An error drops `sinks`, which closes the ones opened so far.
+            let h = SinkHandle::spawn(label.clone(), s.clone(), self.data.sink_ctx.clone(), i == 0)
+                .map_err(|e| ReloadError::Config(format!("{e:#}")))?;
+            opened.push(label);
+            sinks.push(PlannedSink::Open(h));
+        }
+        let closed: Vec<&str> = self
+            .data
+            .sinks
+            .iter()
+            .map(|(l, _)| l.as_str())
+            .filter(|l| !kept.contains(*l))
+            .collect();
+        if opened.is_empty() && closed.is_empty() {
+            return Ok(None);
+        }
+        if !opened.is_empty() {
+            summary.push(format!("sinks opened: {}", opened.join(", ")));
+        }
+        if !closed.is_empty() {
+            summary.push(format!("sinks closed: {}", closed.join(", ")));
+        }
+        Ok(Some(SinkPlan { sinks }))
+    }
+
+    /// Hands the prepared change to the worker and the stages; returns the summary.
+    fn commit(&mut self, p: Prepared, targets: Targets) -> String {
+        let Prepared {
+            config,
+            plan,
+            plugins,
+            mut summary,
+        } = p;
+        if let Some(plan) = plan {
+            self.data.sinks = config
+                .sinks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.label(i), s.clone()))
+                .collect();
+            if self.data.sink_plans.send(plan).is_err() {
+                tracing::error!("the pipeline worker has ended: sink changes not applied");
+            }
+        }
+        self.data.routing.send_modify(|r| {
+            r.batch = config.batch.clone();
+            if let Some(set) = plugins.clone() {
+                r.plugins = set;
+            }
+        });
+        if plugins.is_some() {
+            self.count("plugins", "ok");
+        }
+        self.describe_config_changes(&config, &mut summary);
+        for stage in &self.stages {
+            stage.reconfigure(&config);
+        }
+        self.config = config;
         if targets.config {
-            self.metrics
-                .reloads
-                .with_label_values(&["config", "ok"])
-                .inc();
+            self.count("config", "ok");
         }
         let mut st = self.status.lock();
         st.last_error = None;
         st.last_ok_unix_ms = Some(crate::event::now_ns() / 1_000_000);
-        let s = if summary.is_empty() {
+        if summary.is_empty() {
             "nothing changed".to_string()
         } else {
             summary.join("; ")
-        };
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, summary = %s, "reloaded");
-        Ok(s)
+        }
     }
 
-    fn fail(&self, target: &str, error: String) -> String {
-        self.metrics
-            .reloads
-            .with_label_values(&[target, "error"])
-            .inc();
-        tracing::error!(target, error = %error, "reload refused; the previous {target} keeps running");
-        let msg = format!("{target}: {error}");
-        self.status.lock().last_error = Some(msg.clone());
-        msg
-    }
-
-    /// Applies everything that can change live; returns the keys that need a restart.
-    fn apply_config(
-        &mut self,
-        new: &mut Config,
-        summary: &mut Vec<String>,
-    ) -> Result<Vec<String>, String> {
+    /// Summary lines for live changes outside the sinks and plugins, and the log level.
+    fn describe_config_changes(&self, new: &Config, summary: &mut Vec<String>) {
         let old = &self.config;
-        let mut restart = Vec::new();
-        // Listeners are bound once: keep the running values and say so.
-        if new.ingest.socket != old.ingest.socket {
-            restart.push("ingest.socket".to_string());
-            new.ingest.socket = old.ingest.socket.clone();
-        }
-        if new.ingest.http != old.ingest.http {
-            restart.push("ingest.http".to_string());
-            new.ingest.http = old.ingest.http;
-        }
-        if new.control.listen != old.control.listen {
-            restart.push("control.listen".to_string());
-            new.control.listen = old.control.listen;
-        }
-        if new.control.api_key != old.control.api_key {
-            restart.push("control.api_key".to_string());
-            new.control.api_key = old.control.api_key.clone();
-        }
-        if new.log.format != old.log.format {
-            restart.push("log.format".to_string());
-        }
-        if !restart.is_empty() {
-            tracing::warn!(keys = %restart.join(", "), "these settings change only on restart");
-        }
-
-        // Sinks first: the only part that can fail (a sink that cannot open).
-        let mut kept: Vec<Option<SinkHandle>> = std::mem::take(&mut self.sinks)
-            .into_iter()
-            .map(Some)
-            .collect();
-        let mut next = Vec::new();
-        let mut opened = Vec::new();
-        for (i, s) in new.sinks.iter().enumerate() {
-            let label = s.label(i);
-            let same = kept.iter().position(|h| {
-                h.as_ref()
-                    .is_some_and(|h| h.label == label && same_sink(&h.config, s))
-            });
-            match same {
-                Some(p) => next.push(kept[p].take().expect("present")),
-                None => match sinks::spawn(label.clone(), s.clone(), self.sink_ctx.clone(), i == 0)
-                {
-                    Ok(h) => {
-                        opened.push(label);
-                        next.push(h);
-                    }
-                    Err(e) => {
-                        // Roll back: the running sinks stay as they were.
-                        let new_ones: Vec<SinkHandle> = next
-                            .into_iter()
-                            .filter(|h: &SinkHandle| opened.contains(&h.label))
-                            .collect();
-                        self.sinks = kept.into_iter().flatten().collect();
-                        for h in new_ones {
-                            tokio::spawn(h.finish());
-                        }
-                        return Err(self.fail("config", format!("{e:#}")));
-                    }
-                },
-            }
-        }
-        let removed: Vec<SinkHandle> = kept.into_iter().flatten().collect();
-        if !opened.is_empty() {
-            summary.push(format!("sinks opened: {}", opened.join(", ")));
-        }
-        if !removed.is_empty() {
-            summary.push(format!(
-                "sinks closed: {}",
-                removed
-                    .iter()
-                    .map(|h| h.label.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        // A removed sink drains what it was given once the worker stops sending to it.
-        for h in removed {
-            tokio::spawn(h.finish());
-        }
-        self.sinks = next;
-
         if new.enabled != old.enabled {
             summary.push(format!("enabled: {}", new.enabled));
         }
-        self.admission.enabled.store(new.enabled, Ordering::Relaxed);
-        self.admission
-            .max_line_bytes
-            .store(new.ingest.max_line_bytes.0 as usize, Ordering::Relaxed);
-        self.queue
-            .reconfigure(new.queue.capacity, new.queue.on_full);
         if serde_json::to_value(&new.sampling).ok() != serde_json::to_value(&old.sampling).ok() {
             summary.push("sampling".into());
-            self.sampler.reconfigure(new.sampling.clone());
         }
         if new.log.level != old.log.level
             && let Some(set) = &self.set_log_level
@@ -252,11 +330,48 @@ impl Reloader {
                 Err(e) => tracing::warn!(error = %e, "log level not changed"),
             }
         }
-        for hook in &self.hooks {
-            hook(new);
-        }
-        Ok(restart)
     }
+
+    fn count(&self, target: &str, result: &str) {
+        self.metrics
+            .reloads
+            .with_label_values(&[target, result])
+            .inc();
+    }
+
+    fn fail(&self, e: ReloadError) -> ReloadError {
+        let target = e.target();
+        self.count(target, "error");
+        tracing::error!(target, error = %e, "reload refused; the previous {target} keeps running");
+        self.status.lock().last_error = Some(e.to_string());
+        e
+    }
+}
+
+/// Keeps the running values of settings that only change on restart; returns their keys.
+fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
+    let mut restart = Vec::new();
+    // Listeners are bound once, and their keys are read once.
+    if new.ingest.socket != old.ingest.socket {
+        restart.push("ingest.socket".to_string());
+        new.ingest.socket = old.ingest.socket.clone();
+    }
+    if new.ingest.http != old.ingest.http {
+        restart.push("ingest.http".to_string());
+        new.ingest.http = old.ingest.http;
+    }
+    if new.control.listen != old.control.listen {
+        restart.push("control.listen".to_string());
+        new.control.listen = old.control.listen;
+    }
+    if new.control.api_key != old.control.api_key {
+        restart.push("control.api_key".to_string());
+        new.control.api_key = old.control.api_key.clone();
+    }
+    if new.log.format != old.log.format {
+        restart.push("log.format".to_string());
+    }
+    restart
 }
 
 fn same_sink(a: &SinkConfig, b: &SinkConfig) -> bool {

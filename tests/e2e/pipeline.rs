@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -680,4 +680,45 @@ async fn a_failing_sink_spools_and_the_next_start_delivers_the_spool() {
         got.extend(arr.iter().map(|e| e["data"].as_u64().unwrap()));
     }
     assert_eq!(got, (0..3000).collect::<Vec<_>>());
+}
+
+// `check` used to validate the config and plugins only: a config that `run` refuses (a nats
+// sink, a file sink that cannot open) passed it.
+#[test]
+fn check_refuses_what_run_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("outrigger.yml");
+    let socket = dir.path().join("s.sock");
+    let cases = [
+        (
+            r#"[{type: nats, url: "nats://127.0.0.1:4222", subject: "x"}]"#,
+            "nats sink is not implemented",
+        ),
+        (
+            r#"[{type: file, path: "/dev/null/no/events.ndjson"}]"#,
+            "/dev/null/no",
+        ),
+    ];
+    for (sinks, why) in cases {
+        std::fs::write(
+            &cfg,
+            format!(
+                "ingest: {{socket: \"{}\"}}\nplugins: {{dir: \"{}/plugins\"}}\nsinks: {sinks}\n",
+                socket.display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        for cmd in ["check", "run"] {
+            let out = Command::new(BIN)
+                .args([cmd, "-c"])
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{cmd} {sinks}: {err}");
+            assert!(err.contains(why), "{cmd} {sinks}: {err}");
+        }
+    }
 }

@@ -436,3 +436,102 @@ async fn a_plugins_directory_removed_and_recreated_is_watched_again() {
     assert!(both, "{:?}", names(&d).await);
     assert!(d.stop().success());
 }
+
+/// Waits until `/v1/plugins` lists exactly `want` (by name).
+async fn plugins_become(d: &Daemon, want: &[&str]) {
+    let ok = eventually(Duration::from_secs(30), async || {
+        let names: Vec<String> = plugin_names(d).await.into_iter().map(|(n, _)| n).collect();
+        names == want
+    })
+    .await;
+    assert!(
+        ok,
+        "plugins never became {want:?}: {:?}",
+        plugin_names(d).await
+    );
+}
+
+/// Waits until the file sink at `path` holds `n` events and returns them.
+async fn sink_events(path: &std::path::Path, n: usize) -> Vec<Value> {
+    let ok = eventually(Duration::from_secs(10), async || {
+        read_ndjson(path).len() >= n
+    })
+    .await;
+    assert!(ok, "{} has {:?}", path.display(), read_ndjson(path));
+    read_ndjson(path)
+}
+
+// The worker used to notice a new routing only after it had run the next chunk through the old
+// one: on an idle daemon the first event after a reload missed a new redaction plugin (a leak)
+// and still met a removed dropping plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_idle_daemon_the_first_event_after_a_plugin_reload_takes_the_new_chain() {
+    let dist = crate::wasm::dist();
+    let mut d = Daemon::start("").await;
+    let plugins = d.path("plugins");
+    put(
+        &plugins.join("drop-debug.wasm"),
+        &std::fs::read(dist.join("drop-debug.wasm")).unwrap(),
+    );
+    plugins_become(&d, &["drop-debug"]).await;
+    // Idle: nothing has been sent, so no chunk can carry the change to the worker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    std::fs::write(plugins.join("redact.yml"), "fields: [password]\n").unwrap();
+    put(
+        &plugins.join("redact.wasm"),
+        &std::fs::read(dist.join("redact.wasm")).unwrap(),
+    );
+    plugins_become(&d, &["drop-debug", "redact"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ok = r#"{"success":true}"#;
+    let line = r#"{"type": "login", "data": {"user": "ann", "password": "hunter2"}}"#;
+    assert_eq!(d.send(&[line]).await, [ok]);
+    let events = sink_events(&d.out, 1).await;
+    assert_eq!(events[0]["data"]["password"], "***", "{events:?}");
+
+    std::fs::remove_file(plugins.join("drop-debug.wasm")).unwrap();
+    plugins_become(&d, &["redact"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.send(&[r#"{"type": "debug_log", "data": 1}"#]).await, [ok]);
+    let events = sink_events(&d.out, 2).await;
+    assert_eq!(events[1]["type"], "debug_log", "{events:?}");
+    assert!(d.stop().success());
+}
+
+// A removed sink used to get the next batch: the worker held its sender until a chunk passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_idle_daemon_a_removed_sink_gets_nothing_after_the_reload() {
+    let mut d = Daemon::start(
+        r#"
+sinks:
+  - {type: file, path: "{dir}/out/events.ndjson"}
+  - {type: file, name: extra, path: "{dir}/out/extra.ndjson"}
+"#,
+    )
+    .await;
+    let extra = d.path("out/extra.ndjson");
+    let ok = r#"{"success":true}"#;
+    assert_eq!(d.send(&[r#"{"type": "before", "data": 1}"#]).await, [ok]);
+    sink_events(&extra, 1).await;
+    sink_events(&d.out, 1).await;
+
+    rewrite_config(
+        &d,
+        r#"sinks: [{type: file, path: "{dir}/out/events.ndjson"}]"#,
+    );
+    // The file watcher reloads; its log line is the report.
+    let ok_reload = eventually(Duration::from_secs(10), async || {
+        d.log_text().contains("sinks closed: extra")
+    })
+    .await;
+    assert!(ok_reload, "{}", d.log_text());
+    assert_eq!(d.send(&[r#"{"type": "after", "data": 2}"#]).await, [ok]);
+    let events = sink_events(&d.out, 2).await;
+    assert_eq!(events[1]["type"], "after");
+    assert!(d.stop().success());
+    let extra_events = read_ndjson(&extra);
+    assert_eq!(extra_events.len(), 1, "removed sink got {extra_events:?}");
+    let delivered = d.log_text();
+    assert!(delivered.contains("outrigger stopped"), "{delivered}");
+}

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::metrics::{DropReason, Metrics};
 use crate::pipeline::Routing;
+use crate::plugins::PluginState;
 use crate::profiler::ProfileHistory;
 use crate::queue::Queue;
 use crate::reload::ReloadStatus;
@@ -234,21 +235,16 @@ impl HealthMonitor {
         // Plugins: quarantined ones are bypassed.
         let set = self.routing.borrow().plugins.clone();
         let status_list = set.status();
-        let quarantined: Vec<String> = status_list
-            .iter()
-            .filter(|p| p.quarantined)
-            .map(|p| p.name.clone())
-            .collect();
-        let unloaded: Vec<String> = status_list
-            .iter()
-            .filter(|p| {
-                p.world == "unknown"
-                    || p.last_error
-                        .as_deref()
-                        .is_some_and(|e| e.starts_with("reload refused"))
-            })
-            .map(|p| p.name.clone())
-            .collect();
+        let named = |state: PluginState| -> Vec<String> {
+            status_list
+                .iter()
+                .filter(|p| p.state == state)
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        let quarantined = named(PluginState::Quarantined);
+        let mut unloaded = named(PluginState::Failed);
+        unloaded.extend(named(PluginState::KeptPrevious));
         let (status, reason) = if !quarantined.is_empty() {
             (
                 Status::Degraded,

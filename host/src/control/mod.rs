@@ -81,11 +81,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Every control route (tail streams end only with their client).
-pub fn router(state: Arc<ControlState>) -> Router {
-    router_until(state, CancellationToken::new())
-}
-
 /// Every control route; tail streams end when `stop` is cancelled.
 pub fn router_until(state: Arc<ControlState>, stop: CancellationToken) -> Router {
     let v1 = Router::new()
@@ -559,7 +554,6 @@ mod tests {
         let queue = Arc::new(Queue::new(10, OnFull::DropOldest, metrics.clone()));
         let (_tx, routing) = watch::channel(Routing {
             batch: BatchConfig::default(),
-            sinks: Vec::new(),
             plugins: Arc::new(PluginSet::empty()),
         });
         let profile = Arc::new(ProfileHistory::new(&ProfilingConfig::default()));

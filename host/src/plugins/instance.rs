@@ -55,6 +55,7 @@ impl Live {
         store.epoch_deadline_trap();
         let timeout = (plugin.settings.timeout * INIT_TIMEOUT_FACTOR).max(INIT_MIN_TIMEOUT);
         let fuel = plugin.settings.fuel_per_event.saturating_mul(INIT_EVENTS);
+        let _ticking = plugin.runtime.ticking();
         arm(&mut store, fuel, timeout)?;
         let config = plugin.config_json.as_str();
         let started = async {
@@ -112,6 +113,7 @@ impl Live {
         let n = events.len() as u64;
         let fuel = plugin.settings.fuel_per_event.saturating_mul(n.max(1));
         let timeout = plugin.settings.timeout;
+        let _ticking = plugin.runtime.ticking();
         if let Err(e) = arm(&mut self.store, fuel, timeout) {
             return (Err(e), 0);
         }

@@ -165,8 +165,16 @@ impl Plugin {
         if let Some(t) = types.as_mut() {
             t.sort();
         }
+        let state = if until.is_some() {
+            PluginState::Quarantined
+        } else if h.newer_refused {
+            PluginState::KeptPrevious
+        } else {
+            PluginState::Active
+        };
         PluginStatus {
             name: self.name.to_string(),
+            state,
             world: self.compiled.world.name().into(),
             path: self.path.clone(),
             size: self.size,
@@ -222,12 +230,29 @@ struct HealthInner {
     backoff: Option<Duration>,
     until: Option<(Instant, SystemTime)>,
     last_error: Option<String>,
+    /// Set while a newer file of this plugin was refused and this version kept running.
+    newer_refused: bool,
+}
+
+/// What a plugin is doing now, for health and `GET /v1/plugins`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// Loaded and called.
+    Active,
+    /// Bypassed until its quarantine ends.
+    Quarantined,
+    /// Its newest file could not be loaded: the previous version keeps running.
+    KeptPrevious,
+    /// It could not be loaded at all; batches go on without it.
+    Failed,
 }
 
 /// A plugin as `GET /v1/plugins`, health and `outrigger check` show it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PluginStatus {
     pub name: String,
+    pub state: PluginState,
     /// `handler`, `sampler`, or `unknown` when it failed to load.
     pub world: String,
     pub path: PathBuf,
@@ -395,6 +420,7 @@ impl PluginHost {
                         .reloads
                         .with_label_values(&["plugin", "ok"])
                         .inc();
+                    plugin.health.inner.lock().newer_refused = false;
                     compiled.insert(sha, plugin.compiled.clone());
                     health.insert((name.clone(), sha), plugin.health.clone());
                     plugins.push(Arc::new(plugin));
@@ -410,8 +436,12 @@ impl PluginHost {
                     match previous {
                         Some(prev) => {
                             tracing::error!(plugin = %name, path = %path.display(), error = %msg, "new version not loaded: the previous one keeps running");
-                            prev.health.inner.lock().last_error =
-                                Some(format!("reload refused, previous version kept: {msg}"));
+                            {
+                                let mut h = prev.health.inner.lock();
+                                h.newer_refused = true;
+                                h.last_error =
+                                    Some(format!("reload refused, previous version kept: {msg}"));
+                            }
                             if let Ok(sha) = hex_to_sha(&prev.sha256) {
                                 compiled.insert(sha, prev.compiled.clone());
                                 health.insert((name.clone(), sha), prev.health.clone());
@@ -513,6 +543,7 @@ impl PluginHost {
 fn failed_status(name: &str, path: &Path, sha: Option<&[u8; 32]>, err: String) -> PluginStatus {
     PluginStatus {
         name: name.to_string(),
+        state: PluginState::Failed,
         world: "unknown".into(),
         path: path.to_path_buf(),
         size: 0,

@@ -38,7 +38,7 @@ mod tests;
 use std::sync::Arc;
 
 pub use chain::{Chain, SlotStats};
-pub use load::{PluginHost, PluginSet, PluginStatus};
+pub use load::{PluginHost, PluginSet, PluginState, PluginStatus};
 
 /// Called when a plugin reports an anomaly: `(event type, reason)`.
 pub type AnomalyFn = Arc<dyn Fn(&str, &str) + Send + Sync>;

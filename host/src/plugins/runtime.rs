@@ -4,13 +4,13 @@
 //! In: component bytes. Out: compiled [`Component`]s, from the cache when an entry for the same
 //! bytes and engine configuration exists (`Component::serialize` / `deserialize`), else
 //! compiled and written there. The ticker thread advances the engine's epoch every [`TICK`] so
-//! that a guest spinning in wasm hits its deadline; it stops when the last [`Runtime`] handle is
-//! dropped.
+//! that a guest spinning in wasm hits its deadline, but only while a call holds a
+//! [`Ticking`] guard: with no call in flight it sleeps on a condition variable and never wakes,
+//! so an idle daemon costs nothing here. It stops when the last [`Runtime`] handle is dropped.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -34,7 +34,7 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     /// sha256 of the engine's compatibility hash and the wasmtime version.
     engine_key: [u8; 32],
-    _ticker: Ticker,
+    ticker: Ticker,
 }
 
 /// How a component was obtained.
@@ -76,8 +76,24 @@ impl Runtime {
             linker,
             cache_dir,
             engine_key,
-            _ticker: ticker,
+            ticker,
         })
+    }
+
+    /// Epochs the ticker has advanced since the runtime started.
+    #[cfg(test)]
+    pub fn epoch_ticks(&self) -> u64 {
+        self.ticker.ticks()
+    }
+
+    /// Keeps the epoch advancing until the guard is dropped. Every call into a guest holds one:
+    /// the epoch deadline set before the call counts ticks from the epoch at that moment, so
+    /// a deadline is as exact as with a ticker that never stops.
+    pub fn ticking(&self) -> Ticking {
+        self.ticker.acquire();
+        Ticking {
+            shared: self.ticker.shared.clone(),
+        }
     }
 
     /// Compiles `bytes` (whose sha256 is `sha`), or loads the precompiled artifact from the
@@ -200,30 +216,128 @@ impl Hasher for Sha256Hasher {
     }
 }
 
-/// The thread that advances the epoch; stops when dropped.
+/// What the ticker thread and the guards share: the calls in flight and the stop flag.
+#[derive(Default)]
+struct TickerState {
+    in_flight: usize,
+    stop: bool,
+    /// Epochs advanced so far (for tests and diagnostics).
+    ticks: u64,
+}
+
+#[derive(Default)]
+struct TickerShared {
+    state: Mutex<TickerState>,
+    changed: Condvar,
+}
+
+/// The thread that advances the epoch while a call is in flight; stops when dropped.
 struct Ticker {
-    stop: Arc<AtomicBool>,
+    shared: Arc<TickerShared>,
+}
+
+/// Held for the length of a guest call; the epoch advances while any guard is alive.
+pub struct Ticking {
+    shared: Arc<TickerShared>,
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.in_flight = st.in_flight.saturating_sub(1);
+    }
 }
 
 impl Ticker {
     fn start(engine: Engine) -> anyhow::Result<Ticker> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let shared = Arc::new(TickerShared::default());
+        let s = shared.clone();
         std::thread::Builder::new()
             .name("outrigger-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    // Idle: sleep until a call starts (or the runtime goes).
+                    while st.in_flight == 0 && !st.stop {
+                        st = s.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if st.stop {
+                        return;
+                    }
+                    drop(st);
                     std::thread::sleep(TICK);
                     engine.increment_epoch();
+                    st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.ticks += 1;
                 }
             })
             .context("starting the epoch ticker")?;
-        Ok(Ticker { stop })
+        Ok(Ticker { shared })
+    }
+
+    #[cfg(test)]
+    fn ticks(&self) -> u64 {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ticks
+    }
+
+    fn acquire(&self) {
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.in_flight += 1;
+        if st.in_flight == 1 {
+            self.shared.changed.notify_one();
+        }
     }
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.stop = true;
+        self.shared.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn the_epoch_advances_only_while_a_call_is_in_flight() {
+        let rt = Runtime::new(None).unwrap();
+        std::thread::sleep(TICK * 6);
+        assert_eq!(rt.epoch_ticks(), 0, "no call in flight: the ticker sleeps");
+        let guard = rt.ticking();
+        let second = rt.ticking();
+        assert!(
+            wait_for(|| rt.epoch_ticks() >= 2),
+            "a call in flight: it ticks"
+        );
+        drop(guard);
+        let before = rt.epoch_ticks();
+        assert!(
+            wait_for(|| rt.epoch_ticks() > before),
+            "one guard left: still ticking"
+        );
+        drop(second);
+        // At most the tick that was under way when the last guard went.
+        std::thread::sleep(TICK * 2);
+        let settled = rt.epoch_ticks();
+        std::thread::sleep(TICK * 6);
+        assert_eq!(rt.epoch_ticks(), settled, "idle again: no more ticks");
     }
 }

@@ -1,38 +1,40 @@
-//! Delivery: one task per configured sink, fed whole batches by the pipeline worker.
+//! Sinks: the set of running sinks, each a task fed whole batches by the pipeline worker.
 //!
-//! In: `Arc<Batch>` on a bounded channel per sink. Out: the events written by the sink;
-//! `events_delivered_total{sink}`, `sink_batches_total{sink,result}` and the ingest-to-sink
-//! latency. A retryable failure sends the batch, and every later one, to the sink's on-disk
-//! spool (`delivery.spool`), which is retried from the front with exponential back-off
-//! (`delivery.retry`) so order holds and the pipeline keeps moving; without a spool the batch is
-//! retried in place, which pushes back on the pipeline, lets the queue fill and drop (the
-//! application is never blocked). Every sink records the sequence number it has delivered up to
-//! in [`Progress`], which answers Weave `flush` requests. A sink task ends when its channel
-//! closes and its spool is empty, or when the shutdown grace period ends: an in-place batch is
-//! then dropped (counted `sink`), a spool stays on disk for the next start.
+//! In: [`Cut`]s from the batcher, given to the [`SinkSet`] the pipeline worker owns; and, on a
+//! reload, a [`SinkPlan`] that keeps, opens and closes sinks. The set routes each event to the
+//! sinks whose `types`/`when` admit it (an event no sink admits is counted `unrouted`) and hands
+//! each sink an `Arc<Batch>` on its bounded channel. Every sink runs a [`delivery::Delivery`]
+//! (retry, back-off, spool) over its writer (file, stdout, http, weave) and records in
+//! [`Progress`] the sequence it has delivered up to, which answers Weave `flush` requests.
+//! Out: events written; `events_delivered_total{sink}`, `sink_batches_total{sink,result}`, the
+//! ingest-to-sink latency. The set ends when the worker closes it ([`SinkSet::close`]): that
+//! drops every sender, each sink finishes what it holds, and [`ClosingSinks::finish`] waits
+//! for them (bounded by the shutdown grace period, after which `abort` stops the retrying).
 
+pub mod delivery;
 mod file;
 mod http;
 mod spool;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::batcher::Cut;
 use crate::config::{DeliveryConfig, SinkConfig};
 use crate::event::Event;
 use crate::metrics::{DropReason, Metrics};
 
+use delivery::{Deliver, Delivery};
 pub use file::FileSink;
 pub use http::{HttpSink, WeaveSink};
 use spool::Spool;
 
-/// A batch on its way to the sinks.
+/// A batch on its way to one sink.
 pub struct Batch {
     pub events: Vec<Event>,
     /// Once this batch is delivered, everything admitted before this sequence is done.
@@ -42,8 +44,10 @@ pub struct Batch {
 /// How a delivery failed: whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Worth another attempt (a timeout, a 5xx, a full disk).
     #[error("{0} (will retry)")]
     Retryable(String),
+    /// The sink refused the batch for good (a 4xx): it is dropped and counted.
     #[error("{0}")]
     Fatal(String),
 }
@@ -57,7 +61,9 @@ enum Writer {
 }
 
 impl Writer {
-    fn open(cfg: &SinkConfig) -> anyhow::Result<Writer> {
+    /// Opens the writer a sink config describes: what `run` and `check` both do.
+    fn open(cfg: &SinkConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Writer> {
+        let _ = metrics;
         Ok(match cfg {
             SinkConfig::File(c) => Writer::File(FileSink::open(c)?),
             SinkConfig::Stdout(_) => Writer::Stdout(StdoutSink { buf: Vec::new() }),
@@ -68,8 +74,9 @@ impl Writer {
             ),
         })
     }
+}
 
-    /// Writes a batch; returns how many events it delivered (a Weave sink skips non-call events).
+impl Deliver for Writer {
     async fn deliver(&mut self, batch: &Batch) -> Result<usize, SinkError> {
         match self {
             Writer::File(s) => s.write(batch),
@@ -103,6 +110,17 @@ impl StdoutSink {
             .map_err(|e| SinkError::Retryable(format!("stdout: {e}")))?;
         Ok(batch.events.len())
     }
+}
+
+/// Checks that every sink of `cfg` can be opened, as `run` would open it (without starting it).
+pub fn check(sinks: &[SinkConfig], metrics: &Arc<Metrics>) -> anyhow::Result<()> {
+    for (i, s) in sinks.iter().enumerate() {
+        let label = s.label(i);
+        let mut w =
+            Writer::open(s, metrics).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
+        w.close();
+    }
+    Ok(())
 }
 
 /// How far each sink has got, for `flush` answers.
@@ -153,24 +171,6 @@ impl Progress {
     }
 }
 
-/// A running sink: its channel and task.
-pub struct SinkHandle {
-    pub label: String,
-    pub config: SinkConfig,
-    pub tx: mpsc::Sender<Arc<Batch>>,
-    task: JoinHandle<()>,
-}
-
-impl SinkHandle {
-    /// Closes the channel and waits for the sink to finish what it has.
-    pub async fn finish(self) {
-        drop(self.tx);
-        if let Err(e) = self.task.await {
-            tracing::error!(sink = %self.label, error = %e, "sink task failed");
-        }
-    }
-}
-
 /// Everything a sink task needs besides its config.
 #[derive(Clone)]
 pub struct SinkContext {
@@ -181,236 +181,193 @@ pub struct SinkContext {
     pub abort: CancellationToken,
 }
 
-/// Opens a sink and starts its task. `observe_latency`: this sink feeds the latency histogram.
-pub fn spawn(
-    label: String,
-    cfg: SinkConfig,
-    ctx: SinkContext,
-    observe_latency: bool,
-) -> anyhow::Result<SinkHandle> {
-    let writer = Writer::open(&cfg).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
-    let (tx, rx) = mpsc::channel(4);
-    let done = ctx.progress.register();
-    let m = &ctx.metrics;
-    let c = SinkMetrics {
-        delivered: m.events_delivered.with_label_values(&[&label]),
-        ok: m.sink_batches.with_label_values(&[&label, "ok"]),
-        retry: m.sink_batches.with_label_values(&[&label, "retry"]),
-        failed: m.sink_batches.with_label_values(&[&label, "error"]),
-    };
-    let spool_cfg = &ctx.delivery.spool;
-    let spool = match spool_cfg.max_bytes.0 {
-        0 => None,
-        max => match Spool::open(&spool_cfg.dir, &label, max, ctx.metrics.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(sink = %label, dir = %spool_cfg.dir.display(), error = %e, "no spool: a failing sink will hold up the pipeline");
-                None
-            }
-        },
-    };
-    let task = SinkTask {
-        label: label.clone(),
-        writer,
-        backoff: ctx.delivery.retry.initial.0,
-        ctx,
-        done,
-        observe_latency,
-        c,
-        spool,
-        attempts: 0,
-    };
-    let task = tokio::spawn(task.run(rx));
-    Ok(SinkHandle {
-        label,
-        config: cfg,
-        tx,
-        task,
-    })
+/// A running sink: its label, routing, channel and task.
+pub struct SinkHandle {
+    pub label: String,
+    pub config: SinkConfig,
+    tx: mpsc::Sender<Arc<Batch>>,
+    task: JoinHandle<()>,
 }
 
-/// Counters for one sink, resolved once.
-struct SinkMetrics {
-    delivered: prometheus::IntCounter,
-    ok: prometheus::IntCounter,
-    retry: prometheus::IntCounter,
-    failed: prometheus::IntCounter,
-}
-
-/// One sink task: delivers batches in order; a failing sink spools (or, without a spool,
-/// retries in place, which pushes back on the pipeline).
-struct SinkTask {
-    label: String,
-    writer: Writer,
-    ctx: SinkContext,
-    done: Arc<AtomicU64>,
-    observe_latency: bool,
-    c: SinkMetrics,
-    spool: Option<Spool>,
-    backoff: Duration,
-    attempts: u32,
-}
-
-/// What became of one delivery attempt.
-enum Attempt {
-    Done,
-    Retry,
-}
-
-impl SinkTask {
-    /// One attempt; counts success and fatal refusal (the batch is then dropped).
-    async fn attempt(&mut self, batch: &Batch) -> Attempt {
-        match self.writer.deliver(batch).await {
-            Ok(n) => {
-                self.c.delivered.inc_by(n as u64);
-                self.c.ok.inc();
-                if self.attempts > 0 {
-                    tracing::info!(sink = %self.label, attempts = self.attempts, "sink recovered");
+impl SinkHandle {
+    /// Opens a sink and starts its task. `observe_latency`: this sink feeds the latency
+    /// histogram (the first sink does).
+    pub fn spawn(
+        label: String,
+        cfg: SinkConfig,
+        ctx: SinkContext,
+        observe_latency: bool,
+    ) -> anyhow::Result<SinkHandle> {
+        let writer = Writer::open(&cfg, &ctx.metrics)
+            .map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
+        let (tx, rx) = mpsc::channel(4);
+        let done = ctx.progress.register();
+        let spool_cfg = &ctx.delivery.spool;
+        let spool = match spool_cfg.max_bytes.0 {
+            0 => None,
+            max => match Spool::open(&spool_cfg.dir, &label, max, ctx.metrics.clone()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(sink = %label, dir = %spool_cfg.dir.display(), error = %e, "no spool: a failing sink will hold up the pipeline");
+                    None
                 }
-                self.attempts = 0;
-                self.backoff = self.ctx.delivery.retry.initial.0;
-                if self.observe_latency {
-                    for e in &batch.events {
-                        self.ctx
-                            .metrics
-                            .processing_latency
-                            .observe(e.received.elapsed().as_secs_f64());
-                    }
-                }
-                Attempt::Done
-            }
-            Err(SinkError::Fatal(e)) => {
-                self.c.failed.inc();
-                self.ctx
-                    .metrics
-                    .dropped(DropReason::Sink, batch.events.len() as u64);
-                tracing::error!(sink = %self.label, events = batch.events.len(), error = %e, "batch refused by sink, dropped");
-                Attempt::Done
-            }
-            Err(SinkError::Retryable(e)) => {
-                self.c.retry.inc();
-                self.attempts += 1;
-                if self.attempts == 1 || self.attempts.is_power_of_two() {
-                    tracing::warn!(sink = %self.label, attempts = self.attempts, error = %e, backoff_ms = self.backoff.as_millis() as u64, "delivery failed, retrying");
-                }
-                Attempt::Retry
-            }
-        }
-    }
-
-    fn next_backoff(&mut self) -> Duration {
-        let now = self.backoff;
-        self.backoff = (self.backoff * 2)
-            .min(self.ctx.delivery.retry.max.0)
-            .max(Duration::from_millis(1));
-        now
-    }
-
-    fn mark_done(&self, upto: u64) {
-        self.done.fetch_max(upto, Ordering::AcqRel);
-        self.ctx.progress.changed.notify_waiters();
-    }
-
-    /// Retries one batch in place until it is delivered or the grace period ends.
-    async fn deliver_in_place(&mut self, batch: &Batch) {
-        while let Attempt::Retry = self.attempt(batch).await {
-            let wait = self.next_backoff();
-            let aborted = tokio::select! {
-                _ = tokio::time::sleep(wait) => false,
-                _ = self.ctx.abort.cancelled() => true,
-            };
-            if aborted {
-                self.c.failed.inc();
-                self.ctx
-                    .metrics
-                    .dropped(DropReason::Sink, batch.events.len() as u64);
-                tracing::error!(sink = %self.label, events = batch.events.len(), "shutdown grace period over, batch dropped");
-                return;
-            }
-        }
-    }
-
-    fn spooling(&self) -> bool {
-        self.spool.as_ref().is_some_and(|s| !s.is_empty())
-    }
-
-    /// Puts a batch at the back of the spool; false when the spool cannot take it.
-    fn spool_push(&mut self, batch: &Batch) -> bool {
-        let Some(spool) = self.spool.as_mut() else {
-            return false;
+            },
         };
-        match spool.push(batch) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(sink = %self.label, error = %e, "cannot write the spool; retrying in place");
-                false
-            }
-        }
+        let delivery = Delivery::new(label.clone(), writer, ctx, done, spool, observe_latency);
+        let task = tokio::spawn(async move {
+            delivery.run(rx).await;
+        });
+        Ok(SinkHandle {
+            label,
+            config: cfg,
+            tx,
+            task,
+        })
     }
 
-    /// Delivers from the front of the spool until it is empty or a delivery fails.
-    async fn drain_spool(&mut self, marker: u64) -> Option<tokio::time::Instant> {
-        loop {
-            let Some(batch) = self.spool.as_mut().and_then(|s| s.front()) else {
-                self.mark_done(marker);
-                return None;
-            };
-            match self.attempt(&batch).await {
-                Attempt::Done => {
-                    if let Some(s) = self.spool.as_mut() {
-                        s.pop_front();
-                    }
-                    self.mark_done(batch.upto);
-                }
-                Attempt::Retry => return Some(tokio::time::Instant::now() + self.next_backoff()),
-            }
-        }
-    }
-
-    async fn run(mut self, mut rx: mpsc::Receiver<Arc<Batch>>) {
-        let mut retry_at = self.spooling().then(tokio::time::Instant::now);
-        // The newest `upto` handed over while the spool was busy: done once it drains.
-        let mut marker = 0u64;
-        let mut open = true;
-        while open || retry_at.is_some() {
-            tokio::select! {
-                b = rx.recv(), if open => match b {
-                    None => open = false,
-                    Some(batch) if self.spooling() => {
-                        if !batch.events.is_empty() && !self.spool_push(&batch) {
-                            self.deliver_in_place(&batch).await;
-                        }
-                        marker = marker.max(batch.upto);
-                    }
-                    Some(batch) if batch.events.is_empty() => self.mark_done(batch.upto),
-                    Some(batch) => match self.attempt(&batch).await {
-                        Attempt::Done => self.mark_done(batch.upto),
-                        Attempt::Retry if self.spool_push(&batch) => {
-                            marker = batch.upto;
-                            retry_at = Some(tokio::time::Instant::now() + self.next_backoff());
-                        }
-                        Attempt::Retry => {
-                            self.deliver_in_place(&batch).await;
-                            self.mark_done(batch.upto);
-                        }
-                    },
-                },
-                _ = sleep_until(retry_at) => retry_at = self.drain_spool(marker).await,
-                _ = self.ctx.abort.cancelled(), if !open => break,
-            }
-        }
-        if let Some(s) = self.spool.as_ref().filter(|s| !s.is_empty()) {
-            tracing::warn!(sink = %self.label, events = s.events(), "sink still failing at exit: events stay in the spool for the next start");
-        }
-        self.writer.close();
-        self.ctx.progress.unregister(&self.done);
-        tracing::debug!(sink = %self.label, "sink closed");
+    /// Closes the channel; the sink finishes what it was given. The task is returned to wait on.
+    fn close(self) -> (String, JoinHandle<()>) {
+        drop(self.tx);
+        (self.label, self.task)
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
+/// What the sink set should become on a reload, in the new order.
+pub struct SinkPlan {
+    pub sinks: Vec<PlannedSink>,
+}
+
+/// One sink of a [`SinkPlan`].
+pub enum PlannedSink {
+    /// The running sink with this label stays as it is.
+    Keep(String),
+    /// A sink opened by the reloader, started and waiting for batches.
+    Open(SinkHandle),
+}
+
+/// The running sinks, owned by the pipeline worker.
+pub struct SinkSet {
+    sinks: Vec<SinkHandle>,
+    /// True when every sink takes every event: one shared batch, no filtering.
+    all: bool,
+    metrics: Arc<Metrics>,
+    /// Sinks closed by a reload that may still be delivering.
+    closing: Vec<(String, JoinHandle<()>)>,
+}
+
+impl SinkSet {
+    /// A set of started sinks.
+    pub fn new(sinks: Vec<SinkHandle>, metrics: Arc<Metrics>) -> SinkSet {
+        let mut set = SinkSet {
+            sinks,
+            all: true,
+            metrics,
+            closing: Vec::new(),
+        };
+        set.all = set.sinks.iter().all(|s| s.config.route().is_all());
+        set
+    }
+
+    /// Number of running sinks.
+    pub fn len(&self) -> usize {
+        self.sinks.len()
+    }
+
+    /// True with no sink (never after a valid config, which needs one).
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    /// Applies a plan: kept sinks stay, new ones join, the rest are closed (they deliver what
+    /// they were given, then end).
+    pub fn apply(&mut self, plan: SinkPlan) {
+        let mut old: Vec<Option<SinkHandle>> = self.sinks.drain(..).map(Some).collect();
+        for p in plan.sinks {
+            match p {
+                PlannedSink::Open(h) => self.sinks.push(h),
+                PlannedSink::Keep(label) => {
+                    let found = old
+                        .iter_mut()
+                        .find(|h| h.as_ref().is_some_and(|h| h.label == label))
+                        .and_then(Option::take);
+                    match found {
+                        Some(h) => self.sinks.push(h),
+                        None => {
+                            tracing::error!(sink = %label, "reload kept a sink that is not running")
+                        }
+                    }
+                }
+            }
+        }
+        for h in old.into_iter().flatten() {
+            tracing::debug!(sink = %h.label, "sink closed by reload");
+            self.closing.push(h.close());
+        }
+        self.closing.retain(|(_, t)| !t.is_finished());
+        self.all = self.sinks.iter().all(|s| s.config.route().is_all());
+    }
+
+    /// Sends a cut to every sink that admits its events. An empty cut still moves every sink's
+    /// progress. Waits while a sink's channel is full (pushing back on the pipeline).
+    pub async fn send(&self, cut: Cut) {
+        let Cut { events, upto } = cut;
+        if self.all {
+            let n = events.len() as u64;
+            let batch = Arc::new(Batch { events, upto });
+            for s in &self.sinks {
+                if s.tx.send(batch.clone()).await.is_err() {
+                    // A sink that has gone away cannot take the batch: say so in the counts.
+                    self.metrics.dropped(DropReason::Sink, n);
+                }
+            }
+            return;
+        }
+        let mut routed: Vec<Vec<Event>> = vec![Vec::new(); self.sinks.len()];
+        let mut unrouted = 0u64;
+        for e in events {
+            let mut to: Option<usize> = None;
+            for (i, s) in self.sinks.iter().enumerate() {
+                if s.config.route().admits(&e, &self.metrics) {
+                    if let Some(prev) = to.replace(i) {
+                        routed[prev].push(e.clone());
+                    }
+                }
+            }
+            match to {
+                Some(i) => routed[i].push(e),
+                None => unrouted += 1,
+            }
+        }
+        self.metrics.dropped(DropReason::Unrouted, unrouted);
+        for (s, events) in self.sinks.iter().zip(routed) {
+            let n = events.len() as u64;
+            if s.tx.send(Arc::new(Batch { events, upto })).await.is_err() {
+                self.metrics.dropped(DropReason::Sink, n);
+            }
+        }
+    }
+
+    /// Closes every sink (their channels end once this set's senders are gone) and returns
+    /// the tasks to wait for.
+    pub fn close(self) -> ClosingSinks {
+        let mut tasks = self.closing;
+        tasks.extend(self.sinks.into_iter().map(SinkHandle::close));
+        ClosingSinks { tasks }
+    }
+}
+
+/// Sinks whose channels are closed, finishing what they hold.
+pub struct ClosingSinks {
+    tasks: Vec<(String, JoinHandle<()>)>,
+}
+
+impl ClosingSinks {
+    /// Waits for every sink to finish.
+    pub async fn finish(self) {
+        for (label, t) in self.tasks {
+            if let Err(e) = t.await {
+                tracing::error!(sink = %label, error = %e, "sink task failed");
+            }
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! In: options (transport, connections, event size, fixed rate or flat out, ack or no-ack).
 //! Out: a report of events/s, the ack round trip p50/p95/p99, and the delivered and dropped
 //! counts read from the daemon's `/metrics` before and after (waiting for the pipeline to
-//! settle). One OS thread per connection with blocking I/O, so that the generator itself adds
+//! settle), and the daemon's CPU per event and wake-ups from `/proc` ([`procstat`]; the pid
+//! comes from the socket's peer credentials). One OS thread per connection with blocking I/O, so that the generator itself adds
 //! as little jitter as possible to the round trips it measures. Ends when every connection has
 //! sent its share.
 
@@ -14,6 +15,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+pub mod procstat;
 use serde::Serialize;
 
 /// What to send and how.
@@ -36,6 +39,8 @@ pub struct BenchOptions {
     /// Lines per write (no-ack) or per HTTP request.
     pub batch: usize,
     pub event_type: String,
+    /// The daemon's pid, to report its CPU over the run (`None`: not measured).
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -59,6 +64,10 @@ pub struct BenchReport {
     pub dropped: Option<u64>,
     pub dropped_by_reason: std::collections::BTreeMap<String, u64>,
     pub settle_seconds: Option<f64>,
+    /// The daemon's CPU and wake-ups from the first event sent until the pipeline settled.
+    pub daemon: Option<procstat::Usage>,
+    /// Daemon CPU per event sent, in microseconds.
+    pub daemon_cpu_us_per_event: Option<f64>,
 }
 
 fn event_line(kind: &str, size: usize, i: u64) -> String {
@@ -76,6 +85,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         .control
         .map(|c| scrape(c, opts.api_key.as_deref()))
         .transpose()?;
+    let cpu_before = opts.pid.map(procstat::sample).transpose()?;
     let per_conn = opts.events / opts.connections as u64;
     let rate_per_conn = opts.rate as f64 / opts.connections as f64;
     let started = Instant::now();
@@ -152,6 +162,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 report.dropped_by_reason.insert(k.clone(), d);
             }
         }
+    }
+    if let (Some(pid), Some(before)) = (opts.pid, cpu_before) {
+        let u = procstat::usage(pid, &before, &procstat::sample(pid)?);
+        report.daemon_cpu_us_per_event = Some(u.cpu_seconds * 1e6 / sent.max(1) as f64);
+        report.daemon = Some(u);
     }
     Ok(report)
 }
@@ -439,6 +454,15 @@ pub fn print(r: &BenchReport) {
             "daemon: received {rec}, delivered {del}, dropped {drop} ({pct:.2}%) {:?}, settled in {:.2}s",
             r.dropped_by_reason,
             r.settle_seconds.unwrap_or(0.0)
+        );
+    }
+    if let (Some(u), Some(per)) = (&r.daemon, r.daemon_cpu_us_per_event) {
+        println!(
+            "daemon CPU: {:.1} ms in all, {per:.2} µs per event, {:.1}% of a core, {:.0} wake-ups/s, RSS {:.1} MB",
+            u.cpu_seconds * 1000.0,
+            u.cpu_percent,
+            u.wakeups_per_second,
+            u.rss_bytes as f64 / 1e6
         );
     }
 }

@@ -1,4 +1,5 @@
-//! `outrigger status` and `outrigger tail`: clients of a running daemon's control API.
+//! The daemon's own clients: `outrigger status` and `outrigger tail` read a running daemon's
+//! control API; [`send`] writes events to its socket.
 //!
 //! In: the control address (`--addr`, else the config's `control.listen`) and the API key
 //! (`--api-key`, else `$OUTRIGGER_API_KEY`). `status` reads `/v1/health` and `/v1/stats` and
@@ -6,6 +7,8 @@
 //! unhealthy or unreachable. `tail` follows `/v1/tail` (Server-Sent Events) and prints one line
 //! per event (the native JSON line with `--json`) until the daemon closes the stream, the
 //! output is closed, or the user interrupts it.
+
+pub mod send;
 
 use std::fmt::Write as _;
 use std::io::Write;
