@@ -383,6 +383,46 @@ pub struct ConfigWatcher {
     _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
 }
 
+/// Marks what a file-system event touches: the config file, or the plugins directory (a
+/// component or its config in it, or the directory itself, which is then watched again).
+/// True when it touched one of them.
+fn classify(
+    ev: &notify::Event,
+    config: Option<&Path>,
+    plugins: &Path,
+    watcher: Option<&Mutex<notify::RecommendedWatcher>>,
+    pending: &mut Targets,
+) -> bool {
+    use notify::{RecursiveMode, Watcher};
+    if matches!(ev.kind, notify::EventKind::Access(_)) {
+        return false;
+    }
+    let mut touched = false;
+    for p in &ev.paths {
+        if config == Some(p.as_path()) {
+            pending.config = true;
+            touched = true;
+        }
+        if p == plugins {
+            // The directory itself came or went: (re)watch it, reload plugins.
+            if plugins.is_dir()
+                && let Some(w) = watcher
+            {
+                let _ = w.lock().watch(plugins, RecursiveMode::NonRecursive);
+            }
+            pending.plugins = true;
+            touched = true;
+        } else if p.parent() == Some(plugins) {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if matches!(ext, "wasm" | "yml" | "yaml") {
+                pending.plugins = true;
+                touched = true;
+            }
+        }
+    }
+    touched
+}
+
 fn absolute(p: &Path) -> PathBuf {
     let p = if p.is_absolute() {
         p.to_path_buf()
@@ -437,46 +477,34 @@ pub fn watch(
         .name("outrigger-watch".into())
         .spawn(move || {
             let mut pending = Targets::default();
+            // The quiet period runs from the last change to a watched file; other events in
+            // the same directories (a log file read or written there) do not extend it.
+            let mut due: Option<std::time::Instant> = None;
             loop {
-                let ev = if pending == Targets::default() {
-                    match raw_rx.recv() {
+                let ev = match due {
+                    None => match raw_rx.recv() {
                         Ok(ev) => Some(ev),
                         Err(_) => return,
-                    }
-                } else {
-                    match raw_rx.recv_timeout(quiet) {
-                        Ok(ev) => Some(ev),
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-                        Err(_) => return,
+                    },
+                    Some(at) => {
+                        let wait = at.saturating_duration_since(std::time::Instant::now());
+                        match raw_rx.recv_timeout(wait) {
+                            Ok(ev) => Some(ev),
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(_) => return,
+                        }
                     }
                 };
                 match ev {
                     Some(Ok(ev)) => {
-                        if matches!(ev.kind, notify::EventKind::Access(_)) {
-                            continue;
-                        }
-                        for p in &ev.paths {
-                            if config.as_ref() == Some(p) {
-                                pending.config = true;
-                            }
-                            if p == &plugins {
-                                // The directory itself came or went: (re)watch it, reload plugins.
-                                if plugins.is_dir()
-                                    && let Some(w) = w2.upgrade()
-                                {
-                                    let _ = w.lock().watch(&plugins, RecursiveMode::NonRecursive);
-                                }
-                                pending.plugins = true;
-                            } else if p.parent() == Some(plugins.as_path()) {
-                                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-                                if matches!(ext, "wasm" | "yml" | "yaml") {
-                                    pending.plugins = true;
-                                }
-                            }
+                        let w = w2.upgrade();
+                        if classify(&ev, config.as_deref(), &plugins, w.as_deref(), &mut pending) {
+                            due = Some(std::time::Instant::now() + quiet);
                         }
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "file watcher error"),
                     None => {
+                        due = None;
                         let t = std::mem::take(&mut pending);
                         if tx.blocking_send(t).is_err() {
                             return;
