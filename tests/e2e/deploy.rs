@@ -29,9 +29,7 @@ fn check(what: &str, config: &Path, api_key: Option<&str>) {
     if let Some(key) = api_key {
         cmd.env("OUTRIGGER_API_KEY", key);
     }
-    let out = cmd
-        .output()
-        .expect("run outrigger check");
+    let out = cmd.output().expect("run outrigger check");
     assert!(
         out.status.success(),
         "outrigger check refuses {what}:\n{}{}",
@@ -46,7 +44,8 @@ fn yaml(path: &Path) -> Value {
 }
 
 fn str_at<'a>(v: &'a Value, what: &str) -> &'a str {
-    v.as_str().unwrap_or_else(|| panic!("{what}: not a string: {v:?}"))
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what}: not a string: {v:?}"))
 }
 
 /// The socket must be group-accessible and the mode a quoted string (unquoted, YAML reads
@@ -120,7 +119,7 @@ fn systemd_unit_and_its_config_agree_and_pass_check() {
 /// A container of the pod, by name.
 fn container<'a>(list: &'a Value, name: &str) -> &'a Value {
     list.as_sequence()
-        .and_then(|s| s.iter().find(|c| c["name"] == Value::from(name)))
+        .and_then(|s| s.iter().find(|c| c["name"] == name))
         .unwrap_or_else(|| panic!("no container {name}"))
 }
 
@@ -129,7 +128,7 @@ fn mount_of<'a>(container: &'a Value, volume: &str) -> Option<&'a str> {
     container["volumeMounts"]
         .as_sequence()?
         .iter()
-        .find(|m| m["name"] == Value::from(volume))
+        .find(|m| m["name"] == volume)
         .and_then(|m| m["mountPath"].as_str())
 }
 
@@ -141,7 +140,10 @@ fn volume_holding(pod: &Value, container: &Value, path: &str) -> String {
         if let Some(at) = mount_of(container, name)
             && Path::new(path).parent() == Some(Path::new(at))
         {
-            assert!(v["emptyDir"].is_mapping(), "volume {name} is not an emptyDir");
+            assert!(
+                v["emptyDir"].is_mapping(),
+                "volume {name} is not an emptyDir"
+            );
             return name.to_string();
         }
     }
@@ -160,11 +162,14 @@ fn kubernetes_example_shares_socket_users_pids_and_plugins() {
         .collect();
     let kind = |k: &str| {
         docs.iter()
-            .find(|d| d["kind"] == Value::from(k))
+            .find(|d| d["kind"] == k)
             .unwrap_or_else(|| panic!("no {k} in kubernetes-sidecar.yaml"))
     };
     let configmap = kind("ConfigMap");
-    let embedded = str_at(&configmap["data"]["outrigger.yml"], "ConfigMap outrigger.yml");
+    let embedded = str_at(
+        &configmap["data"]["outrigger.yml"],
+        "ConfigMap outrigger.yml",
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("outrigger.yml");
     std::fs::write(&config, embedded).unwrap();
@@ -173,8 +178,9 @@ fn kubernetes_example_shares_socket_users_pids_and_plugins() {
     // The control API listens beyond loopback, so the key is required: the pod sets it.
     let env = sidecar["env"].as_sequence().expect("sidecar env");
     assert!(
-        env.iter().any(|e| e["name"] == Value::from("OUTRIGGER_API_KEY")
-            && e["valueFrom"]["secretKeyRef"].is_mapping()),
+        env.iter().any(
+            |e| e["name"] == "OUTRIGGER_API_KEY" && e["valueFrom"]["secretKeyRef"].is_mapping()
+        ),
         "the sidecar gets no OUTRIGGER_API_KEY from a secret"
     );
     check(
@@ -199,23 +205,34 @@ fn kubernetes_example_shares_socket_users_pids_and_plugins() {
     let app = container(&pod["containers"], "app");
     for c in [app, sidecar] {
         assert!(
-            c["securityContext"]["runAsUser"].is_null() && c["securityContext"]["runAsGroup"].is_null(),
+            c["securityContext"]["runAsUser"].is_null()
+                && c["securityContext"]["runAsGroup"].is_null(),
             "{c:?} overrides the pod's user"
         );
     }
     let socket = str_at(&cfg["ingest"]["socket"], "ingest.socket");
     let shared = volume_holding(pod, sidecar, socket);
-    assert_eq!(volume_holding(pod, app, socket), shared, "the app's socket volume");
+    assert_eq!(
+        volume_holding(pod, app, socket),
+        shared,
+        "the app's socket volume"
+    );
     let app_env = app["env"].as_sequence().expect("app env");
     assert!(
-        app_env.iter().any(|e| e["name"] == Value::from("OUTRIGGER_SOCKET")
-            && e["value"] == Value::from(socket)),
+        app_env
+            .iter()
+            .any(|e| e["name"] == "OUTRIGGER_SOCKET" && e["value"] == socket),
         "the app is not told the socket path {socket}"
     );
 
     let script = sidecar["args"]
         .as_sequence()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default();
     assert!(script.contains("--watch-pid"), "{script}");
     let config_dir = mount_of(sidecar, "outrigger-config").expect("config mount");
@@ -224,7 +241,7 @@ fn kubernetes_example_shares_socket_users_pids_and_plugins() {
         "{script}"
     );
     let volumes = pod["volumes"].as_sequence().unwrap();
-    assert!(volumes.iter().any(|v| v["name"] == Value::from("outrigger-config")
+    assert!(volumes.iter().any(|v| v["name"] == "outrigger-config"
         && v["configMap"]["name"] == configmap["metadata"]["name"]));
 
     let plugins = str_at(&cfg["plugins"]["dir"], "plugins.dir");

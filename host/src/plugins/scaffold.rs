@@ -162,11 +162,17 @@ mod tests {
         assert_eq!(lock["name"], "my-filter");
         assert_eq!(lock["packages"][""]["name"], "my-filter");
         let wanted = package["devDependencies"].as_object().unwrap();
-        assert_eq!(lock["packages"][""]["devDependencies"], package["devDependencies"]);
+        assert_eq!(
+            lock["packages"][""]["devDependencies"],
+            package["devDependencies"]
+        );
         for (dep, version) in wanted {
             let locked = &lock["packages"][format!("node_modules/{dep}")];
             assert_eq!(&locked["version"], version, "{dep}");
-            assert!(locked["integrity"].is_string(), "{dep} has no integrity hash");
+            assert!(
+                locked["integrity"].is_string(),
+                "{dep} has no integrity hash"
+            );
         }
         let build = std::fs::read_to_string(root.join("build.sh")).unwrap();
         assert!(build.contains("npm ci "), "{build}");
