@@ -208,10 +208,17 @@ fn plugin_new_makes_projects_that_build_in_every_language() {
                 .arg(parent.path()),
         );
         let project = parent.path().join(&name);
+        let lock = (lang == "js").then(|| {
+            std::fs::read(project.join("package-lock.json"))
+                .expect("the js template writes package-lock.json")
+        });
         run_build(
             &format!("{lang} template build.sh"),
             Command::new("bash").arg(project.join("build.sh")),
         );
+        if let Some(lock) = lock {
+            js_installed_what_the_lockfile_pins(&project, &lock);
+        }
         let wasm = project.join(format!("{name}.wasm"));
         let (out, summary) = replay(&wasm);
         let n = std::fs::read_to_string(corpus()).unwrap().lines().count();
@@ -219,6 +226,32 @@ fn plugin_new_makes_projects_that_build_in_every_language() {
         assert!(
             summary.contains(&format!("{name}: calls=1 kept={n} dropped=0 replaced=0")),
             "{lang}: {summary}"
+        );
+    }
+}
+
+/// The JavaScript template's build ran `npm ci`: the lockfile is as `plugin new` wrote it (npm
+/// re-resolving would rewrite it), and every package npm installed (its record in
+/// `node_modules/.package-lock.json`) is at the version the lockfile pins.
+fn js_installed_what_the_lockfile_pins(project: &Path, lock: &[u8]) {
+    let after = std::fs::read(project.join("package-lock.json")).unwrap();
+    assert!(after == lock, "the js build changed package-lock.json");
+    let read = |path: PathBuf| -> serde_json::Value {
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
+    };
+    let pinned = read(project.join("package-lock.json"));
+    let installed = read(project.join("node_modules/.package-lock.json"));
+    let installed = installed["packages"].as_object().unwrap();
+    assert!(
+        installed.contains_key("node_modules/@bytecodealliance/componentize-js"),
+        "componentize-js not installed"
+    );
+    for (path, package) in installed {
+        assert_eq!(
+            package["version"], pinned["packages"][path]["version"],
+            "{path}: installed version differs from package-lock.json"
         );
     }
 }

@@ -4,6 +4,7 @@
 
 mod clients;
 mod control;
+mod deploy;
 mod harness;
 mod languages;
 mod pipeline;

@@ -40,7 +40,8 @@ const LANGS: &[(&str, &[File], &str, &str)] = &[
     ),
     (
         "js",
-        template!("js": "handler.js", "package.json", "build.sh", ".gitignore", "README.md"),
+        template!("js": "handler.js", "package.json", "package-lock.json", "build.sh",
+            ".gitignore", "README.md"),
         "bash build.sh",
         "{name}.wasm",
     ),
@@ -140,6 +141,42 @@ mod tests {
             let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
             assert!(readme.starts_with("# my-filter\n"), "{lang}: {readme}");
         }
+    }
+
+    /// The JavaScript project pins its npm packages: `package-lock.json` is written, names the
+    /// project, and locks exactly the versions `package.json` asks for, so that `npm ci` (which
+    /// `build.sh` runs) accepts it and installs the same packages every time.
+    #[test]
+    fn the_js_project_ships_a_lockfile_that_matches_its_package_json() {
+        let dir = tempfile::tempdir().unwrap();
+        new_project("my-filter", "js", dir.path()).unwrap();
+        let root = dir.path().join("my-filter");
+        let read = |rel: &str| -> serde_json::Value {
+            let text = std::fs::read_to_string(root.join(rel))
+                .unwrap_or_else(|e| panic!("{rel} not written: {e}"));
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+        };
+        let package = read("package.json");
+        let lock = read("package-lock.json");
+        assert_eq!(lock["lockfileVersion"], 3);
+        assert_eq!(lock["name"], "my-filter");
+        assert_eq!(lock["packages"][""]["name"], "my-filter");
+        let wanted = package["devDependencies"].as_object().unwrap();
+        assert_eq!(
+            lock["packages"][""]["devDependencies"],
+            package["devDependencies"]
+        );
+        for (dep, version) in wanted {
+            let locked = &lock["packages"][format!("node_modules/{dep}")];
+            assert_eq!(&locked["version"], version, "{dep}");
+            assert!(
+                locked["integrity"].is_string(),
+                "{dep} has no integrity hash"
+            );
+        }
+        let build = std::fs::read_to_string(root.join("build.sh")).unwrap();
+        assert!(build.contains("npm ci "), "{build}");
+        assert!(!build.contains("npm install"), "{build}");
     }
 
     #[test]
