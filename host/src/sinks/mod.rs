@@ -327,10 +327,10 @@ impl SinkSet {
         for e in events {
             let mut to: Option<usize> = None;
             for (i, s) in self.sinks.iter().enumerate() {
-                if s.config.route().admits(&e, &self.metrics) {
-                    if let Some(prev) = to.replace(i) {
-                        routed[prev].push(e.clone());
-                    }
+                if s.config.route().admits(&e, &self.metrics)
+                    && let Some(prev) = to.replace(i)
+                {
+                    routed[prev].push(e.clone());
                 }
             }
             match to {
