@@ -163,6 +163,7 @@ pub async fn run(
         listeners.spawn(ingest::http::serve(
             l,
             admission.clone(),
+            cfg.ingest.api_key.clone(),
             ingest_stop.clone(),
         ));
     }

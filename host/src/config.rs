@@ -181,6 +181,9 @@ pub struct IngestConfig {
     /// `POST /v1/events` listener; `null` disables it.
     pub http: Option<SocketAddr>,
     pub max_line_bytes: Size,
+    /// When set, `POST /v1/events` needs `Authorization: Bearer KEY` (env
+    /// `OUTRIGGER_INGEST_KEY`); without it `http` must be a loopback address.
+    pub api_key: Option<String>,
 }
 
 impl Default for IngestConfig {
@@ -189,6 +192,7 @@ impl Default for IngestConfig {
             socket: PathBuf::from("/tmp/outrigger.sock"),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 4390))),
             max_line_bytes: Size(1 << 20),
+            api_key: None,
         }
     }
 }
@@ -849,6 +853,11 @@ pub fn apply_env(
     {
         cfg.control.api_key = Some(v);
     }
+    if let Some(v) = get("OUTRIGGER_INGEST_KEY")
+        && !v.is_empty()
+    {
+        cfg.ingest.api_key = Some(v);
+    }
     if let Some(v) = get("OUTRIGGER_LOG") {
         cfg.log.level = v;
     }
@@ -966,6 +975,23 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "control.listen",
             format!(
                 "{addr} is not loopback: set control.api_key (or OUTRIGGER_API_KEY) to expose the control API"
+            ),
+        ));
+    }
+    if cfg.ingest.api_key.as_deref() == Some("") {
+        return Err(err(
+            "ingest.api_key",
+            "must not be empty (null or absent leaves HTTP ingest open)",
+        ));
+    }
+    if let Some(addr) = cfg.ingest.http
+        && !addr.ip().is_loopback()
+        && cfg.ingest.api_key.is_none()
+    {
+        return Err(err(
+            "ingest.http",
+            format!(
+                "{addr} is not loopback: set ingest.api_key (or OUTRIGGER_INGEST_KEY) to accept events from the network"
             ),
         ));
     }
@@ -1088,6 +1114,24 @@ log: {format: text, level: info}
         assert!(!cfg.enabled);
         assert_eq!(cfg.queue.capacity, 7);
         assert_eq!(cfg.sampling.rates["test_events"], 0.25);
+    }
+
+    #[test]
+    fn non_loopback_ingest_needs_key() {
+        let cfg = parse("ingest: {http: 0.0.0.0:4390}\n").unwrap();
+        let e = validate(&cfg).unwrap_err();
+        assert_eq!(e.path, "ingest.http");
+        assert!(e.message.contains("ingest.api_key"), "{e}");
+        assert!(e.message.contains("OUTRIGGER_INGEST_KEY"), "{e}");
+        let cfg = parse("ingest: {http: 0.0.0.0:4390, api_key: k}\n").unwrap();
+        validate(&cfg).unwrap();
+        let mut cfg = parse("ingest: {http: \"[::]:4390\"}\n").unwrap();
+        let env = |k: &str| (k == "OUTRIGGER_INGEST_KEY").then(|| "k2".to_string());
+        apply_env(&mut cfg, env, std::iter::empty()).unwrap();
+        assert_eq!(cfg.ingest.api_key.as_deref(), Some("k2"));
+        validate(&cfg).unwrap();
+        let e = validate(&parse("ingest: {api_key: \"\"}\n").unwrap()).unwrap_err();
+        assert_eq!(e.path, "ingest.api_key");
     }
 
     #[test]

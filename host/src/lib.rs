@@ -11,13 +11,14 @@
 //! - [`profiler`]: the daemon's own CPU and memory, watched pids, budgets that degrade sampling.
 //! - [`control`]: the control API (metrics, health, stats, sampling, reload, live tail, runs).
 //! - [`reload`]: the file watcher and live reload of config and plugins.
-//! - [`metrics`], [`config`]: shared by all of the above.
+//! - [`metrics`], [`config`], [`auth`]: shared by all of the above.
 //! - [`app`]: wires the stages together and runs them until shutdown.
 //! - [`logging`]: text or JSON logs whose level can change live.
 //! - [`cli`]: `outrigger status` and `outrigger tail`, clients of the control API.
 //! - [`bench`]: `outrigger bench`, the load generator.
 
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -164,6 +164,10 @@ impl Reloader {
             restart.push("control.listen".to_string());
             new.control.listen = old.control.listen;
         }
+        if new.ingest.api_key != old.ingest.api_key {
+            restart.push("ingest.api_key".to_string());
+            new.ingest.api_key = old.ingest.api_key.clone();
+        }
         if new.control.api_key != old.control.api_key {
             restart.push("control.api_key".to_string());
             new.control.api_key = old.control.api_key.clone();

@@ -5,6 +5,7 @@
 mod clients;
 mod control;
 mod harness;
+mod ingest;
 mod languages;
 mod pipeline;
 mod plugins;

@@ -193,34 +193,20 @@ async fn rate_limit(State(st): State<Arc<ControlState>>, req: Request, next: Nex
     next.run(req).await
 }
 
-/// Compares in time that depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn require_key(State(st): State<Arc<ControlState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            let mut resp = ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong API key (Authorization: Bearer KEY)".into(),
-            )
-            .into_response();
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return resp;
-        }
+    if let Some(key) = &st.api_key
+        && !crate::auth::has_key(req.headers(), key)
+    {
+        let mut resp = ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key (Authorization: Bearer KEY)".into(),
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
     }
     next.run(req).await
 }
