@@ -150,7 +150,11 @@ pub async fn run(
     // Listeners: a failure here is fatal at start (the socket is someone else's, a port is taken).
     let ingest_stop = CancellationToken::new();
     let mut listeners = tokio::task::JoinSet::new();
-    let socket = ingest::socket::bind(&cfg.ingest.socket)?;
+    let socket = ingest::socket::bind(
+        &cfg.ingest.socket,
+        cfg.ingest.socket_mode,
+        cfg.ingest.socket_group.as_ref(),
+    )?;
     listeners.spawn(ingest::socket::serve(
         socket,
         cfg.ingest.socket.clone(),

@@ -156,6 +156,14 @@ impl Reloader {
             restart.push("ingest.socket".to_string());
             new.ingest.socket = old.ingest.socket.clone();
         }
+        if new.ingest.socket_mode != old.ingest.socket_mode {
+            restart.push("ingest.socket_mode".to_string());
+            new.ingest.socket_mode = old.ingest.socket_mode;
+        }
+        if new.ingest.socket_group != old.ingest.socket_group {
+            restart.push("ingest.socket_group".to_string());
+            new.ingest.socket_group = old.ingest.socket_group.clone();
+        }
         if new.ingest.http != old.ingest.http {
             restart.push("ingest.http".to_string());
             new.ingest.http = old.ingest.http;

@@ -1,6 +1,6 @@
 //! Who may write events, end to end: the HTTP ingest key (401 without it or with a wrong one,
 //! 202 with it), the refusal of a non-loopback `ingest.http` without a key by `run` and `check`,
-//! and the socket file's mode and group.
+//! and the socket file's mode and group (and a missing group or a bad mode refused at start).
 
 use std::process::Command;
 use std::time::Duration;
@@ -107,5 +107,105 @@ async fn a_non_loopback_ingest_listener_without_a_key_is_refused() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A group this process may give a file, other than its own when it can: (name, gid).
+fn a_group_to_give() -> (String, u32) {
+    // SAFETY: plain libc queries; getgrgid's result is read before any other call.
+    unsafe {
+        let egid = libc::getegid();
+        let mut gid = egid;
+        if libc::geteuid() == 0 {
+            gid = 1;
+        } else {
+            let mut groups = [0 as libc::gid_t; 64];
+            let n = libc::getgroups(groups.len() as i32, groups.as_mut_ptr());
+            if let Some(g) = groups[..n.max(0) as usize].iter().find(|g| **g != egid) {
+                gid = *g;
+            }
+        }
+        let g = libc::getgrgid(gid);
+        let name = if g.is_null() {
+            gid.to_string()
+        } else {
+            std::ffi::CStr::from_ptr((*g).gr_name)
+                .to_string_lossy()
+                .into_owned()
+        };
+        (name, gid)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_has_the_configured_mode_and_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |d: &Daemon| std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o7777;
+
+    // The default: the daemon's user only.
+    let mut d = Daemon::start("").await;
+    assert_eq!(mode(&d), 0o600);
+    assert!(d.stop().success());
+
+    // An unquoted 0660 (a string to this YAML parser) and a group by name.
+    let (name, gid) = a_group_to_give();
+    let mut d = Daemon::start(&format!(
+        "ingest: {{socket_mode: 0660, socket_group: \"{name}\"}}"
+    ))
+    .await;
+    assert_eq!(mode(&d), 0o660, "{}", d.log_text());
+    assert_eq!(std::fs::metadata(&d.socket).unwrap().gid(), gid);
+    assert_eq!(d.send(&[r#"{"type":"t"}"#]).await[0], r#"{"success":true}"#);
+    assert!(d.stop().success());
+
+    // An integer mode and a numeric gid.
+    let mut d = Daemon::start(&format!(
+        "ingest: {{socket_mode: 640, socket_group: {gid}}}"
+    ))
+    .await;
+    assert_eq!(mode(&d), 0o640);
+    assert_eq!(std::fs::metadata(&d.socket).unwrap().gid(), gid);
+    assert!(d.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_socket_group_or_a_bad_mode_stops_the_start() {
+    let mut d =
+        Daemon::spawn("ingest: {socket_mode: \"0660\", socket_group: outrigger-no-such-group}");
+    let mut child = d.child.take().unwrap();
+    let mut status = None;
+    let done = eventually(Duration::from_secs(30), async || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    })
+    .await;
+    if !done {
+        let _ = child.kill();
+    }
+    assert!(done, "the daemon kept running; log:\n{}", d.log_text());
+    assert_eq!(status.unwrap().code(), Some(1));
+    let log = d.log_text();
+    assert!(
+        log.contains("outrigger-no-such-group") && log.contains("does not exist"),
+        "{log}"
+    );
+    assert!(!d.socket.exists(), "no socket is left behind");
+
+    // A mode that locks out the owner is refused by `check`, naming the key.
+    let text = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("'0660'", "'0440'");
+    std::fs::write(&d.config, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&d.config)
+        .current_dir(d.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ingest.socket_mode") && err.contains("0600"),
+        "{err}"
     );
 }
