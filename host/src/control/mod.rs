@@ -234,8 +234,16 @@ async fn readyz(State(st): State<Arc<ControlState>>) -> Response {
     }
 }
 
+/// `GET /v1/health`: the report; 503 when unhealthy (probes and load balancers read the code),
+/// 200 when healthy or degraded.
 async fn health_route(State(st): State<Arc<ControlState>>) -> Response {
-    Json(st.health.check()).into_response()
+    let report = st.health.check();
+    let code = if report.status == health::Status::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(report)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -605,6 +613,32 @@ mod tests {
         let (status, e) = get(addr, "/v1/stats?window=nope", Some("k")).await;
         assert_eq!(status, 400);
         assert!(e["error"].as_str().unwrap().starts_with("window:"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn health_answers_503_only_when_unhealthy() {
+        let (addr, st, _rx) = start(None, 0).await;
+        let (status, h) = get(addr, "/v1/health", None).await;
+        assert_eq!(
+            (status, h["status"].as_str()),
+            (200, Some("healthy")),
+            "{h}"
+        );
+        // A failed delivery and none that succeeded: the sinks are unhealthy.
+        let batches = &st.metrics.sink_batches;
+        batches.with_label_values(&["s", "retry"]).inc();
+        let (status, h) = get(addr, "/v1/health", None).await;
+        assert_eq!(status, 503, "{h}");
+        assert_eq!(h["status"], "unhealthy", "the body is the report: {h}");
+        assert_eq!(h["components"]["sinks"]["status"], "unhealthy", "{h}");
+        // Retried but also delivering: degraded, still 200.
+        batches.with_label_values(&["s", "ok"]).inc();
+        let (status, h) = get(addr, "/v1/health", None).await;
+        assert_eq!(
+            (status, h["status"].as_str()),
+            (200, Some("degraded")),
+            "{h}"
+        );
     }
 
     #[tokio::test]
