@@ -1,5 +1,5 @@
 //! Who may write events, end to end: the HTTP ingest key (401 without it or with a wrong one,
-//! 202 with it), the refusal of a non-loopback `ingest.http` without a key by `run` and `check`,
+//! 202 with it; `outrigger bench --http` sends it), the refusal of a non-loopback `ingest.http` without a key by `run` and `check`,
 //! and the socket file's mode and group (and a missing group or a bad mode refused at start).
 
 use std::process::Command;
@@ -208,4 +208,44 @@ async fn a_missing_socket_group_or_a_bad_mode_stops_the_start() {
         err.contains("ingest.socket_mode") && err.contains("0600"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_over_http_sends_the_ingest_key() {
+    let d = Daemon::start(&format!("ingest: {{api_key: {KEY}}}")).await;
+    let bench = |dir: &std::path::Path, key: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(["bench", "-n", "200", "--batch", "100", "--http"])
+            .arg(d.http.to_string())
+            .arg("--control")
+            .arg(d.control.to_string())
+            .current_dir(dir)
+            .env_remove("OUTRIGGER_CONFIG")
+            .env_remove("OUTRIGGER_API_KEY")
+            .env_remove("OUTRIGGER_INGEST_KEY");
+        if let Some(k) = key {
+            c.args(["--ingest-key", k]);
+        }
+        c.output().unwrap()
+    };
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = bench(elsewhere.path(), None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") && err.contains("--ingest-key"), "{err}");
+    let out = bench(elsewhere.path(), Some(KEY));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon's own config (./outrigger.yml) gives the key too.
+    let out = bench(d.dir.path(), None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_metric("outrigger_events_received_total", r#"ingest="http""#, 400.0)
+        .await;
 }
