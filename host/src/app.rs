@@ -106,6 +106,10 @@ fn build_stages(cfg: &Config) -> anyhow::Result<Stages> {
 pub fn check(cfg: &Config) -> anyhow::Result<Vec<PluginStatus>> {
     let stages = build_stages(cfg)?;
     sinks::check(&cfg.sinks, &stages.metrics)?;
+    // The socket is not bound, but the group it would be given must exist.
+    if let Some(g) = &cfg.ingest.socket_group {
+        ingest::socket::group_id(g).context("ingest.socket_group")?;
+    }
     Ok(stages.plugins.status())
 }
 
@@ -364,7 +368,11 @@ async fn bind_ingest(
     stop: &CancellationToken,
 ) -> anyhow::Result<(JoinSet<()>, Option<SocketAddr>)> {
     let mut listeners = JoinSet::new();
-    let socket = ingest::socket::bind(&cfg.ingest.socket)?;
+    let socket = ingest::socket::bind(
+        &cfg.ingest.socket,
+        cfg.ingest.socket_mode,
+        cfg.ingest.socket_group.as_ref(),
+    )?;
     listeners.spawn(ingest::socket::serve(
         socket,
         cfg.ingest.socket.clone(),
@@ -377,7 +385,12 @@ async fn bind_ingest(
         let bound = l.local_addr()?;
         tracing::info!(addr = %bound, "HTTP ingest listening");
         http = Some(bound);
-        listeners.spawn(ingest::http::serve(l, admission.clone(), stop.clone()));
+        listeners.spawn(ingest::http::serve(
+            l,
+            admission.clone(),
+            cfg.ingest.api_key.clone(),
+            stop.clone(),
+        ));
     }
     Ok((listeners, http))
 }

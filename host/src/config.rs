@@ -133,6 +133,150 @@ macro_rules! string_or_number {
 string_or_number!(Dur);
 string_or_number!(Size);
 
+/// The ingest socket's file mode, written in octal: `"0660"`, `0660`, `660` or `0o660`.
+///
+/// YAML parsers disagree on an unquoted `0660` (a string, the integer 660, or octal 432), so an
+/// integer is read as the mode its digits spell (`660`) or else as the mode's value (`0o660` =
+/// 432): the two never both give a mode that keeps the owner's read and write. Bits outside
+/// `0777` are refused, and so is a mode without the owner's read and write (the daemon's
+/// own clients, `outrigger send` and `bench`, would be locked out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct SocketMode(pub u32);
+
+impl SocketMode {
+    fn checked(mode: u32, written: &str) -> Result<SocketMode, String> {
+        if mode & !0o777 != 0 {
+            return Err(format!(
+                "`{written}` has bits outside 0777 (setuid, setgid and sticky bits mean nothing on a socket)"
+            ));
+        }
+        if mode & 0o600 != 0o600 {
+            return Err(format!(
+                "`{written}` ({mode:04o}) takes read and write from the socket's owner; keep at least 0600"
+            ));
+        }
+        Ok(SocketMode(mode))
+    }
+
+    /// An integer from YAML: the mode its decimal digits spell, else its own value.
+    fn from_int(n: u64) -> Result<SocketMode, String> {
+        let digits = n.to_string();
+        let spelled = u32::from_str_radix(&digits, 8)
+            .ok()
+            .and_then(|m| SocketMode::checked(m, &digits).ok());
+        let valued = u32::try_from(n)
+            .ok()
+            .and_then(|m| SocketMode::checked(m, &digits).ok());
+        spelled.or(valued).ok_or_else(|| {
+            format!("`{n}` is not a socket mode that keeps the owner's read and write: write it in octal and quoted, like \"0660\"")
+        })
+    }
+}
+
+impl Default for SocketMode {
+    fn default() -> Self {
+        SocketMode(0o600)
+    }
+}
+
+impl From<SocketMode> for String {
+    fn from(m: SocketMode) -> String {
+        format!("{:04o}", m.0)
+    }
+}
+
+impl FromStr for SocketMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SocketMode, String> {
+        let t = s.trim();
+        let digits = t.strip_prefix("0o").unwrap_or(t);
+        if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(format!("`{s}` is not an octal file mode (like \"0660\")"));
+        }
+        let mode =
+            u32::from_str_radix(digits, 8).map_err(|_| format!("`{s}` has bits outside 0777"))?;
+        SocketMode::checked(mode, t)
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SocketMode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an octal file mode like \"0660\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketMode, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SocketMode, E> {
+                SocketMode::from_int(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SocketMode, E> {
+                let n =
+                    u64::try_from(v).map_err(|_| E::custom(format!("`{v}` is not a file mode")))?;
+                self.visit_u64(n)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The group the ingest socket is given: a name (looked up when the socket is bound) or a gid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum SocketGroup {
+    Name(String),
+    Gid(u32),
+}
+
+impl fmt::Display for SocketGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketGroup::Name(n) => f.write_str(n),
+            SocketGroup::Gid(g) => write!(f, "gid {g}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketGroup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SocketGroup;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a group name or a numeric gid")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketGroup, E> {
+                let v = v.trim();
+                if v.is_empty() {
+                    return Err(E::custom("a group name must not be empty"));
+                }
+                if v.bytes().all(|b| b.is_ascii_digit()) {
+                    return v
+                        .parse()
+                        .map(SocketGroup::Gid)
+                        .map_err(|_| E::custom(format!("`{v}` is not a gid")));
+                }
+                Ok(SocketGroup::Name(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SocketGroup, E> {
+                u32::try_from(v)
+                    .map(SocketGroup::Gid)
+                    .map_err(|_| E::custom(format!("`{v}` is not a gid")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SocketGroup, E> {
+                u32::try_from(v)
+                    .map(SocketGroup::Gid)
+                    .map_err(|_| E::custom(format!("`{v}` is not a gid")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The whole daemon config.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -176,19 +320,29 @@ impl Default for Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// Unix socket for NDJSON ingest (mode 0600).
+    /// Unix socket for NDJSON ingest (mode `socket_mode`, group `socket_group`).
     pub socket: PathBuf,
+    /// Who may connect to the socket: `0600` (the daemon's user only) unless widened.
+    pub socket_mode: SocketMode,
+    /// The socket's group (name or gid), for `socket_mode: "0660"`; `null` keeps the daemon's.
+    pub socket_group: Option<SocketGroup>,
     /// `POST /v1/events` listener; `null` disables it.
     pub http: Option<SocketAddr>,
     pub max_line_bytes: Size,
+    /// When set, `POST /v1/events` needs `Authorization: Bearer KEY` (env
+    /// `OUTRIGGER_INGEST_KEY`); without it `http` must be a loopback address.
+    pub api_key: Option<String>,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             socket: PathBuf::from("/tmp/outrigger.sock"),
+            socket_mode: SocketMode::default(),
+            socket_group: None,
             http: Some(SocketAddr::from(([127, 0, 0, 1], 4390))),
             max_line_bytes: Size(1 << 20),
+            api_key: None,
         }
     }
 }
@@ -864,6 +1018,11 @@ pub fn apply_env(
     {
         cfg.control.api_key = Some(v);
     }
+    if let Some(v) = get("OUTRIGGER_INGEST_KEY")
+        && !v.is_empty()
+    {
+        cfg.ingest.api_key = Some(v);
+    }
     if let Some(v) = get("OUTRIGGER_LOG") {
         cfg.log.level = v;
     }
@@ -981,6 +1140,23 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "control.listen",
             format!(
                 "{addr} is not loopback: set control.api_key (or OUTRIGGER_API_KEY) to expose the control API"
+            ),
+        ));
+    }
+    if cfg.ingest.api_key.as_deref() == Some("") {
+        return Err(err(
+            "ingest.api_key",
+            "must not be empty (null or absent leaves HTTP ingest open)",
+        ));
+    }
+    if let Some(addr) = cfg.ingest.http
+        && !addr.ip().is_loopback()
+        && cfg.ingest.api_key.is_none()
+    {
+        return Err(err(
+            "ingest.http",
+            format!(
+                "{addr} is not loopback: set ingest.api_key (or OUTRIGGER_INGEST_KEY) to accept events from the network"
             ),
         ));
     }
@@ -1103,6 +1279,82 @@ log: {format: text, level: info}
         assert!(!cfg.enabled);
         assert_eq!(cfg.queue.capacity, 7);
         assert_eq!(cfg.sampling.rates["test_events"], 0.25);
+    }
+
+    #[test]
+    fn socket_modes() {
+        let mode = |yaml: &str| parse(&format!("ingest: {{socket_mode: {yaml}}}\n"));
+        for (yaml, want) in [
+            ("\"0660\"", 0o660),
+            ("0660", 0o660),
+            ("660", 0o660),
+            ("0o660", 0o660),
+            ("\"0o640\"", 0o640),
+            ("432", 0o660),
+            ("600", 0o600),
+            ("\"0777\"", 0o777),
+            ("\"700\"", 0o700),
+        ] {
+            let cfg = mode(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            assert_eq!(cfg.ingest.socket_mode.0, want, "{yaml}");
+        }
+        assert_eq!(Config::default().ingest.socket_mode.0, 0o600);
+        for (yaml, needle) in [
+            ("\"4660\"", "outside 0777"),
+            ("\"1777\"", "outside 0777"),
+            ("4660", "quoted"),
+            ("\"0440\"", "keep at least 0600"),
+            ("\"0060\"", "keep at least 0600"),
+            ("\"0689\"", "not an octal"),
+            ("\"rw\"", "not an octal"),
+            ("\"\"", "not an octal"),
+            ("60", "quoted"),
+            ("-1", "not a file mode"),
+            ("6.6", "octal file mode"),
+        ] {
+            let e = mode(yaml).unwrap_err();
+            assert_eq!(e.path, "ingest.socket_mode", "{yaml}: {e}");
+            assert!(e.message.contains(needle), "{yaml}: {e}");
+        }
+        let text = serde_yaml::to_string(&mode("\"0660\"").unwrap().ingest).unwrap();
+        assert!(text.contains("socket_mode: '0660'"), "{text}");
+    }
+
+    #[test]
+    fn socket_groups() {
+        let group = |yaml: &str| {
+            parse(&format!("ingest: {{socket_group: {yaml}}}\n")).map(|c| c.ingest.socket_group)
+        };
+        assert_eq!(
+            group("outrigger").unwrap(),
+            Some(SocketGroup::Name("outrigger".into()))
+        );
+        assert_eq!(group("1000").unwrap(), Some(SocketGroup::Gid(1000)));
+        assert_eq!(group("\"1000\"").unwrap(), Some(SocketGroup::Gid(1000)));
+        assert_eq!(group("null").unwrap(), None);
+        assert_eq!(Config::default().ingest.socket_group, None);
+        for bad in ["\"\"", "-5", "99999999999", "[a]"] {
+            let e = group(bad).unwrap_err();
+            assert_eq!(e.path, "ingest.socket_group", "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn non_loopback_ingest_needs_key() {
+        let cfg = parse("ingest: {http: 0.0.0.0:4390}\n").unwrap();
+        let e = validate(&cfg).unwrap_err();
+        assert_eq!(e.path, "ingest.http");
+        assert!(e.message.contains("ingest.api_key"), "{e}");
+        assert!(e.message.contains("OUTRIGGER_INGEST_KEY"), "{e}");
+        let cfg = parse("ingest: {http: 0.0.0.0:4390, api_key: k}\n").unwrap();
+        validate(&cfg).unwrap();
+        let mut cfg = parse("ingest: {http: \"[::]:4390\"}\n").unwrap();
+        let env = |k: &str| (k == "OUTRIGGER_INGEST_KEY").then(|| "k2".to_string());
+        apply_env(&mut cfg, env, std::iter::empty()).unwrap();
+        assert_eq!(cfg.ingest.api_key.as_deref(), Some("k2"));
+        validate(&cfg).unwrap();
+        let e = validate(&parse("ingest: {api_key: \"\"}\n").unwrap()).unwrap_err();
+        assert_eq!(e.path, "ingest.api_key");
     }
 
     #[test]

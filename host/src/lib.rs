@@ -14,13 +14,14 @@
 //! - [`profiler`]: the daemon's own CPU and memory, watched pids, budgets that degrade sampling.
 //! - [`control`]: the control API (metrics, health, stats, sampling, reload, live tail, runs).
 //! - [`reload`]: the file watcher and live reload of config and plugins.
-//! - [`metrics`], [`config`]: shared by all of the above.
+//! - [`metrics`], [`config`], [`auth`]: shared by all of the above.
 //! - [`app`]: builds the stages and binds the listeners, runs them, drains them at shutdown.
 //! - [`logging`]: text or JSON logs whose level can change live.
 //! - [`cli`]: the daemon's clients: `outrigger status`, `tail` and `send`.
 //! - [`bench`]: `outrigger bench`, the load generator.
 
 pub mod app;
+pub mod auth;
 pub mod batcher;
 pub mod bench;
 pub mod cli;

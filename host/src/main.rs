@@ -102,6 +102,9 @@ enum Command {
         control: Option<std::net::SocketAddr>,
         #[arg(long, env = "OUTRIGGER_API_KEY")]
         api_key: Option<String>,
+        /// The HTTP ingest key (default: the config's ingest.api_key).
+        #[arg(long, env = "OUTRIGGER_INGEST_KEY", hide_env_values = true)]
+        ingest_key: Option<String>,
         #[arg(long, default_value_t = 1)]
         connections: usize,
         #[arg(long, short = 'n', default_value_t = 1_000_000)]
@@ -251,6 +254,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             http,
             control,
             api_key,
+            ingest_key,
             connections,
             events,
             size,
@@ -301,6 +305,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 http: http.filter(|_| !baseline),
                 control: control.or(cfg.control.listen).filter(|_| !baseline),
                 api_key: api_key.or(cfg.control.api_key),
+                ingest_key: ingest_key.or(cfg.ingest.api_key),
                 connections: connections.max(1),
                 events,
                 size,

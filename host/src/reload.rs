@@ -356,9 +356,21 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         restart.push("ingest.socket".to_string());
         new.ingest.socket = old.ingest.socket.clone();
     }
+    if new.ingest.socket_mode != old.ingest.socket_mode {
+        restart.push("ingest.socket_mode".to_string());
+        new.ingest.socket_mode = old.ingest.socket_mode;
+    }
+    if new.ingest.socket_group != old.ingest.socket_group {
+        restart.push("ingest.socket_group".to_string());
+        new.ingest.socket_group = old.ingest.socket_group.clone();
+    }
     if new.ingest.http != old.ingest.http {
         restart.push("ingest.http".to_string());
         new.ingest.http = old.ingest.http;
+    }
+    if new.ingest.api_key != old.ingest.api_key {
+        restart.push("ingest.api_key".to_string());
+        new.ingest.api_key = old.ingest.api_key.clone();
     }
     if new.control.listen != old.control.listen {
         restart.push("control.listen".to_string());

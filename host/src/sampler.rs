@@ -5,12 +5,16 @@
 //! Out: the batch minus the dropped events (counted as `sampled_out`). With `key: run_id` the
 //! decision is a hash of the run id against the rate, so a run is kept or dropped whole and the
 //! same run gets the same decision after a restart. An anomaly multiplies the rate of its type
-//! (`*` = every type) by `boost_factor` for `boost_duration`. Holds no task of its own.
+//! (`*` = every type) by `boost_factor` for `boost_duration`; a boost is logged when it starts,
+//! not each time a report extends it. At most [`MAX_ANOMALY_TYPES`] distinct anomaly types get a
+//! boost and a `sampling_boost_active` series of their own; later ones share [`OTHER_TYPE`],
+//! whose boost covers every event type without one of its own. Holds no task of its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -36,10 +40,19 @@ pub struct BoostInfo {
     pub remaining_ms: u64,
 }
 
+/// Distinct anomaly types that get a boost and a metric series of their own.
+pub const MAX_ANOMALY_TYPES: usize = 256;
+/// The anomaly type that every type past [`MAX_ANOMALY_TYPES`] is folded into.
+pub const OTHER_TYPE: &str = "_other";
+
 struct State {
     cfg: SamplingConfig,
-    /// Boost end per type; `*` boosts every type.
+    /// Boost end per type; `*` boosts every type, `_other` every type not in `anomaly_types`.
     boosts: HashMap<String, (Instant, String)>,
+    /// The anomaly types seen so far, up to [`MAX_ANOMALY_TYPES`] (never `*` or `_other`).
+    anomaly_types: HashSet<String>,
+    /// Whether folding into `_other` has been logged.
+    folded: bool,
     /// Rates scaled down while the daemon is over its resource budget (1.0 = none).
     degrade: f64,
 }
@@ -77,6 +90,8 @@ impl Sampler {
             state: RwLock::new(State {
                 cfg,
                 boosts: HashMap::new(),
+                anomaly_types: HashSet::new(),
+                folded: false,
                 degrade: 1.0,
             }),
             rng: AtomicU64::new(seed),
@@ -135,20 +150,27 @@ impl Sampler {
         }
     }
 
-    /// Boosts the sampling of `kind` (`*` for every type) for `boost_duration`.
+    /// Boosts the sampling of `kind` (`*` for every type) for `boost_duration`, from now.
     pub fn report_anomaly(&self, kind: &str, reason: &str) {
         let mut st = self.state.write();
         if !st.cfg.adaptive.enabled {
             return;
         }
-        let until = Instant::now() + st.cfg.adaptive.boost_duration.0;
+        let key = st.anomaly_key(kind);
+        let now = Instant::now();
+        let duration = st.cfg.adaptive.boost_duration.0;
+        let started = st.boosts.get(key).is_none_or(|(until, _)| *until <= now);
         st.boosts
-            .insert(kind.to_string(), (until, reason.to_string()));
-        self.metrics
-            .sampling_boost_active
-            .with_label_values(&[kind])
-            .set(1);
-        tracing::info!(kind, reason, "anomaly reported: sampling boosted");
+            .insert(key.to_string(), (now + duration, reason.to_string()));
+        if started {
+            self.metrics
+                .sampling_boost_active
+                .with_label_values(&[key])
+                .set(1);
+            tracing::info!(kind = key, reason, duration = ?duration, "sampling boost started");
+        } else {
+            tracing::debug!(kind = key, reason, "sampling boost extended");
+        }
     }
 
     /// Boosts in force; clears expired ones and their gauges.
@@ -201,6 +223,7 @@ impl Sampler {
         }
         let now = Instant::now();
         let global_boost = st.boosts.get("*").is_some_and(|(u, _)| *u > now);
+        let other_boost = st.boosts.get(OTHER_TYPE).is_some_and(|(u, _)| *u > now);
         let factor = c.adaptive.boost_factor;
         let before = events.len();
         let mut last: Option<(*const u8, usize, f64)> = None;
@@ -210,7 +233,9 @@ impl Sampler {
                 Some((p, l, r)) if p == e.kind.as_ptr() && l == e.kind.len() => r,
                 _ => {
                     let mut r = c.rates.get(&*e.kind).copied().unwrap_or(c.default_rate);
-                    if global_boost || st.boosts.get(&*e.kind).is_some_and(|(u, _)| *u > now) {
+                    let own = st.boosts.get(&*e.kind).is_some_and(|(u, _)| *u > now);
+                    let folded = other_boost && !st.anomaly_types.contains(&*e.kind);
+                    if global_boost || own || folded {
                         r = (r * factor).min(1.0);
                     }
                     r *= st.degrade;
@@ -238,6 +263,28 @@ impl Sampler {
         drop(st);
         self.metrics
             .dropped(DropReason::SampledOut, (before - events.len()) as u64);
+    }
+}
+
+impl State {
+    /// The key `kind` is boosted under: itself while there is room, else `_other`.
+    fn anomaly_key<'a>(&mut self, kind: &'a str) -> &'a str {
+        if kind == "*" || kind == OTHER_TYPE || self.anomaly_types.contains(kind) {
+            return kind;
+        }
+        if self.anomaly_types.len() < MAX_ANOMALY_TYPES {
+            self.anomaly_types.insert(kind.to_string());
+            return kind;
+        }
+        if !self.folded {
+            self.folded = true;
+            tracing::warn!(
+                kind,
+                max = MAX_ANOMALY_TYPES,
+                "too many distinct anomaly types: this one and every later new one share the `_other` boost and metric series"
+            );
+        }
+        OTHER_TYPE
     }
 }
 
@@ -324,5 +371,153 @@ mod tests {
         let mut batch: Vec<Event> = (0..100).map(|_| ev("other", None)).collect();
         s.apply(&mut batch);
         assert_eq!(batch.len(), 100);
+    }
+
+    /// Records what is logged on this thread while it lives (the tests run on one thread).
+    struct LogCapture {
+        buf: Arc<std::sync::Mutex<Vec<u8>>>,
+        _guard: tracing::subscriber::DefaultGuard,
+    }
+
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl LogCapture {
+        fn start() -> LogCapture {
+            let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let w = buf.clone();
+            let sub = tracing_subscriber::fmt()
+                .with_writer(move || Sink(w.clone()))
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish();
+            LogCapture {
+                buf,
+                _guard: tracing::subscriber::set_default(sub),
+            }
+        }
+
+        /// Logged lines that contain `needle`.
+        fn count(&self, needle: &str) -> usize {
+            let text = String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned();
+            text.lines().filter(|l| l.contains(needle)).count()
+        }
+    }
+
+    /// How many of 1000 events of type `kind` are kept (default rate 0.2, boost factor 5: all
+    /// while boosted, about 200 otherwise).
+    fn kept_of_1000(s: &Sampler, kind: &str) -> usize {
+        let mut batch: Vec<Event> = (0..1000).map(|_| ev(kind, None)).collect();
+        s.apply(&mut batch);
+        batch.len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_boost_is_logged_when_it_starts_not_when_extended() {
+        let log = LogCapture::start();
+        let s = sampler(
+            "default_rate: 0.2\nkey: random\nadaptive: {boost_factor: 5.0, boost_duration: 10s, on: [test_failed]}\n",
+        );
+        for _ in 0..5 {
+            let mut batch = vec![ev("test_failed", None), ev("other", None)];
+            s.apply(&mut batch);
+            tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        }
+        assert_eq!(
+            log.count("sampling boost started"),
+            1,
+            "one start for five batches"
+        );
+        assert_eq!(log.count("sampling boost extended"), 4);
+        // Each trigger extended the boost: 10 s after the last one it is still on at 9 s.
+        tokio::time::advance(std::time::Duration::from_secs(8)).await;
+        assert_eq!(kept_of_1000(&s, "other"), 1000);
+        tokio::time::advance(std::time::Duration::from_secs(2)).await;
+        assert!(kept_of_1000(&s, "other") < 400, "the boost ended");
+        assert!(s.boosts().is_empty());
+        let mut batch = vec![ev("test_failed", None)];
+        s.apply(&mut batch);
+        assert_eq!(
+            log.count("sampling boost started"),
+            2,
+            "a new boost after the end"
+        );
+
+        // Reports through the API or a plugin follow the same rule.
+        s.report_anomaly("t", "error");
+        s.report_anomaly("t", "error");
+        assert_eq!(log.count("sampling boost started"), 3);
+    }
+
+    #[test]
+    fn anomaly_types_are_capped_and_the_rest_share_other() {
+        let log = LogCapture::start();
+        let s = sampler(
+            "default_rate: 0.2\nkey: random\nadaptive: {boost_factor: 5.0, boost_duration: 60s}\n",
+        );
+        let n = MAX_ANOMALY_TYPES + 44;
+        for i in 0..n {
+            s.report_anomaly(&format!("kind_{i}"), "error");
+        }
+        s.report_anomaly("*", "global");
+        let boosts = s.boosts();
+        assert_eq!(
+            boosts.len(),
+            MAX_ANOMALY_TYPES + 2,
+            "256 types, _other and *"
+        );
+        assert!(boosts.iter().any(|b| b.kind == OTHER_TYPE));
+        let text = s.metrics.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("outrigger_sampling_boost_active{"))
+            .count();
+        assert_eq!(series, MAX_ANOMALY_TYPES + 2, "bounded metric series");
+        assert!(text.contains("outrigger_sampling_boost_active{type=\"_other\"} 1"));
+        assert!(!text.contains(&format!("type=\"kind_{}\"", MAX_ANOMALY_TYPES)));
+        assert_eq!(log.count("too many distinct anomaly types"), 1, "said once");
+        assert_eq!(log.count("WARN"), 1);
+        // A type seen before the cap keeps its own boost; a folded one is boosted via `_other`.
+        s.report_anomaly("kind_0", "again");
+        assert_eq!(s.boosts().len(), MAX_ANOMALY_TYPES + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_other_boost_covers_types_past_the_cap_only() {
+        let s = sampler(
+            "default_rate: 0.2\nkey: random\nadaptive: {boost_factor: 5.0, boost_duration: 60s}\n",
+        );
+        for i in 0..MAX_ANOMALY_TYPES {
+            s.report_anomaly(&format!("kind_{i}"), "old");
+        }
+        assert_eq!(kept_of_1000(&s, "kind_0"), 1000);
+        tokio::time::advance(std::time::Duration::from_secs(61)).await;
+        assert!(kept_of_1000(&s, "kind_0") < 400, "the old boosts ended");
+        assert!(kept_of_1000(&s, "late_kind") < 400);
+        s.report_anomaly("late_kind", "error");
+        assert_eq!(s.boosts()[0].kind, OTHER_TYPE);
+        assert_eq!(
+            kept_of_1000(&s, "late_kind"),
+            1000,
+            "boosted through _other"
+        );
+        assert_eq!(
+            kept_of_1000(&s, "never_reported"),
+            1000,
+            "so is every untracked type"
+        );
+        assert!(
+            kept_of_1000(&s, "kind_0") < 400,
+            "a tracked type only by its own boost"
+        );
     }
 }

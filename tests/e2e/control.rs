@@ -1,6 +1,7 @@
 //! Self-observability and control end to end: every control route with and without the API key,
 //! the refusal of an open listener without a key, the rate limit, JSON errors, the live tail
-//! (filtered, redacted; also through `outrigger tail`), the per-run ring, `outrigger status`,
+//! (filtered, redacted; also through `outrigger tail`), the per-run ring, `outrigger status`
+//! (also on an unhealthy daemon, whose `/v1/health` answers 503),
 //! the live log level, the profiler on a watched process (from the config and `--watch-pid`),
 //! the over-budget degrade path, and Debian's real Prometheus scraping the daemon.
 
@@ -900,4 +901,55 @@ async fn prometheus_scrapes_the_daemon() {
     })
     .await;
     assert!(ok, "core panels without data; with data: {with_data:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_when_unhealthy_and_status_still_prints_it() {
+    // The only sink points where nothing listens: every delivery fails, none succeeds.
+    let dead = free_port();
+    let d = Daemon::start(&format!(
+        "sinks: [{{type: http, url: \"http://{dead}/ingest\", timeout: 1s}}]"
+    ))
+    .await;
+    let (status, body) = d.get("/v1/health").await;
+    assert_eq!(status, 200, "healthy at first: {body}");
+    d.send(&[r#"{"type":"t"}"#]).await;
+    let mut last = (0, String::new());
+    let unhealthy = eventually(Duration::from_secs(30), async || {
+        last = d.get("/v1/health").await;
+        last.0 == 503
+    })
+    .await;
+    assert!(unhealthy, "never 503: {last:?}");
+    let v: Value = serde_json::from_str(&last.1).unwrap();
+    assert_eq!(v["status"], "unhealthy", "{v}");
+    assert_eq!(v["components"]["sinks"]["status"], "unhealthy", "{v}");
+
+    let addr = d.control.to_string();
+    let out = Command::new(BIN)
+        .args(["status", "--addr", &addr])
+        .env_remove("OUTRIGGER_API_KEY")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with(&format!("outrigger at http://{addr}: unhealthy")),
+        "the report is printed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("sinks"), "{text}");
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--addr", &addr])
+        .env_remove("OUTRIGGER_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["health"]["status"], "unhealthy", "{v}");
 }

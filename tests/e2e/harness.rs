@@ -150,6 +150,7 @@ log: {{level: "info,outrigger=debug"}}
             .current_dir(self.dir.path())
             .env_remove("OUTRIGGER_CONFIG")
             .env_remove("OUTRIGGER_API_KEY")
+            .env_remove("OUTRIGGER_INGEST_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))

@@ -6,6 +6,7 @@ mod clients;
 mod control;
 mod deploy;
 mod harness;
+mod ingest;
 mod languages;
 mod pipeline;
 mod plugins;

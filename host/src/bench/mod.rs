@@ -28,6 +28,8 @@ pub struct BenchOptions {
     /// The control API, for `/metrics`.
     pub control: Option<SocketAddr>,
     pub api_key: Option<String>,
+    /// Sent as `Authorization: Bearer KEY` on HTTP ingest (`ingest.api_key`).
+    pub ingest_key: Option<String>,
     pub connections: usize,
     pub events: u64,
     /// Approximate bytes of `data` per event.
@@ -272,6 +274,10 @@ fn http_conn(
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
     let mut r = BufReader::new(s.try_clone()?);
+    let auth = match &o.ingest_key {
+        Some(k) => format!("Authorization: Bearer {k}\r\n"),
+        None => String::new(),
+    };
     let (mut sent, mut failed, mut rtts) = (0u64, 0u64, Vec::new());
     let start = Instant::now();
     while sent < n {
@@ -289,10 +295,15 @@ fn http_conn(
         let t0 = Instant::now();
         write!(
             s,
-            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {cut}\r\n\r\n"
+            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\n{auth}Content-Length: {cut}\r\n\r\n"
         )?;
         s.write_all(&body[..cut])?;
         let (status, _) = read_response(&mut r)?;
+        if status == 401 {
+            anyhow::bail!(
+                "HTTP ingest at {addr} refused the key (401): pass --ingest-key or set OUTRIGGER_INGEST_KEY"
+            );
+        }
         rtts.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
         if status != 202 {
             failed += k;

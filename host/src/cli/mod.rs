@@ -2,8 +2,8 @@
 //! control API; [`send`] writes events to its socket.
 //!
 //! In: the control address (`--addr`, else the config's `control.listen`) and the API key
-//! (`--api-key`, else `$OUTRIGGER_API_KEY`). `status` reads `/v1/health` and `/v1/stats` and
-//! prints them for people (or as one JSON object with `--json`); it exits 1 when the daemon is
+//! (`--api-key`, else `$OUTRIGGER_API_KEY`). `status` reads `/v1/health` (whose report comes
+//! with 503 when the daemon is unhealthy) and `/v1/stats` and prints them for people (or as one JSON object with `--json`); it exits 1 when the daemon is
 //! unhealthy or unreachable. `tail` follows `/v1/tail` (Server-Sent Events) and prints one line
 //! per event (the native JSON line with `--json`) until the daemon closes the stream, the
 //! output is closed, or the user interrupts it.
@@ -92,6 +92,16 @@ impl ControlClient {
         req: reqwest::RequestBuilder,
         what: &str,
     ) -> anyhow::Result<reqwest::Response> {
+        self.send_accepting(req, what, None).await
+    }
+
+    /// Like `send`, but `also` (a status with a meaningful body) is an answer, not an error.
+    async fn send_accepting(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        also: Option<reqwest::StatusCode>,
+    ) -> anyhow::Result<reqwest::Response> {
         let resp = req.send().await.with_context(|| {
             format!(
                 "cannot reach the control API at {} (is the daemon running? see --addr)",
@@ -99,7 +109,7 @@ impl ControlClient {
             )
         })?;
         let status = resp.status();
-        if status.is_success() {
+        if status.is_success() || Some(status) == also {
             return Ok(resp);
         }
         let body = resp.text().await.unwrap_or_default();
@@ -122,11 +132,27 @@ impl ControlClient {
             .await
             .with_context(|| format!("GET {path}: the answer is not JSON"))
     }
+
+    /// `GET /v1/health`: the report, also when it comes with 503 (the daemon is unhealthy).
+    async fn health(&self) -> anyhow::Result<Value> {
+        let path = "/v1/health";
+        let unavailable = reqwest::StatusCode::SERVICE_UNAVAILABLE;
+        let resp = self
+            .send_accepting(self.get(path), &format!("GET {path}"), Some(unavailable))
+            .await?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<Value>(&body) {
+            Ok(v) if v["status"].is_string() => Ok(v),
+            _ if status == unavailable => anyhow::bail!("GET {path}: {status}: {body}"),
+            _ => anyhow::bail!("GET {path}: the answer is not a health report: {body}"),
+        }
+    }
 }
 
 /// `outrigger status`: health and stats. Exit 1 when unhealthy.
 pub async fn status(client: &ControlClient, window: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let health = client.get_json("/v1/health").await?;
+    let health = client.health().await?;
     let stats = client
         .get_json(&format!("/v1/stats?window={window}"))
         .await?;

@@ -96,23 +96,28 @@ impl HealthMonitor {
 
     fn sample(&self) -> Sample {
         let m = &self.metrics;
-        let sum = |v: &prometheus::IntCounterVec, label: usize, want: &str| -> u64 {
+        // By label name: a series' labels come sorted by name, not in declaration order.
+        let sum = |v: &prometheus::IntCounterVec, label: &str, want: &str| -> u64 {
             use prometheus::core::Collector;
             v.collect()
                 .iter()
                 .flat_map(|f| f.get_metric().iter())
                 .filter(|mm| {
-                    want.is_empty() || mm.get_label().get(label).is_some_and(|l| l.value() == want)
+                    want.is_empty()
+                        || mm
+                            .get_label()
+                            .iter()
+                            .any(|l| l.name() == label && l.value() == want)
                 })
                 .map(|mm| mm.get_counter().get_value() as u64)
                 .sum()
         };
         Sample {
-            received: sum(&m.events_received, 0, ""),
+            received: sum(&m.events_received, "ingest", ""),
             dropped_queue: m.dropped_count(DropReason::QueueFull),
             dropped_sink: m.dropped_count(DropReason::Sink),
-            sink_retries: sum(&m.sink_batches, 1, "retry"),
-            sink_ok: sum(&m.sink_batches, 1, "ok"),
+            sink_retries: sum(&m.sink_batches, "result", "retry"),
+            sink_ok: sum(&m.sink_batches, "result", "ok"),
         }
     }
 

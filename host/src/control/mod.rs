@@ -188,34 +188,20 @@ async fn rate_limit(State(st): State<Arc<ControlState>>, req: Request, next: Nex
     next.run(req).await
 }
 
-/// Compares in time that depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn require_key(State(st): State<Arc<ControlState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            let mut resp = ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong API key (Authorization: Bearer KEY)".into(),
-            )
-            .into_response();
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return resp;
-        }
+    if let Some(key) = &st.api_key
+        && !crate::auth::has_key(req.headers(), key)
+    {
+        let mut resp = ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key (Authorization: Bearer KEY)".into(),
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
     }
     next.run(req).await
 }
@@ -243,8 +229,16 @@ async fn readyz(State(st): State<Arc<ControlState>>) -> Response {
     }
 }
 
+/// `GET /v1/health`: the report; 503 when unhealthy (probes and load balancers read the code),
+/// 200 when healthy or degraded.
 async fn health_route(State(st): State<Arc<ControlState>>) -> Response {
-    Json(st.health.check()).into_response()
+    let report = st.health.check();
+    let code = if report.status == health::Status::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(report)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -613,6 +607,32 @@ mod tests {
         let (status, e) = get(addr, "/v1/stats?window=nope", Some("k")).await;
         assert_eq!(status, 400);
         assert!(e["error"].as_str().unwrap().starts_with("window:"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn health_answers_503_only_when_unhealthy() {
+        let (addr, st, _rx) = start(None, 0).await;
+        let (status, h) = get(addr, "/v1/health", None).await;
+        assert_eq!(
+            (status, h["status"].as_str()),
+            (200, Some("healthy")),
+            "{h}"
+        );
+        // A failed delivery and none that succeeded: the sinks are unhealthy.
+        let batches = &st.metrics.sink_batches;
+        batches.with_label_values(&["s", "retry"]).inc();
+        let (status, h) = get(addr, "/v1/health", None).await;
+        assert_eq!(status, 503, "{h}");
+        assert_eq!(h["status"], "unhealthy", "the body is the report: {h}");
+        assert_eq!(h["components"]["sinks"]["status"], "unhealthy", "{h}");
+        // Retried but also delivering: degraded, still 200.
+        batches.with_label_values(&["s", "ok"]).inc();
+        let (status, h) = get(addr, "/v1/health", None).await;
+        assert_eq!(
+            (status, h["status"].as_str()),
+            (200, Some("degraded")),
+            "{h}"
+        );
     }
 
     #[tokio::test]

@@ -2,15 +2,17 @@
 //!
 //! In: a request body (one `Bytes`; every event's `data` stays a slice of it). Out: the events
 //! admitted as one batch and `202 {"accepted": N, "rejected": M, "errors": [{"index", "error"}]}`.
-//! A body that is not JSON at all is a 400 with the parser's reason. The server stops on the
-//! shutdown token.
+//! A body that is not JSON at all is a 400 with the parser's reason. With `ingest.api_key` set,
+//! a request without `Authorization: Bearer KEY` (compared in constant time, before the body is
+//! read) is a 401 with a JSON error. The server stops on the shutdown token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
@@ -34,22 +36,28 @@ struct IngestAnswer {
     errors: Vec<LineFailure>,
 }
 
-/// The ingest routes, for the ingest listener (and for tests with `oneshot`).
-pub fn router(adm: Arc<Admission>) -> Router {
+/// The ingest routes, for the ingest listener (and for tests with `oneshot`). With `api_key`,
+/// every request needs it as a bearer token.
+pub fn router(adm: Arc<Admission>, api_key: Option<String>) -> Router {
     let limit = (adm.max_line_bytes() * 64).max(64 << 20);
-    Router::new()
-        .route("/v1/events", post(ingest))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(adm)
+    let mut app = Router::new().route("/v1/events", post(ingest));
+    if let Some(key) = api_key {
+        app = app.route_layer(middleware::from_fn_with_state(
+            Arc::<str>::from(key),
+            require_key,
+        ));
+    }
+    app.layer(DefaultBodyLimit::max(limit)).with_state(adm)
 }
 
-/// Serves `router` on `addr` until `stop`.
+/// Serves `router` on `listener` until `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     adm: Arc<Admission>,
+    api_key: Option<String>,
     stop: CancellationToken,
 ) {
-    let app = router(adm);
+    let app = router(adm, api_key);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -58,6 +66,7 @@ pub async fn serve(
     }
 }
 
+/// Binds the ingest listener; the error names the key.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
@@ -132,6 +141,25 @@ async fn ingest(State(adm): State<Arc<Admission>>, headers: HeaderMap, body: Byt
         errors,
     };
     (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
+}
+
+/// 401 unless the request carries the key; runs before the body is read.
+async fn require_key(State(key): State<Arc<str>>, req: Request, next: Next) -> Response {
+    if crate::auth::has_key(req.headers(), &key) {
+        return next.run(req).await;
+    }
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(serde_json::json!({
+            "error": "missing or wrong ingest key (Authorization: Bearer KEY, see ingest.api_key)"
+        })),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
 }
 
 fn bad_request(msg: &str) -> Response {

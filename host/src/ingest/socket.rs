@@ -1,6 +1,7 @@
 //! Unix socket ingest: NDJSON lines in, one answer per line out.
 //!
-//! In: connections on `ingest.socket` (mode 0600). Each read is cut at its last newline; the
+//! In: connections on `ingest.socket`, whose file gets `ingest.socket_mode` (default 0600: the
+//! daemon's user only) and, with `ingest.socket_group`, that group. Each read is cut at its last newline; the
 //! complete lines are parsed against that one buffer (payloads stay slices of it), admitted as
 //! one batch, and answered in one write: `{"success": true}` or `{"success": false, "error":
 //! "…"}`. After `{"hello": {"ack": false}}` only malformed lines are answered. A line longer than
@@ -18,13 +19,22 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::Admission;
+use crate::config::{SocketGroup, SocketMode};
 use crate::event::{self, Line, LineError};
 use crate::pipeline::FLUSH_TIMEOUT;
 
 const OK: &[u8] = b"{\"success\":true}\n";
 
-/// Binds the socket, replacing a stale file but refusing to steal a live daemon's socket.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// Binds the socket, replacing a stale file but refusing to steal a live daemon's socket, then
+/// gives it `group` (when set) and `mode`. A group that does not exist or cannot be given
+/// leaves no socket behind.
+pub fn bind(
+    path: &Path,
+    mode: SocketMode,
+    group: Option<&SocketGroup>,
+) -> anyhow::Result<UnixListener> {
+    // Looked up first: a wrong name fails before anything is replaced.
+    let gid = group.map(group_id).transpose()?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             anyhow::bail!(
@@ -50,8 +60,77 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Err(e) = restrict(path, mode, gid, group) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
     Ok(listener)
+}
+
+/// Gives the socket file its group and mode.
+fn restrict(
+    path: &Path,
+    mode: SocketMode,
+    gid: Option<u32>,
+    group: Option<&SocketGroup>,
+) -> anyhow::Result<()> {
+    if let (Some(gid), Some(group)) = (gid, group) {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot give socket {} to group {group} (gid {gid}, ingest.socket_group): {e}; the daemon's user must be root or a member of that group",
+                path.display()
+            )
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode.0)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot set mode {:04o} on socket {} (ingest.socket_mode): {e}",
+            mode.0,
+            path.display()
+        )
+    })
+}
+
+/// The gid of `ingest.socket_group`: a number as it is, a name looked up (files, LDAP, …).
+pub fn group_id(group: &SocketGroup) -> anyhow::Result<u32> {
+    let name = match group {
+        SocketGroup::Gid(g) => return Ok(*g),
+        SocketGroup::Name(n) => n,
+    };
+    let cname = std::ffi::CString::new(name.as_str())
+        .map_err(|_| anyhow::anyhow!("ingest.socket_group `{name}` contains a NUL byte"))?;
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        // SAFETY: `group` is plain data that getgrnam_r fills; `buf` outlives the call and
+        // its length is passed; `found` is null or points at `grp`.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            anyhow::bail!(
+                "cannot look up group `{name}` (ingest.socket_group): {}",
+                std::io::Error::from_raw_os_error(rc)
+            );
+        }
+        if found.is_null() {
+            anyhow::bail!(
+                "group `{name}` does not exist (ingest.socket_group): create it or give a gid"
+            );
+        }
+        return Ok(grp.gr_gid);
+    }
 }
 
 /// Accepts connections until `stop`, then removes the socket file.
@@ -249,5 +328,65 @@ impl Conn {
         self.out.extend_from_slice(b"{\"success\":false,\"error\":");
         event::write_json_str(&mut self.out, msg);
         self.out.extend_from_slice(b"}\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn the_socket_gets_its_mode_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        // SAFETY: geteuid and getegid have no preconditions.
+        let (uid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        // Root may give any group: take one it is not already in, so the change shows.
+        let gid = if uid == 0 { 1 } else { egid };
+        let l = bind(&path, SocketMode(0o660), Some(&SocketGroup::Gid(gid))).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+        assert_eq!(meta.gid(), gid);
+        drop(l);
+        // The file is stale now: a new bind replaces it with the default mode.
+        let _l = bind(&path, SocketMode::default(), None).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_missing_group_is_refused_and_leaves_no_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let missing = SocketGroup::Name("outrigger-no-such-group".into());
+        let e = bind(&path, SocketMode(0o660), Some(&missing)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("outrigger-no-such-group") && msg.contains("does not exist"),
+            "{msg}"
+        );
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_group_that_cannot_be_given_leaves_no_socket() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return; // root may give any group
+        }
+        // A gid this process is not in: the highest valid one.
+        let foreign = u32::MAX - 1;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let e = bind(&path, SocketMode(0o660), Some(&SocketGroup::Gid(foreign))).unwrap_err();
+        assert!(e.to_string().contains("ingest.socket_group"), "{e}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn group_names_are_looked_up() {
+        assert_eq!(group_id(&SocketGroup::Gid(42)).unwrap(), 42);
+        assert_eq!(group_id(&SocketGroup::Name("root".into())).unwrap(), 0);
     }
 }
