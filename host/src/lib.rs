@@ -11,7 +11,7 @@
 //! - [`profiler`]: the daemon's own CPU and memory, watched pids, budgets that degrade sampling.
 //! - [`control`]: the control API (metrics, health, stats, sampling, reload, live tail, runs).
 //! - [`reload`]: the file watcher and live reload of config and plugins.
-//! - [`metrics`], [`config`]: shared by all of the above.
+//! - [`metrics`], [`config`], [`condition`] (CEL `when` expressions): shared by all of the above.
 //! - [`app`]: wires the stages together and runs them until shutdown.
 //! - [`logging`]: text or JSON logs whose level can change live.
 //! - [`cli`]: `outrigger status` and `outrigger tail`, clients of the control API.
@@ -20,6 +20,7 @@
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod condition;
 pub mod config;
 pub mod control;
 pub mod event;

@@ -365,6 +365,55 @@ async fn weave_sink_posts_upsert_batch_with_basic_auth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weave_sink_counts_the_events_it_cannot_send() {
+    let server = Recorder::start(|_| 200).await;
+    let mut d = Daemon::start(&format!(
+        "sinks: [{{type: weave, url: \"http://{}\"}}]",
+        server.addr
+    ))
+    .await;
+    let mix = [
+        r#"{"method": "call_start", "payload": {"start": {"id": "c1", "op_name": "f"}}}"#,
+        r#"{"method": "call_start", "payload": {"end": {"id": "c1"}}}"#,
+        r#"{"method": "call_end", "payload": {"end": {"id": "c1", "output": 2}}}"#,
+        r#"{"method": "call_end", "payload": {}}"#,
+        r#"{"type": "test_end", "data": {"status": "failed"}}"#,
+        r#"{"type": "log", "data": "text"}"#,
+        r#"{"method": "flush", "payload": {}}"#,
+    ];
+    // Twice, in two batches: each kind of refusal is logged once, every event is counted.
+    for _ in 0..2 {
+        assert_eq!(d.send(&mix).await, [OK; 7]);
+    }
+    let sent = 2.0 * 6.0;
+    let delivered = d
+        .metric("outrigger_events_delivered_total", "sink=\"weave\"")
+        .await;
+    let unsupported = d
+        .metric("outrigger_events_dropped_total", "reason=\"unsupported\"")
+        .await;
+    assert_eq!(delivered, 4.0, "{}", d.log_text());
+    assert_eq!(unsupported, 8.0, "{}", d.log_text());
+    assert_eq!(delivered + unsupported, sent);
+    let posted: usize = server
+        .bodies()
+        .iter()
+        .map(|(_, b)| serde_json::from_str::<Value>(b).unwrap()["batch"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(posted, 4);
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("the weave sink sends only call_start and call_end events")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("without payload.start").count(), 1, "{log}");
+    assert_eq!(log.matches("without payload.end").count(), 1, "{log}");
+    assert!(d.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_events_then_sigterm_all_reach_the_file() {
     let mut d =
         Daemon::start("queue: {capacity: 200000}\nbatch: {max_events: 2000, interval: 1s}").await;

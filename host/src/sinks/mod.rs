@@ -57,12 +57,12 @@ enum Writer {
 }
 
 impl Writer {
-    fn open(cfg: &SinkConfig) -> anyhow::Result<Writer> {
+    fn open(cfg: &SinkConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Writer> {
         Ok(match cfg {
             SinkConfig::File(c) => Writer::File(FileSink::open(c)?),
             SinkConfig::Stdout(_) => Writer::Stdout(StdoutSink { buf: Vec::new() }),
             SinkConfig::Http(c) => Writer::Http(HttpSink::new(c)?),
-            SinkConfig::Weave(c) => Writer::Weave(WeaveSink::new(c)?),
+            SinkConfig::Weave(c) => Writer::Weave(WeaveSink::new(c, metrics.clone())?),
             SinkConfig::Nats(_) => anyhow::bail!(
                 "the nats sink is not implemented in this build; use file, stdout, http or weave"
             ),
@@ -188,7 +188,7 @@ pub fn spawn(
     ctx: SinkContext,
     observe_latency: bool,
 ) -> anyhow::Result<SinkHandle> {
-    let writer = Writer::open(&cfg).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
+    let writer = Writer::open(&cfg, &ctx.metrics).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
     let (tx, rx) = mpsc::channel(4);
     let done = ctx.progress.register();
     let m = &ctx.metrics;
