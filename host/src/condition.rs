@@ -192,9 +192,8 @@ impl Serialize for Condition {
 impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let src = String::deserialize(d)?;
-        Condition::compile(&src).map_err(|e| {
-            serde::de::Error::custom(format!("{CONDITION_ERROR_PREFIX}{e}: `{src}`"))
-        })
+        Condition::compile(&src)
+            .map_err(|e| serde::de::Error::custom(format!("{CONDITION_ERROR_PREFIX}{e}: `{src}`")))
     }
 }
 
@@ -205,8 +204,8 @@ pub const CONDITION_ERROR_PREFIX: &str = "condition does not compile: ";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::parse_owned;
     use crate::event::Line;
+    use crate::event::parse_owned;
 
     fn event(line: &str) -> Event {
         match parse_owned(line.as_bytes(), 1 << 20).unwrap() {
@@ -243,7 +242,10 @@ mod tests {
         assert_eq!(eval(r#"data[2] == "x" && data[4].k"#, e), Ok(true));
         assert_eq!(eval("size(attributes) == 0", e), Ok(true));
         assert_eq!(
-            eval(r#"has(data.k) || !has(data.k)"#, r#"{"type":"a","data":{}}"#),
+            eval(
+                r#"has(data.k) || !has(data.k)"#,
+                r#"{"type":"a","data":{}}"#
+            ),
             Ok(true)
         );
     }

@@ -785,11 +785,14 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let mut path = if path == "." { String::new() } else { path };
-        let message = strip_location(&inner.to_string());
+        let mut message = strip_location(&inner.to_string());
         let mut line = inner.location().map(|l| l.line());
         // A `when` is read inside a tagged sink, where the path stops at `sinks[N]`.
-        if message.starts_with(CONDITION_ERROR_PREFIX) && !path.ends_with(".when") {
-            path.push_str(".when");
+        if let Some(at) = message.find(CONDITION_ERROR_PREFIX) {
+            message.drain(..at);
+            if !path.ends_with(".when") {
+                path.push_str(".when");
+            }
             line = line_of(text, &path).or(line);
         }
         ConfigError {

@@ -398,7 +398,12 @@ async fn weave_sink_counts_the_events_it_cannot_send() {
     let posted: usize = server
         .bodies()
         .iter()
-        .map(|(_, b)| serde_json::from_str::<Value>(b).unwrap()["batch"].as_array().unwrap().len())
+        .map(|(_, b)| {
+            serde_json::from_str::<Value>(b).unwrap()["batch"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
         .sum();
     assert_eq!(posted, 4);
     let log = d.log_text();

@@ -188,7 +188,8 @@ pub fn spawn(
     ctx: SinkContext,
     observe_latency: bool,
 ) -> anyhow::Result<SinkHandle> {
-    let writer = Writer::open(&cfg, &ctx.metrics).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
+    let writer =
+        Writer::open(&cfg, &ctx.metrics).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
     let (tx, rx) = mpsc::channel(4);
     let done = ctx.progress.register();
     let m = &ctx.metrics;
