@@ -93,6 +93,11 @@ impl Batcher {
         !self.events.is_empty() || self.settled > self.sent
     }
 
+    /// Everything admitted before this has been pushed (or dropped before the batcher).
+    pub fn settled(&self) -> u64 {
+        self.settled
+    }
+
     /// The `upto` of the last cut: everything before it has gone to the sinks.
     pub fn sent(&self) -> u64 {
         self.sent

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::condition::{CONDITION_ERROR_PREFIX, Condition};
+
 /// A config that could not be used, with the key and line that explain why.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -537,22 +539,65 @@ pub enum SinkConfig {
     Nats(NatsSinkConfig),
 }
 
-// TEMPORARY stub until the conditions branch lands.
-/// Which events a sink takes.
-pub struct SinkRoute;
+/// Which events a sink takes (`sinks[].types` and `sinks[].when`, SPEC "Ingest
+/// authentication and per-sink routing"). Empty `types` and no `when` take every event.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct SinkRoute {
+    /// Only events of these types; every type when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    /// Only events for which this condition is true (compiled when the config is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+    /// The key `when` was read from (`sinks[N].when`): the `where` of its errors.
+    #[serde(skip)]
+    pub site: String,
+}
+
 impl SinkRoute {
+    /// True when the sink takes every event (nothing to evaluate).
     pub fn is_all(&self) -> bool {
-        true
+        self.types.is_empty() && self.when.is_none()
     }
-    pub fn admits(&self, _e: &crate::event::Event, _m: &crate::metrics::Metrics) -> bool {
-        true
+
+    /// Whether `e` goes to the sink. A `when` that errors on `e` refuses it and counts in
+    /// `outrigger_condition_errors_total{where="sinks[N].when"}`.
+    pub fn admits(&self, e: &crate::event::Event, m: &crate::metrics::Metrics) -> bool {
+        if !self.types.is_empty() && !self.types.iter().any(|t| **t == *e.kind) {
+            return false;
+        }
+        match &self.when {
+            None => true,
+            Some(c) if self.site.is_empty() => c.matches(e, m, "sinks[].when"),
+            Some(c) => c.matches(e, m, &self.site),
+        }
     }
 }
 
 impl SinkConfig {
+    /// The sink's routing (`types`, `when`).
     pub fn route(&self) -> &SinkRoute {
-        &SinkRoute
+        match self {
+            SinkConfig::File(c) => &c.route,
+            SinkConfig::Stdout(c) => &c.route,
+            SinkConfig::Http(c) => &c.route,
+            SinkConfig::Weave(c) => &c.route,
+            SinkConfig::Nats(c) => &c.route,
+        }
     }
+
+    fn route_mut(&mut self) -> &mut SinkRoute {
+        match self {
+            SinkConfig::File(c) => &mut c.route,
+            SinkConfig::Stdout(c) => &mut c.route,
+            SinkConfig::Http(c) => &mut c.route,
+            SinkConfig::Weave(c) => &mut c.route,
+            SinkConfig::Nats(c) => &mut c.route,
+        }
+    }
+}
+
+impl SinkConfig {
     /// The sink's label in metrics and logs: its `name`, else its type and position.
     pub fn label(&self, index: usize) -> String {
         let (kind, name) = match self {
@@ -575,6 +620,8 @@ impl SinkConfig {
 pub struct FileSinkConfig {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(flatten)]
+    pub route: SinkRoute,
     #[serde(default = "default_file_path")]
     pub path: PathBuf,
     /// Rotate to `PATH.1`, `PATH.2`, … when the file reaches this size.
@@ -597,6 +644,7 @@ impl Default for FileSinkConfig {
     fn default() -> Self {
         FileSinkConfig {
             name: None,
+            route: SinkRoute::default(),
             path: default_file_path(),
             rotate_bytes: Some(Size(100 << 20)),
             keep: default_keep(),
@@ -609,6 +657,8 @@ impl Default for FileSinkConfig {
 pub struct StdoutSinkConfig {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(flatten)]
+    pub route: SinkRoute,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -625,6 +675,8 @@ pub enum HttpFormat {
 pub struct HttpSinkConfig {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(flatten)]
+    pub route: SinkRoute,
     pub url: String,
     #[serde(default = "default_format")]
     pub format: HttpFormat,
@@ -647,6 +699,8 @@ fn default_timeout() -> Dur {
 pub struct WeaveSinkConfig {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(flatten)]
+    pub route: SinkRoute,
     pub url: String,
     #[serde(default)]
     pub api_key: Option<String>,
@@ -659,6 +713,8 @@ pub struct WeaveSinkConfig {
 pub struct NatsSinkConfig {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(flatten)]
+    pub route: SinkRoute,
     pub url: String,
     pub subject: String,
     #[serde(default)]
@@ -879,22 +935,31 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         return Ok(Config::default());
     }
     let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+    let mut cfg = serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let path = if path == "." { String::new() } else { path };
-        let line = inner
-            .location()
-            .map(|l| l.line())
-            .or_else(|| line_of(text, &path));
-        let message = strip_location(&inner.to_string());
+        let mut path = if path == "." { String::new() } else { path };
+        let mut message = strip_location(&inner.to_string());
+        let mut line = inner.location().map(|l| l.line());
+        // A `when` is read inside a tagged sink, where the path stops at `sinks[N]`.
+        if let Some(at) = message.find(CONDITION_ERROR_PREFIX) {
+            message.drain(..at);
+            if !path.ends_with(".when") {
+                path.push_str(".when");
+            }
+            line = line_of(text, &path).or(line);
+        }
         ConfigError {
             file: None,
+            line: line.or_else(|| line_of(text, &path)),
             path,
-            line,
             message,
         }
-    })
+    })?;
+    for (i, s) in cfg.sinks.iter_mut().enumerate() {
+        s.route_mut().site = format!("sinks[{i}].when");
+    }
+    Ok(cfg)
 }
 
 fn strip_location(msg: &str) -> String {
@@ -1355,6 +1420,75 @@ log: {format: text, level: info}
         validate(&cfg).unwrap();
         let e = validate(&parse("ingest: {api_key: \"\"}\n").unwrap()).unwrap_err();
         assert_eq!(e.path, "ingest.api_key");
+    }
+
+    #[test]
+    fn sinks_take_types_and_when() {
+        let text = r#"
+sinks:
+  - {type: file, path: /tmp/x.ndjson, types: [test_end], when: 'data.status == "failed"'}
+  - type: weave
+    url: http://127.0.0.1:1
+    types: [call_start, call_end]
+  - type: http
+    url: http://127.0.0.1:2
+    when: attributes.suite == "e2e"
+  - {type: nats, url: "nats://127.0.0.1:4222", subject: s, when: 'ts_ns > 0'}
+  - {type: stdout}
+"#;
+        let cfg = parse(text).unwrap();
+        validate(&cfg).unwrap();
+        let file = cfg.sinks[0].route();
+        assert_eq!(file.types, ["test_end"]);
+        assert_eq!(
+            file.when.as_ref().unwrap().source(),
+            r#"data.status == "failed""#
+        );
+        assert_eq!(file.site, "sinks[0].when");
+        assert!(cfg.sinks[1].route().when.is_none());
+        assert_eq!(cfg.sinks[1].route().types.len(), 2);
+        assert!(cfg.sinks[2].route().types.is_empty());
+        assert!(cfg.sinks[3].route().when.is_some());
+        assert!(cfg.sinks[4].route().is_all());
+        assert!(!file.is_all());
+
+        let ev = |line: &str| match crate::event::parse_owned(line.as_bytes(), 1 << 20) {
+            Ok(crate::event::Line::Event(e)) => e,
+            _ => unreachable!(),
+        };
+        let m = crate::metrics::Metrics::new();
+        assert!(file.admits(&ev(r#"{"type":"test_end","data":{"status":"failed"}}"#), &m));
+        assert!(!file.admits(&ev(r#"{"type":"test_end","data":{"status":"ok"}}"#), &m));
+        assert!(!file.admits(&ev(r#"{"type":"other","data":{"status":"failed"}}"#), &m));
+        assert_eq!(m.condition_errors_count("sinks[0].when"), 0);
+        assert!(!file.admits(&ev(r#"{"type":"test_end","data":{}}"#), &m));
+        assert_eq!(m.condition_errors_count("sinks[0].when"), 1);
+        assert!(cfg.sinks[4].route().admits(&ev(r#"{"type":"x"}"#), &m));
+
+        // The routing keys round-trip, and a sink without them writes none.
+        let yaml = serde_yaml::to_string(&cfg).unwrap();
+        let back = parse(&yaml).unwrap();
+        assert_eq!(back.sinks[0].route(), file);
+        assert!(!yaml.contains("site"));
+    }
+
+    #[test]
+    fn a_sink_still_refuses_unknown_keys() {
+        let e = parse("sinks:\n  - {type: stdout, typez: [a]}\n").unwrap_err();
+        assert!(e.to_string().contains("typez"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_when_is_refused_with_its_position() {
+        let text = "sinks:\n  - type: stdout\n  - type: file\n    path: /tmp/x\n    when: 'type == \"a\" &&& data.x'\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.path, "sinks[1].when", "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("line 1, column 15"), "{e}");
+        assert!(e.to_string().contains("sinks[1].when"), "{e}");
+        let e = parse("sinks: [{type: stdout, when: 'data.x +'}]\n").unwrap_err();
+        assert_eq!(e.path, "sinks[0].when", "{e}");
+        assert_eq!(e.line, Some(1), "{e}");
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! - [`profiler`]: the daemon's own CPU and memory, watched pids, budgets that degrade sampling.
 //! - [`control`]: the control API (metrics, health, stats, sampling, reload, live tail, runs).
 //! - [`reload`]: the file watcher and live reload of config and plugins.
-//! - [`metrics`], [`config`], [`auth`]: shared by all of the above.
+//! - [`metrics`], [`config`], [`auth`], [`condition`] (CEL `when` expressions): shared by all
+//!   of the above.
 //! - [`app`]: builds the stages and binds the listeners, runs them, drains them at shutdown.
 //! - [`logging`]: text or JSON logs whose level can change live.
 //! - [`cli`]: the daemon's clients: `outrigger status`, `tail` and `send`.
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod batcher;
 pub mod bench;
 pub mod cli;
+pub mod condition;
 pub mod config;
 pub mod control;
 pub mod event;

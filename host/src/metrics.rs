@@ -18,11 +18,14 @@ pub enum DropReason {
     Invalid,
     Disabled,
     Sink,
+    /// Routed to no sink (every sink's `types`/`when` refused it).
     Unrouted,
+    /// A sink cannot represent the event (the Weave sink takes only calls).
+    Unsupported,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::QueueFull,
         DropReason::SampledOut,
         DropReason::Plugin,
@@ -30,6 +33,7 @@ impl DropReason {
         DropReason::Disabled,
         DropReason::Sink,
         DropReason::Unrouted,
+        DropReason::Unsupported,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl DropReason {
             DropReason::Disabled => "disabled",
             DropReason::Sink => "sink",
             DropReason::Unrouted => "unrouted",
+            DropReason::Unsupported => "unsupported",
         }
     }
 }
@@ -49,7 +54,7 @@ impl DropReason {
 pub struct Metrics {
     pub registry: Registry,
     pub events_received: IntCounterVec,
-    events_dropped: [IntCounter; 7],
+    events_dropped: [IntCounter; DropReason::ALL.len()],
     pub events_delivered: IntCounterVec,
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,
@@ -72,6 +77,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub sink_batches: IntCounterVec,
     pub spool_bytes: IntGaugeVec,
+    /// `condition_errors_total{where}`: conditions that errored on an event (counted false).
+    /// `where` is the config key of the condition, so the label set is bounded by the config.
+    pub condition_errors: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -223,6 +231,14 @@ impl Metrics {
                 &["sink"],
             )
             .expect("valid metric"),
+            condition_errors: IntCounterVec::new(
+                opts(
+                    "condition_errors_total",
+                    "Condition evaluations that failed on an event (taken as false)",
+                ),
+                &["where"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -251,6 +267,7 @@ impl Metrics {
             Box::new(m.reloads.clone()),
             Box::new(m.sink_batches.clone()),
             Box::new(m.spool_bytes.clone()),
+            Box::new(m.condition_errors.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");
@@ -268,6 +285,16 @@ impl Metrics {
     /// Total dropped for `reason` so far.
     pub fn dropped_count(&self, reason: DropReason) -> u64 {
         self.events_dropped[reason as usize].get()
+    }
+
+    /// Counts one condition that errored at `site` (the condition's config key).
+    pub fn condition_error(&self, site: &str) {
+        self.condition_errors.with_label_values(&[site]).inc();
+    }
+
+    /// Condition errors counted at `site` so far.
+    pub fn condition_errors_count(&self, site: &str) -> u64 {
+        self.condition_errors.with_label_values(&[site]).get()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -301,6 +328,8 @@ mod tests {
         assert!(text.contains("outrigger_events_received_total{ingest=\"socket\"} 1"));
         assert!(text.contains("outrigger_events_dropped_total{reason=\"queue_full\"} 3"));
         assert!(text.contains("outrigger_events_dropped_total{reason=\"sink\"} 0"));
+        assert!(text.contains("outrigger_events_dropped_total{reason=\"unrouted\"} 0"));
+        assert!(text.contains("outrigger_events_dropped_total{reason=\"unsupported\"} 0"));
         assert!(text.contains("outrigger_processing_latency_seconds_bucket"));
         assert!(text.contains("outrigger_queue_capacity"));
         assert_eq!(m.dropped_count(DropReason::QueueFull), 3);

@@ -230,7 +230,11 @@ impl Worker {
     /// Sends the open batch when its interval is over or a flush asked for it.
     async fn cut_if_due(&mut self, st: &mut Running) {
         let due = st.batcher.is_due(Instant::now());
-        let asked = self.flush.target.load(Ordering::Acquire) > st.batcher.sent();
+        // A flush cuts once the worker has taken everything admitted before it, so that what
+        // a client sent just before its flush goes out in the same batch.
+        let target = self.flush.target.load(Ordering::Acquire);
+        let asked =
+            target > st.batcher.sent() && (st.batcher.settled() >= target || self.queue.is_empty());
         if (due || asked) && st.batcher.has_news() {
             let cut: Cut = st.batcher.take();
             self.sinks.send(cut).await;

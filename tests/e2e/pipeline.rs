@@ -348,7 +348,7 @@ async fn weave_sink_posts_upsert_batch_with_basic_auth() {
     assert_eq!(
         bodies.len(),
         1,
-        "flush answered after the retried batch was delivered"
+        "flush answered after the retried batch was delivered: {bodies:?}"
     );
     let (auth, body) = &bodies[0];
     // base64("api:secret")
@@ -361,6 +361,60 @@ async fn weave_sink_posts_upsert_batch_with_basic_auth() {
             {"mode": "end", "req": {"id": "c1", "output": 2}}
         ]})
     );
+    assert!(d.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weave_sink_counts_the_events_it_cannot_send() {
+    let server = Recorder::start(|_| 200).await;
+    let mut d = Daemon::start(&format!(
+        "sinks: [{{type: weave, url: \"http://{}\"}}]",
+        server.addr
+    ))
+    .await;
+    let mix = [
+        r#"{"method": "call_start", "payload": {"start": {"id": "c1", "op_name": "f"}}}"#,
+        r#"{"method": "call_start", "payload": {"end": {"id": "c1"}}}"#,
+        r#"{"method": "call_end", "payload": {"end": {"id": "c1", "output": 2}}}"#,
+        r#"{"method": "call_end", "payload": {}}"#,
+        r#"{"type": "test_end", "data": {"status": "failed"}}"#,
+        r#"{"type": "log", "data": "text"}"#,
+        r#"{"method": "flush", "payload": {}}"#,
+    ];
+    // Twice, in two batches: each kind of refusal is logged once, every event is counted.
+    for _ in 0..2 {
+        assert_eq!(d.send(&mix).await, [OK; 7]);
+    }
+    let sent = 2.0 * 6.0;
+    let delivered = d
+        .metric("outrigger_events_delivered_total", "sink=\"weave\"")
+        .await;
+    let unsupported = d
+        .metric("outrigger_events_dropped_total", "reason=\"unsupported\"")
+        .await;
+    assert_eq!(delivered, 4.0, "{}", d.log_text());
+    assert_eq!(unsupported, 8.0, "{}", d.log_text());
+    assert_eq!(delivered + unsupported, sent);
+    let posted: usize = server
+        .bodies()
+        .iter()
+        .map(|(_, b)| {
+            serde_json::from_str::<Value>(b).unwrap()["batch"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(posted, 4);
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("the weave sink sends only call_start and call_end events")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("without payload.start").count(), 1, "{log}");
+    assert_eq!(log.matches("without payload.end").count(), 1, "{log}");
     assert!(d.stop().success());
 }
 
@@ -721,4 +775,51 @@ fn check_refuses_what_run_refuses() {
             assert!(err.contains(why), "{cmd} {sinks}: {err}");
         }
     }
+}
+
+// Per-sink routing: `types` and `when` choose a sink's events; an event no sink takes is
+// counted as dropped (`unrouted`), and nothing is lost between the sinks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_take_only_their_types_and_conditions_and_the_rest_is_counted_unrouted() {
+    let mut d = Daemon::start(
+        r#"
+sinks:
+  - {type: file, name: ends, path: "{dir}/out/events.ndjson", types: [test_end]}
+  - {type: file, name: failed, path: "{dir}/out/failed.ndjson", when: 'data.status == "failed"'}
+"#,
+    )
+    .await;
+    let lines = [
+        r#"{"type": "test_end", "data": {"status": "passed"}}"#,
+        r#"{"type": "test_end", "data": {"status": "failed"}}"#,
+        r#"{"type": "log", "data": {"status": "failed"}}"#,
+        r#"{"type": "log", "data": {"status": "passed"}}"#,
+        r#"{"type": "log", "data": "no status: the condition errors, counted, false"}"#,
+    ];
+    assert_eq!(d.send(&lines).await, [OK; 5]);
+    d.wait_metric("outrigger_events_dropped_total", "reason=\"unrouted\"", 2.0)
+        .await;
+    d.wait_metric("outrigger_events_delivered_total", "sink=\"failed\"", 2.0)
+        .await;
+    d.wait_metric("outrigger_events_delivered_total", "sink=\"ends\"", 2.0)
+        .await;
+    let errors = d
+        .metric(
+            "outrigger_condition_errors_total",
+            "where=\"sinks[1].when\"",
+        )
+        .await;
+    assert_eq!(errors, 1.0, "{}", d.log_text());
+    assert!(d.stop().success());
+    let ends = read_ndjson(&d.out);
+    let failed = read_ndjson(&d.path("out/failed.ndjson"));
+    let kinds = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| format!("{}/{}", e["type"].as_str().unwrap(), e["data"]["status"]))
+            .collect()
+    };
+    assert_eq!(kinds(&ends), ["test_end/\"passed\"", "test_end/\"failed\""]);
+    assert_eq!(kinds(&failed), ["test_end/\"failed\"", "log/\"failed\""]);
+    let log = d.log_text();
+    assert!(log.contains("outrigger stopped"), "{log}");
 }

@@ -63,12 +63,11 @@ enum Writer {
 impl Writer {
     /// Opens the writer a sink config describes: what `run` and `check` both do.
     fn open(cfg: &SinkConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Writer> {
-        let _ = metrics;
         Ok(match cfg {
             SinkConfig::File(c) => Writer::File(FileSink::open(c)?),
             SinkConfig::Stdout(_) => Writer::Stdout(StdoutSink { buf: Vec::new() }),
             SinkConfig::Http(c) => Writer::Http(HttpSink::new(c)?),
-            SinkConfig::Weave(c) => Writer::Weave(WeaveSink::new(c)?),
+            SinkConfig::Weave(c) => Writer::Weave(WeaveSink::new(c, metrics.clone())?),
             SinkConfig::Nats(_) => anyhow::bail!(
                 "the nats sink is not implemented in this build; use file, stdout, http or weave"
             ),

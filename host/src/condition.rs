@@ -1,0 +1,324 @@
+//! Conditions: CEL expressions over one event (SPEC "Conditions").
+//!
+//! In: the expression text from a config key or an API body, compiled once with
+//! [`Condition::compile`]; then one [`Event`] per evaluation. Out: `true` or `false` for the
+//! event, or (from [`Condition::eval`]) the reason the expression could not be evaluated on it.
+//! The variables are `type` (string), `run_id` (string, `""` when absent), `ts_ns` (int),
+//! `attributes` (map of string to string) and `data` (the event's JSON). Only the variables the
+//! expression names are built for an event, so `data` is parsed only when it is used.
+//! [`Condition::matches`] is the form the pipeline uses: an evaluation error counts in
+//! `outrigger_condition_errors_total{where}` and answers `false`. No I/O, no state.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use cel::objects::Key;
+use cel::{Context, Env, Program, Value};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::event::Event;
+use crate::metrics::Metrics;
+
+/// The standard CEL environment, built once: conditions compile and run against it.
+static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+
+/// An expression that does not compile, with where in the expression the problem is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column} of the expression: {message}")]
+pub struct ConditionError {
+    /// What is wrong, as the CEL parser says it.
+    pub message: String,
+    /// 1-based line within the expression.
+    pub line: usize,
+    /// 1-based column (in characters) within that line.
+    pub column: usize,
+}
+
+/// Which of the event's variables an expression names.
+#[derive(Clone, Copy, Debug, Default)]
+struct Uses {
+    kind: bool,
+    run_id: bool,
+    ts_ns: bool,
+    attributes: bool,
+    data: bool,
+}
+
+/// A compiled condition. Cheap to clone (the program is shared).
+#[derive(Clone)]
+pub struct Condition {
+    source: Arc<str>,
+    program: Arc<Program>,
+    uses: Uses,
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Condition").field(&self.source).finish()
+    }
+}
+
+impl PartialEq for Condition {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Condition {
+    /// Compiles `src`; a syntax error names its line and column within `src`.
+    pub fn compile(src: &str) -> Result<Condition, ConditionError> {
+        if src.trim().is_empty() {
+            return Err(ConditionError {
+                message: "the expression is empty".into(),
+                line: 1,
+                column: 1,
+            });
+        }
+        let program = ENV.compile(src).map_err(|errs| {
+            let first = errs.errors.first();
+            let (line, col) = first.map_or((1, 1), |e| e.pos);
+            ConditionError {
+                message: first.map_or_else(|| errs.to_string(), |e| e.msg.clone()),
+                line: line.max(1) as usize,
+                column: col.max(1) as usize,
+            }
+        })?;
+        let refs = program.references();
+        let uses = Uses {
+            kind: refs.has_variable("type"),
+            run_id: refs.has_variable("run_id"),
+            ts_ns: refs.has_variable("ts_ns"),
+            attributes: refs.has_variable("attributes"),
+            data: refs.has_variable("data"),
+        };
+        Ok(Condition {
+            source: Arc::from(src),
+            program: Arc::new(program),
+            uses,
+        })
+    }
+
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// True when the expression names `data`: only then is an event's JSON parsed.
+    pub fn uses_data(&self) -> bool {
+        self.uses.data
+    }
+
+    /// Evaluates the condition on `e`. `Err` says why it could not be (a missing field, a
+    /// wrong type, a result that is not a bool).
+    pub fn eval(&self, e: &Event) -> Result<bool, String> {
+        let mut ctx = Context::with_env(ENV.clone());
+        if self.uses.kind {
+            ctx.add_variable_from_value("type", &*e.kind);
+        }
+        if self.uses.run_id {
+            ctx.add_variable_from_value("run_id", e.run_id.as_deref().unwrap_or(""));
+        }
+        if self.uses.ts_ns {
+            ctx.add_variable_from_value("ts_ns", Value::Int(e.ts_ns.min(i64::MAX as u64) as i64));
+        }
+        if self.uses.attributes {
+            let map: HashMap<Key, Value> = e
+                .attributes
+                .iter()
+                .map(|(k, v)| (Key::from(k.clone()), Value::from(v.as_str())))
+                .collect();
+            ctx.add_variable_from_value("attributes", map);
+        }
+        if self.uses.data {
+            let json: serde_json::Value = serde_json::from_slice(&e.data)
+                .map_err(|err| format!("the event's data is not JSON: {err}"))?;
+            ctx.add_variable_from_value("data", json_to_cel(json));
+        }
+        match self.program.execute(&ctx) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!(
+                "the expression gave {}, not a bool",
+                other.type_of()
+            )),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    /// [`Condition::eval`] for the pipeline: an error is `false`, counted in
+    /// `outrigger_condition_errors_total{where=site}`.
+    pub fn matches(&self, e: &Event, m: &Metrics, site: &str) -> bool {
+        match self.eval(e) {
+            Ok(b) => b,
+            Err(_) => {
+                m.condition_error(site);
+                false
+            }
+        }
+    }
+}
+
+/// JSON to a CEL value: integers are `int` (`uint` only past `i64::MAX`), so that
+/// `data.n > 1000` compares like with like.
+fn json_to_cel(v: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::String(Arc::new(s)),
+        J::Array(a) => Value::List(Arc::new(a.into_iter().map(json_to_cel).collect())),
+        J::Object(o) => {
+            let map: HashMap<Key, Value> = o
+                .into_iter()
+                .map(|(k, v)| (Key::from(k), json_to_cel(v)))
+                .collect();
+            Value::from(map)
+        }
+    }
+}
+
+impl Serialize for Condition {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+/// Compiles while the config is read, so that a bad expression is a config error.
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let src = String::deserialize(d)?;
+        Condition::compile(&src)
+            .map_err(|e| serde::de::Error::custom(format!("{CONDITION_ERROR_PREFIX}{e}: `{src}`")))
+    }
+}
+
+/// How a compile error starts when it comes out of deserialising, so that the config reader
+/// can find it and name the key it was under.
+pub const CONDITION_ERROR_PREFIX: &str = "condition does not compile: ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Line;
+    use crate::event::parse_owned;
+
+    fn event(line: &str) -> Event {
+        match parse_owned(line.as_bytes(), 1 << 20).unwrap() {
+            Line::Event(e) => e,
+            other => panic!("not an event: {other:?}"),
+        }
+    }
+
+    fn eval(src: &str, line: &str) -> Result<bool, String> {
+        Condition::compile(src).unwrap().eval(&event(line))
+    }
+
+    #[test]
+    fn the_spec_examples() {
+        let failed = r#"{"type":"test_end","data":{"status":"failed","duration_ms":1500},"attributes":{"suite":"e2e"}}"#;
+        let passed = r#"{"type":"test_end","data":{"status":"passed","duration_ms":20},"attributes":{"suite":"unit"}}"#;
+        let other = r#"{"type":"test_start","data":{"status":"failed","duration_ms":1500}}"#;
+        let c = r#"type == "test_end" && data.status == "failed""#;
+        assert_eq!(eval(c, failed), Ok(true));
+        assert_eq!(eval(c, passed), Ok(false));
+        assert_eq!(eval(c, other), Ok(false));
+        assert_eq!(eval("data.duration_ms > 1000", failed), Ok(true));
+        assert_eq!(eval("data.duration_ms > 1000", passed), Ok(false));
+        assert_eq!(eval(r#"attributes.suite == "e2e""#, failed), Ok(true));
+        assert_eq!(eval(r#"attributes.suite == "e2e""#, passed), Ok(false));
+    }
+
+    #[test]
+    fn every_variable_is_bound() {
+        let e = r#"{"type":"a","run_id":"r1","ts_ns":42,"data":[1,2.5,"x",null,{"k":true}]}"#;
+        assert_eq!(eval(r#"run_id == "r1" && ts_ns == 42"#, e), Ok(true));
+        assert_eq!(eval(r#"run_id == """#, r#"{"type":"a"}"#), Ok(true));
+        assert_eq!(eval("size(data) == 5 && data[1] > 2.0", e), Ok(true));
+        assert_eq!(eval(r#"data[2] == "x" && data[4].k"#, e), Ok(true));
+        assert_eq!(eval("size(attributes) == 0", e), Ok(true));
+        assert_eq!(
+            eval(
+                r#"has(data.k) || !has(data.k)"#,
+                r#"{"type":"a","data":{}}"#
+            ),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn data_is_parsed_only_when_named() {
+        assert!(Condition::compile("data.x == 1").unwrap().uses_data());
+        let c = Condition::compile(r#"type == "a""#).unwrap();
+        assert!(!c.uses_data());
+        // Bytes that are not JSON would fail to parse: unused, they are never looked at.
+        let mut e = event(r#"{"type":"a"}"#);
+        e.data = bytes::Bytes::from_static(b"{not json");
+        assert_eq!(c.eval(&e), Ok(true));
+        assert!(Condition::compile("data.x == 1").unwrap().eval(&e).is_err());
+    }
+
+    #[test]
+    fn a_missing_field_is_false_and_counted() {
+        let m = Metrics::new();
+        let c = Condition::compile(r#"data.status == "failed""#).unwrap();
+        let no_status = event(r#"{"type":"a","data":{"other":1}}"#);
+        assert!(c.eval(&no_status).is_err());
+        assert!(!c.matches(&no_status, &m, "sinks[0].when"));
+        assert!(!c.matches(&no_status, &m, "sinks[0].when"));
+        let ok = event(r#"{"type":"a","data":{"status":"failed"}}"#);
+        assert!(c.matches(&ok, &m, "sinks[0].when"));
+        assert_eq!(m.condition_errors_count("sinks[0].when"), 2);
+        let attr = Condition::compile(r#"attributes.suite == "e2e""#).unwrap();
+        assert!(!attr.matches(&no_status, &m, "sinks[1].when"));
+        assert_eq!(m.condition_errors_count("sinks[1].when"), 1);
+        assert!(
+            m.render()
+                .contains(r#"outrigger_condition_errors_total{where="sinks[0].when"} 2"#)
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_is_an_error() {
+        let e = r#"{"type":"a","data":{"n":"ten"}}"#;
+        assert!(eval("data.n > 1000", e).is_err());
+    }
+
+    #[test]
+    fn a_result_that_is_not_a_bool_is_an_error() {
+        let e = r#"{"type":"a","data":{"n":3}}"#;
+        let err = eval("data.n + 1", e).unwrap_err();
+        assert!(err.contains("not a bool"), "{err}");
+        let m = Metrics::new();
+        let c = Condition::compile("type").unwrap();
+        assert!(!c.matches(&event(e), &m, "x"));
+        assert_eq!(m.condition_errors_count("x"), 1);
+    }
+
+    #[test]
+    fn a_compile_error_has_line_and_column() {
+        let e = Condition::compile(r#"type == "a" &&& data.x"#).unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+        assert_eq!(e.column, 15, "{e}");
+        assert!(!e.message.is_empty());
+        let e = Condition::compile("type == \"a\" &&\n  data.x ==").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.to_string().starts_with("line 2, column "), "{e}");
+        assert!(Condition::compile("  ").is_err());
+    }
+
+    #[test]
+    fn source_is_kept() {
+        let c = Condition::compile("ts_ns > 0").unwrap();
+        assert_eq!(c.source(), "ts_ns > 0");
+        assert_eq!(serde_json::to_string(&c).unwrap(), r#""ts_ns > 0""#);
+        let back: Condition = serde_json::from_str(r#""ts_ns > 0""#).unwrap();
+        assert_eq!(back, c);
+        let bad = serde_json::from_str::<Condition>(r#""ts_ns >""#).unwrap_err();
+        assert!(bad.to_string().starts_with(CONDITION_ERROR_PREFIX), "{bad}");
+    }
+}
