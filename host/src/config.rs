@@ -319,6 +319,7 @@ impl Default for Config {
     }
 }
 
+/// `ingest`: the unix socket, HTTP ingest, their limits and access.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
@@ -349,6 +350,7 @@ impl Default for IngestConfig {
     }
 }
 
+/// `queue.on_full`: what a full queue does with a new event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
@@ -356,6 +358,7 @@ pub enum OnFull {
     DropNewest,
 }
 
+/// `queue`: capacity and overflow policy.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
@@ -372,6 +375,7 @@ impl Default for QueueConfig {
     }
 }
 
+/// `sampling.key`: what a sampling decision hashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleKey {
@@ -381,6 +385,7 @@ pub enum SampleKey {
     Random,
 }
 
+/// `sampling`: default rate, per-type rates, key and adaptive boosts.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
@@ -401,6 +406,7 @@ impl Default for SamplingConfig {
     }
 }
 
+/// `sampling.adaptive`: which anomalies boost sampling, by how much, for how long.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdaptiveConfig {
@@ -423,6 +429,7 @@ impl Default for AdaptiveConfig {
     }
 }
 
+/// `plugins.*.on_error`: what a failed plugin call does with its batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
@@ -432,6 +439,7 @@ pub enum OnError {
     Drop,
 }
 
+/// `plugins`: the directory, the chain order, defaults and per-plugin settings.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
@@ -456,6 +464,7 @@ impl Default for PluginsConfig {
     }
 }
 
+/// `plugins.defaults`: fuel, memory and time limits every plugin gets unless it sets its own.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginDefaults {
@@ -510,6 +519,7 @@ pub struct ChainEntry {
     pub on_error: Option<OnError>,
 }
 
+/// `batch`: when the batcher cuts (events, bytes, interval).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
@@ -615,6 +625,7 @@ impl SinkConfig {
     }
 }
 
+/// `sinks[]` of `type: file`: NDJSON to a file, with rotation.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
@@ -652,6 +663,7 @@ impl Default for FileSinkConfig {
     }
 }
 
+/// `sinks[]` of `type: stdout`: NDJSON to standard output.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {
@@ -661,6 +673,7 @@ pub struct StdoutSinkConfig {
     pub route: SinkRoute,
 }
 
+/// The body an `http` sink posts: a JSON array or NDJSON.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HttpFormat {
@@ -670,6 +683,7 @@ pub enum HttpFormat {
     Ndjson,
 }
 
+/// `sinks[]` of `type: http`: batches posted to a URL.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
@@ -694,6 +708,7 @@ fn default_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
+/// `sinks[]` of `type: weave`: call events as Weave `upsert_batch` posts.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeaveSinkConfig {
@@ -708,6 +723,7 @@ pub struct WeaveSinkConfig {
     pub timeout: Dur,
 }
 
+/// `sinks[]` of `type: nats`: events published to NATS subjects.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
@@ -721,6 +737,7 @@ pub struct NatsSinkConfig {
     pub jetstream: bool,
 }
 
+/// `delivery`: retry back-off and the spool every sink shares.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
@@ -728,6 +745,7 @@ pub struct DeliveryConfig {
     pub spool: SpoolConfig,
 }
 
+/// `delivery.retry`: the first and the longest back-off.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
@@ -744,6 +762,7 @@ impl Default for RetryConfig {
     }
 }
 
+/// `delivery.spool`: where a failing sink keeps batches, and how many bytes.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
@@ -760,6 +779,7 @@ impl Default for SpoolConfig {
     }
 }
 
+/// `profiling`: self and watched-pid sampling, and the budgets that degrade sampling.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfilingConfig {
@@ -783,6 +803,7 @@ impl Default for ProfilingConfig {
     }
 }
 
+/// `profiling.budgets`: CPU and memory above which sampling is scaled down.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Budgets {
@@ -799,6 +820,7 @@ impl Default for Budgets {
     }
 }
 
+/// `control`: the control API listener, its key, limits and views.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
@@ -827,6 +849,7 @@ impl Default for ControlConfig {
     }
 }
 
+/// `health`: how often health is judged.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
@@ -841,6 +864,7 @@ impl Default for HealthConfig {
     }
 }
 
+/// `log.format`: text or JSON lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -848,6 +872,7 @@ pub enum LogFormat {
     Json,
 }
 
+/// `log`: format and level.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -865,6 +890,7 @@ impl Default for LogConfig {
     }
 }
 
+/// `shutdown`: the grace period for draining at exit.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {

@@ -145,6 +145,7 @@ pub struct ProfileSummary {
     pub budget: BudgetReport,
 }
 
+/// The daemon's resource use judged against `profiling.budgets`.
 #[derive(Clone, Debug, Serialize)]
 pub struct BudgetReport {
     pub cpu_percent: f64,

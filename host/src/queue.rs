@@ -31,6 +31,7 @@ struct Inner {
     admitted: u64,
 }
 
+/// The bounded in-memory queue between ingest and the pipeline worker.
 pub struct Queue {
     inner: Mutex<Inner>,
     capacity: AtomicUsize,

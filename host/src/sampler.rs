@@ -57,6 +57,7 @@ struct State {
     degrade: f64,
 }
 
+/// The native sampler: per-type rates, the sampling key, and anomaly boosts.
 pub struct Sampler {
     state: RwLock<State>,
     rng: AtomicU64,

@@ -45,6 +45,7 @@ pub struct BenchOptions {
     pub pid: Option<u32>,
 }
 
+/// What `outrigger bench` measured.
 #[derive(Debug, Default, Serialize)]
 pub struct BenchReport {
     pub transport: String,

@@ -20,6 +20,7 @@ use crate::profiler::ProfileHistory;
 use crate::queue::Queue;
 use crate::reload::ReloadStatus;
 
+/// A stage's or the daemon's health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -28,6 +29,7 @@ pub enum Status {
     Unhealthy,
 }
 
+/// The health of one stage, with the reason when it is not healthy.
 #[derive(Clone, Debug, Serialize)]
 pub struct Component {
     pub status: Status,
@@ -36,6 +38,7 @@ pub struct Component {
     pub numbers: BTreeMap<&'static str, serde_json::Value>,
 }
 
+/// The answer of `/v1/health`: the overall status and each stage's.
 #[derive(Clone, Debug, Serialize)]
 pub struct HealthReport {
     pub status: Status,
@@ -52,6 +55,7 @@ struct Sample {
     sink_ok: u64,
 }
 
+/// Judges health from the metrics every `health.interval`.
 pub struct HealthMonitor {
     metrics: Arc<Metrics>,
     queue: Arc<Queue>,

@@ -22,6 +22,7 @@ struct Bucket {
     at: Instant,
 }
 
+/// Per-client request limits of the control API.
 pub struct RateLimiter {
     per_second: AtomicU32,
     clients: Mutex<HashMap<IpAddr, Bucket>>,

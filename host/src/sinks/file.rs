@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use super::{Batch, SinkError};
 use crate::config::FileSinkConfig;
 
+/// The `file` sink's writer (rotation, fsync on close).
 pub struct FileSink {
     path: PathBuf,
     file: File,

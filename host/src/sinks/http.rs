@@ -44,6 +44,7 @@ async fn post(req: reqwest::RequestBuilder, what: &str) -> Result<(), SinkError>
     }
 }
 
+/// The `http` sink's writer.
 pub struct HttpSink {
     client: reqwest::Client,
     url: String,

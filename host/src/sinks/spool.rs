@@ -26,6 +26,7 @@ struct Entry {
     upto: u64,
 }
 
+/// One sink's on-disk spool of batches waiting for a retry.
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
