@@ -108,7 +108,7 @@ pub fn check(cfg: &Config) -> anyhow::Result<Vec<PluginStatus>> {
     sinks::check(&cfg.sinks, &stages.metrics)?;
     // The socket is not bound, but the group it would be given must exist.
     if let Some(g) = &cfg.ingest.socket_group {
-        ingest::socket::group_id(g).context("ingest.socket_group")?;
+        ingest::socket::group_id(g)?;
     }
     Ok(stages.plugins.status())
 }

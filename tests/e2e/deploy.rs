@@ -73,7 +73,42 @@ fn unit_settings(text: &str) -> Vec<(&str, &str)> {
 #[test]
 fn systemd_unit_and_its_config_agree_and_pass_check() {
     let config = deploy("outrigger.yml");
-    check("examples/deploy/outrigger.yml", &config, None);
+    let has_group = Command::new("getent")
+        .args(["group", "outrigger"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_group {
+        check("examples/deploy/outrigger.yml", &config, None);
+    } else {
+        // The unit's install steps create the group; here it is missing, and `check` must say
+        // so, as `run` would. With a group that exists, the rest of the config passes.
+        let out = Command::new(BIN)
+            .args(["check", "-c"])
+            .arg(&config)
+            .env_remove("OUTRIGGER_API_KEY")
+            .output()
+            .expect("run outrigger check");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a missing group passed check");
+        assert!(
+            text.contains("ingest.socket_group") && text.contains("outrigger"),
+            "{text}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("outrigger.yml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains("socket_group: outrigger"), "{text}");
+        std::fs::write(
+            &copy,
+            text.replace("socket_group: outrigger", "socket_group: root"),
+        )
+        .unwrap();
+        check(
+            "examples/deploy/outrigger.yml (socket_group: root)",
+            &copy,
+            None,
+        );
+    }
     let cfg = yaml(&config);
     assert_group_socket("outrigger.yml", &cfg);
 
