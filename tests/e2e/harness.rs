@@ -169,8 +169,10 @@ log: {{level: "info,outrigger=debug"}}
 
     pub async fn wait_ready(&self) {
         let url = format!("http://{}/readyz", self.control);
+        // A daemon that compiles an interpreter's component (Python, JavaScript) at start in a
+        // debug build, beside other tests doing the same, can take minutes before it is ready.
         let ok = eventually(
-            Duration::from_secs(60),
+            Duration::from_secs(180),
             async || matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200),
         )
         .await;
