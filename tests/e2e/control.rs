@@ -953,3 +953,40 @@ async fn health_is_503_when_unhealthy_and_status_still_prints_it() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["health"]["status"], "unhealthy", "{v}");
 }
+
+// Anomaly types used to make a metric series and a boost entry each, without bound, and a
+// boost was logged for every report. Past 256 types, new ones share `_other`; a boost is
+// logged when it starts, not when a report extends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomaly_types_are_capped_and_a_boost_is_logged_when_it_starts() {
+    let mut d = Daemon::start("").await;
+    for i in 0..300 {
+        let (status, v) = d
+            .send_json(
+                "POST",
+                "/v1/anomaly",
+                json!({"type": format!("kind{i}"), "reason": "test"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+    }
+    for _ in 0..5 {
+        let (status, _) = d
+            .send_json("POST", "/v1/anomaly", json!({"type": "kind0", "reason": "again"}))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let (_, text) = d.get("/metrics").await;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("outrigger_sampling_boost_active{"))
+        .collect();
+    assert!(series.len() <= 257, "{} series", series.len());
+    assert!(series.iter().any(|l| l.contains("\"_other\"")), "{series:?}");
+    let log = d.log_text();
+    assert_eq!(log.matches("too many distinct anomaly types").count(), 1, "{log}");
+    let started = log.matches("sampling boost started").count();
+    // 256 types of their own, and `_other` once.
+    assert_eq!(started, 257, "{log}");
+    assert!(d.stop().success());
+}

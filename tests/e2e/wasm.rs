@@ -24,9 +24,23 @@ pub fn root() -> &'static Path {
 pub fn dist() -> &'static Path {
     static DIST: OnceLock<PathBuf> = OnceLock::new();
     DIST.get_or_init(|| {
+        // Built with CARGO_TARGET_DIR set, as many developers have it: build.sh used to copy
+        // from plugins/target regardless, fail without stopping, and leave dist/ empty.
+        let dist = root().join("plugins/dist");
+        let expected = [
+            "redact.wasm",
+            "error-alert.wasm",
+            "drop-debug.wasm",
+            "fixtures/misbehave.wasm",
+            "fixtures/emitter.wasm",
+        ];
+        for f in expected {
+            let _ = std::fs::remove_file(dist.join(f));
+        }
         let out = Command::new("bash")
             .arg(root().join("plugins/build.sh"))
             .env("RUSTUP_TOOLCHAIN", toolchain())
+            .env("CARGO_TARGET_DIR", root().join("target/plugins-wasm"))
             .output()
             .expect("run plugins/build.sh");
         assert!(
@@ -35,7 +49,10 @@ pub fn dist() -> &'static Path {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        root().join("plugins/dist")
+        for f in expected {
+            assert!(dist.join(f).is_file(), "plugins/build.sh left no dist/{f}");
+        }
+        dist
     })
 }
 
