@@ -972,7 +972,11 @@ async fn anomaly_types_are_capped_and_a_boost_is_logged_when_it_starts() {
     }
     for _ in 0..5 {
         let (status, _) = d
-            .send_json("POST", "/v1/anomaly", json!({"type": "kind0", "reason": "again"}))
+            .send_json(
+                "POST",
+                "/v1/anomaly",
+                json!({"type": "kind0", "reason": "again"}),
+            )
             .await;
         assert_eq!(status, 202);
     }
@@ -982,9 +986,16 @@ async fn anomaly_types_are_capped_and_a_boost_is_logged_when_it_starts() {
         .filter(|l| l.starts_with("outrigger_sampling_boost_active{"))
         .collect();
     assert!(series.len() <= 257, "{} series", series.len());
-    assert!(series.iter().any(|l| l.contains("\"_other\"")), "{series:?}");
+    assert!(
+        series.iter().any(|l| l.contains("\"_other\"")),
+        "{series:?}"
+    );
     let log = d.log_text();
-    assert_eq!(log.matches("too many distinct anomaly types").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("too many distinct anomaly types").count(),
+        1,
+        "{log}"
+    );
     let started = log.matches("sampling boost started").count();
     // 256 types of their own, and `_other` once.
     assert_eq!(started, 257, "{log}");
