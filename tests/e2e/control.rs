@@ -959,7 +959,7 @@ async fn health_is_503_when_unhealthy_and_status_still_prints_it() {
 // logged when it starts, not when a report extends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anomaly_types_are_capped_and_a_boost_is_logged_when_it_starts() {
-    let mut d = Daemon::start("").await;
+    let mut d = Daemon::start("control: {rate_limit: 0}").await;
     for i in 0..300 {
         let (status, v) = d
             .send_json(
