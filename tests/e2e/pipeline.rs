@@ -282,11 +282,11 @@ async fn per_type_rates_and_adaptive_boost() {
     d.send_noack(body.as_bytes()).await;
     d.wait_metric("outrigger_events_received_total", "", 203.0)
         .await;
-    assert_eq!(
-        d.metric("outrigger_sampling_boost_active", r#"type="*""#)
-            .await,
-        1.0
-    );
+    // Received counts at admission; the worker samples (and boosts) a moment later.
+    let boost = d
+        .wait_metric("outrigger_sampling_boost_active", r#"type="*""#, 1.0)
+        .await;
+    assert_eq!(boost, 1.0, "{}", d.log_text());
     assert!(d.stop().success());
     let noisy = d.events().iter().filter(|e| e["type"] == "noisy").count();
     assert_eq!(noisy, 200, "boosted 0.2 x 5 keeps every event");
