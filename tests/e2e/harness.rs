@@ -278,6 +278,23 @@ log: {{level: "info,outrigger=debug"}}
     }
 
     /// SIGTERM, then wait for the exit (at most 60 s).
+    /// Waits up to `within` for a daemon that should refuse to start to exit; kills it and
+    /// panics (with its log) if it keeps running. Returns its exit status.
+    pub async fn exit_status(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("a running daemon");
+        let mut status = None;
+        let done = eventually(within, async || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        })
+        .await;
+        if !done {
+            let _ = child.kill();
+        }
+        assert!(done, "the daemon kept running; log:\n{}", self.log_text());
+        status.expect("exited")
+    }
+
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("daemon is running");
         unsafe {

@@ -63,18 +63,8 @@ async fn http_ingest_needs_the_key_when_one_is_set() {
 async fn a_non_loopback_ingest_listener_without_a_key_is_refused() {
     let port = free_port().port();
     let mut d = Daemon::spawn(&format!("ingest: {{http: \"0.0.0.0:{port}\"}}"));
-    let mut child = d.child.take().unwrap();
-    let mut status = None;
-    let done = eventually(Duration::from_secs(30), async || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    })
-    .await;
-    if !done {
-        let _ = child.kill();
-    }
-    assert!(done, "the daemon kept running; log:\n{}", d.log_text());
-    assert_eq!(status.unwrap().code(), Some(1), "{}", d.log_text());
+    let status = d.exit_status(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{}", d.log_text());
     let log = d.log_text();
     assert!(
         log.contains("ingest.http")
@@ -172,18 +162,8 @@ async fn the_socket_has_the_configured_mode_and_group() {
 async fn a_missing_socket_group_or_a_bad_mode_stops_the_start() {
     let mut d =
         Daemon::spawn("ingest: {socket_mode: \"0660\", socket_group: outrigger-no-such-group}");
-    let mut child = d.child.take().unwrap();
-    let mut status = None;
-    let done = eventually(Duration::from_secs(30), async || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    })
-    .await;
-    if !done {
-        let _ = child.kill();
-    }
-    assert!(done, "the daemon kept running; log:\n{}", d.log_text());
-    assert_eq!(status.unwrap().code(), Some(1));
+    let status = d.exit_status(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1));
     let log = d.log_text();
     assert!(
         log.contains("outrigger-no-such-group") && log.contains("does not exist"),
