@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::control::limit::RateLimiter;
 use crate::control::views::EventViews;
+use crate::tail::Tail;
 use crate::control::{self, ControlState, ReloadRequest, health::HealthMonitor};
 use crate::event::Event;
 use crate::ingest::{self, Admission};
@@ -70,6 +71,7 @@ struct Stages {
     sampler: Arc<Sampler>,
     plugin_host: Arc<PluginHost>,
     plugins: Arc<PluginSet>,
+    tail: Tail,
 }
 
 fn build_stages(cfg: &Config) -> anyhow::Result<Stages> {
@@ -92,12 +94,14 @@ fn build_stages(cfg: &Config) -> anyhow::Result<Stages> {
     let plugins = plugin_host
         .load_set(&cfg.plugins)
         .context("loading plugins")?;
+    let tail = Tail::new(cfg, metrics.clone());
     Ok(Stages {
         metrics,
         queue,
         sampler,
         plugin_host,
         plugins,
+        tail,
     })
 }
 
@@ -176,6 +180,7 @@ fn start_data_plane(cfg: &Config, st: &Stages) -> anyhow::Result<DataPlaneParts>
     let worker = Worker {
         queue: st.queue.clone(),
         sampler: st.sampler.clone(),
+        tail: st.tail.clone(),
         metrics: st.metrics.clone(),
         routing: routing_rx.clone(),
         sink_plans: plans_rx,
@@ -224,6 +229,7 @@ async fn start_control_plane(
         dp.routing_rx.clone(),
         profile.clone(),
         status.clone(),
+        Some(st.tail.clone()),
     ));
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let state = Arc::new(ControlState {
@@ -237,6 +243,7 @@ async fn start_control_plane(
         started,
         health: health.clone(),
         views,
+        tail: st.tail.clone(),
         limiter: Arc::new(RateLimiter::new(cfg.control.rate_limit)),
         log: opts.log.clone(),
     });
@@ -274,11 +281,7 @@ pub async fn build(
     let st = build_stages(&cfg)?;
     tracing::info!(plugins = st.plugins.len(), dir = %cfg.plugins.dir.display(), "plugins loaded");
     let dp = start_data_plane(&cfg, &st)?;
-    let views = Arc::new(EventViews::new(
-        cfg.control.runs,
-        cfg.control.run_events,
-        &cfg.control.redact_fields,
-    ));
+    let views = Arc::new(EventViews::new(&cfg.control.redact_fields));
     let admission = admission(&cfg, &st, &views, &dp);
     let ingest_stop = CancellationToken::new();
     let (listeners, http) = bind_ingest(&cfg, &admission, &ingest_stop).await?;
@@ -303,6 +306,7 @@ pub async fn build(
             st.sampler.clone(),
             admission,
             views,
+            Arc::new(st.tail.clone()),
             cp.state.limiter.clone(),
             Arc::new(cp.profiler.reconfigurer()),
         ],

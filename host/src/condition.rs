@@ -51,6 +51,9 @@ pub struct Condition {
     source: Arc<str>,
     program: Arc<Program>,
     uses: Uses,
+    /// `F` when the expression is `has(data.F) && …`: an event whose data does not even
+    /// contain the key `"F"` is false without parsing it.
+    guard: Option<Arc<[u8]>>,
 }
 
 impl fmt::Debug for Condition {
@@ -92,11 +95,25 @@ impl Condition {
             attributes: refs.has_variable("attributes"),
             data: refs.has_variable("data"),
         };
+        let guard = data_guard(program.expression()).map(|f| {
+            let mut quoted = Vec::with_capacity(f.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(f.as_bytes());
+            quoted.push(b'"');
+            Arc::from(quoted)
+        });
         Ok(Condition {
             source: Arc::from(src),
             program: Arc::new(program),
             uses,
+            guard,
         })
+    }
+
+    /// True when the result depends on the event's type alone (it can be remembered per type).
+    pub fn uses_only_type(&self) -> bool {
+        let u = self.uses;
+        !(u.run_id || u.ts_ns || u.attributes || u.data)
     }
 
     /// The expression as written.
@@ -112,6 +129,15 @@ impl Condition {
     /// Evaluates the condition on `e`. `Err` says why it could not be (a missing field, a
     /// wrong type, a result that is not a bool).
     pub fn eval(&self, e: &Event) -> Result<bool, String> {
+        // `has(data.F) && …` on data without the key anywhere: false, unparsed. (An escaped key
+        // could hide it, so data with a backslash is parsed. Non-object data is false here too,
+        // where CEL would report `has` on a non-map: the guard reads "events with this field".)
+        if let Some(key) = &self.guard
+            && !contains(&e.data, key)
+            && !e.data.contains(&b'\\')
+        {
+            return Ok(false);
+        }
         let mut ctx = Context::with_env(ENV.clone());
         if self.uses.kind {
             ctx.add_variable_from_value("type", &*e.kind);
@@ -156,6 +182,29 @@ impl Condition {
             }
         }
     }
+}
+
+/// `F` when `expr` is `has(data.F) && …` (the guard the default tail policy uses).
+fn data_guard(expr: &cel::IdedExpr) -> Option<String> {
+    use cel::common::ast::Expr;
+    let Expr::Call(call) = &expr.expr else {
+        return None;
+    };
+    if call.func_name != "_&&_" || call.target.is_some() {
+        return None;
+    }
+    let Expr::Select(sel) = &call.args.first()?.expr else {
+        return None;
+    };
+    match &sel.operand.expr {
+        Expr::Ident(name) if sel.test && name == "data" => Some(sel.field.clone()),
+        _ => None,
+    }
+}
+
+/// Whether `needle` occurs in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// JSON to a CEL value: integers are `int` (`uint` only past `i64::MAX`), so that
@@ -231,6 +280,29 @@ mod tests {
         assert_eq!(eval("data.duration_ms > 1000", passed), Ok(false));
         assert_eq!(eval(r#"attributes.suite == "e2e""#, failed), Ok(true));
         assert_eq!(eval(r#"attributes.suite == "e2e""#, passed), Ok(false));
+    }
+
+    #[test]
+    fn the_has_guard_answers_without_parsing_and_agrees_with_cel() {
+        let c = r#"has(data.status) && data.status in ["failed", "error"]"#;
+        assert!(Condition::compile(c).unwrap().guard.is_some());
+        assert_eq!(eval(c, r#"{"type":"a","data":{"status":"failed"}}"#), Ok(true));
+        assert_eq!(eval(c, r#"{"type":"a","data":{"status":"passed"}}"#), Ok(false));
+        assert_eq!(eval(c, r#"{"type":"a","data":{"other":1}}"#), Ok(false));
+        // No data, or data that is not an object: not matched, not an error.
+        assert_eq!(eval(c, r#"{"type":"a"}"#), Ok(false));
+        assert_eq!(eval(c, r#"{"type":"a","data":[1,2]}"#), Ok(false));
+        // The key named inside a value is parsed and evaluated properly.
+        assert_eq!(eval(c, r#"{"type":"a","data":{"k":"\"status\""}}"#), Ok(false));
+        assert_eq!(eval(c, r#"{"type":"a","data":{"n":{"status":"failed"}}}"#), Ok(false));
+        // An escaped key is not missed.
+        assert_eq!(
+            eval(c, r#"{"type":"a","data":{"status":"error"}}"#),
+            Ok(true)
+        );
+        assert!(Condition::compile("data.x == 1 && has(data.y)").unwrap().guard.is_none());
+        assert!(Condition::compile(r#"type in ["a"]"#).unwrap().uses_only_type());
+        assert!(!Condition::compile(c).unwrap().uses_only_type());
     }
 
     #[test]

@@ -393,6 +393,8 @@ pub struct SamplingConfig {
     pub rates: BTreeMap<String, f64>,
     pub key: SampleKey,
     pub adaptive: AdaptiveConfig,
+    /// Run-level tail sampling (SPEC "Run-level tail sampling").
+    pub tail: TailConfig,
 }
 
 impl Default for SamplingConfig {
@@ -402,6 +404,87 @@ impl Default for SamplingConfig {
             rates: BTreeMap::new(),
             key: SampleKey::RunId,
             adaptive: AdaptiveConfig::default(),
+            tail: TailConfig::default(),
+        }
+    }
+}
+
+/// `sampling.tail`: hold each run until it closes, then keep or drop it whole.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailConfig {
+    pub enabled: bool,
+    /// The event that closes its run.
+    pub end_when: Condition,
+    /// A run with no event for this long is decided.
+    pub idle: Dur,
+    /// A run open longer than this is decided.
+    pub max_duration: Dur,
+    /// Keep policies, in order: the first that matched any event of a run keeps it.
+    pub keep: Vec<TailPolicy>,
+    /// Runs no policy keeps are kept whole at this rate (by a hash of the run id).
+    pub else_rate: f64,
+    /// Every open run together, in memory.
+    pub max_bytes: Size,
+    /// One run (in memory and spilled); a run over it is decided early.
+    pub max_run_bytes: Size,
+    /// Where the largest open runs go past `max_bytes`; `null` decides early instead.
+    pub spill: Option<SpillConfig>,
+    /// Decisions remembered for events that arrive after their run was decided.
+    pub decisions: usize,
+}
+
+/// One `sampling.tail.keep` policy.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TailPolicy {
+    /// Why a run was kept (`outrigger.kept_by`).
+    pub name: String,
+    pub when: Condition,
+}
+
+/// `sampling.tail.spill`: segment files for open runs that do not fit in memory.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpillConfig {
+    pub dir: PathBuf,
+    pub max_bytes: Size,
+}
+
+impl Default for SpillConfig {
+    fn default() -> Self {
+        SpillConfig {
+            dir: PathBuf::from("./outrigger-data/tail"),
+            max_bytes: Size(1 << 30),
+        }
+    }
+}
+
+/// The default `end_when`: the run, test and session ends the clients send.
+pub const DEFAULT_END_WHEN: &str = r#"type in ["run_end", "test_end", "test_session_end"]"#;
+/// The default keep policy's condition: a failed or erroring event (the clients' `status`,
+/// OTLP error spans). `has` first, so that events without a `status` are simply not matched
+/// rather than counted as condition errors.
+pub const DEFAULT_KEEP_FAILED: &str =
+    r#"has(data.status) && data.status in ["failed", "error"]"#;
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        let compile = |s: &str| Condition::compile(s).expect("the default conditions compile");
+        TailConfig {
+            enabled: false,
+            end_when: compile(DEFAULT_END_WHEN),
+            idle: Dur(Duration::from_secs(30)),
+            max_duration: Dur(Duration::from_secs(600)),
+            keep: vec![TailPolicy {
+                name: "failed".into(),
+                when: compile(DEFAULT_KEEP_FAILED),
+            }],
+            else_rate: 0.05,
+            max_bytes: Size(64 << 20),
+            max_run_bytes: Size(4 << 20),
+            spill: Some(SpillConfig::default()),
+            decisions: 100_000,
         }
     }
 }
@@ -831,9 +914,11 @@ pub struct ControlConfig {
     pub redact_fields: Vec<String>,
     /// Requests per second per client before 429.
     pub rate_limit: u32,
-    /// Events kept per run for `GET /v1/runs/{id}`, and runs kept.
+    /// Events kept per run for `GET /v1/runs/{id}`, and decided runs remembered.
     pub run_events: usize,
     pub runs: usize,
+    /// The bytes all remembered runs (summaries and events) may take together.
+    pub run_bytes: Size,
 }
 
 impl Default for ControlConfig {
@@ -845,6 +930,7 @@ impl Default for ControlConfig {
             rate_limit: 100,
             run_events: 100,
             runs: 1000,
+            run_bytes: Size(16 << 20),
         }
     }
 }
@@ -970,7 +1056,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         // A `when` is read inside a tagged sink, where the path stops at `sinks[N]`.
         if let Some(at) = message.find(CONDITION_ERROR_PREFIX) {
             message.drain(..at);
-            if !path.ends_with(".when") {
+            if !path.ends_with("when") {
                 path.push_str(".when");
             }
             line = line_of(text, &path).or(line);
@@ -1156,6 +1242,51 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "sampling.adaptive.boost_factor",
             "must be at least 1.0",
         ));
+    }
+    let tail = &cfg.sampling.tail;
+    if !rate_ok(tail.else_rate) {
+        return Err(err(
+            "sampling.tail.else_rate",
+            "must be between 0.0 and 1.0",
+        ));
+    }
+    if tail.idle.0.is_zero() {
+        return Err(err("sampling.tail.idle", "must be more than 0"));
+    }
+    if tail.max_duration.0.is_zero() {
+        return Err(err("sampling.tail.max_duration", "must be more than 0"));
+    }
+    if tail.max_bytes.0 < 64 * 1024 {
+        return Err(err("sampling.tail.max_bytes", "must be at least 64KiB"));
+    }
+    if tail.max_run_bytes.0 == 0 || tail.max_run_bytes.0 > tail.max_bytes.0 {
+        return Err(err(
+            "sampling.tail.max_run_bytes",
+            "must be more than 0 and at most sampling.tail.max_bytes",
+        ));
+    }
+    let mut policy_names = std::collections::HashSet::new();
+    for (i, p) in tail.keep.iter().enumerate() {
+        if p.name.is_empty() || p.name.len() > 64 {
+            return Err(err(
+                format!("sampling.tail.keep[{i}].name"),
+                "must be 1 to 64 bytes",
+            ));
+        }
+        if matches!(p.name.as_str(), "rate" | "forced" | "early" | "shutdown")
+            || p.name.contains('/')
+        {
+            return Err(err(
+                format!("sampling.tail.keep[{i}].name"),
+                "`rate`, `forced`, `early` and `shutdown` are the tail sampler's own reasons, and `/` marks an early decision: pick another name",
+            ));
+        }
+        if !policy_names.insert(&p.name) {
+            return Err(err(
+                format!("sampling.tail.keep[{i}].name"),
+                format!("`{}` is listed twice", p.name),
+            ));
+        }
     }
     if cfg.queue.capacity == 0 {
         return Err(err("queue.capacity", "must be at least 1"));

@@ -306,30 +306,50 @@ impl Event {
 
     /// Appends the event as one native NDJSON line (with its newline).
     pub fn write_native(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"type\":");
-        write_json_str(out, &self.kind);
-        out.extend_from_slice(b",\"ts_ns\":");
-        out.extend_from_slice(itoa_u64(self.ts_ns, &mut [0u8; 20]));
-        if let Some(run) = &self.run_id {
-            out.extend_from_slice(b",\"run_id\":");
-            write_json_str(out, run);
-        }
-        if !self.attributes.is_empty() {
-            out.extend_from_slice(b",\"attributes\":{");
-            for (i, (k, v)) in self.attributes.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json_str(out, k);
-                out.push(b':');
-                write_json_str(out, v);
-            }
-            out.push(b'}');
-        }
-        out.extend_from_slice(b",\"data\":");
-        out.extend_from_slice(&self.data);
-        out.extend_from_slice(b"}\n");
+        write_native_parts(
+            out,
+            &self.kind,
+            self.ts_ns,
+            self.run_id.as_deref(),
+            &self.attributes,
+            &self.data,
+        );
     }
+}
+
+/// Appends one native NDJSON line (with its newline) from an event's parts; `data` must be
+/// JSON text.
+pub fn write_native_parts(
+    out: &mut Vec<u8>,
+    kind: &str,
+    ts_ns: u64,
+    run_id: Option<&str>,
+    attributes: &[(String, String)],
+    data: &[u8],
+) {
+    out.extend_from_slice(b"{\"type\":");
+    write_json_str(out, kind);
+    out.extend_from_slice(b",\"ts_ns\":");
+    out.extend_from_slice(itoa_u64(ts_ns, &mut [0u8; 20]));
+    if let Some(run) = run_id {
+        out.extend_from_slice(b",\"run_id\":");
+        write_json_str(out, run);
+    }
+    if !attributes.is_empty() {
+        out.extend_from_slice(b",\"attributes\":{");
+        for (i, (k, v)) in attributes.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(out, k);
+            out.push(b':');
+            write_json_str(out, v);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"}\n");
 }
 
 fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {

@@ -5,6 +5,8 @@
 //! - [`event`]: the event type and the wire formats (native and Weave lines).
 //! - [`queue`]: the bounded fail-open queue between ingest and the pipeline.
 //! - [`sampler`]: native sampling (per-type rates, whole runs, adaptive boost).
+//! - [`tail`]: run-level tail sampling: runs held until they close, kept or dropped whole,
+//!   spilled to disk past their memory bound; the runs view.
 //! - [`plugins`]: WASM components (samplers, then handlers) on wasmtime.
 //! - [`pipeline`]: the worker that pulls from the queue, samples, runs plugins and batches,
 //!   woken by data, the batch deadline, a flush or a reload.
@@ -40,3 +42,4 @@ pub mod queue;
 pub mod reload;
 pub mod sampler;
 pub mod sinks;
+pub mod tail;

@@ -22,10 +22,12 @@ pub enum DropReason {
     Unrouted,
     /// A sink cannot represent the event (the Weave sink takes only calls).
     Unsupported,
+    /// Events of a kept run that the tail sampler had spilled and could not read back.
+    Spill,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::QueueFull,
         DropReason::SampledOut,
         DropReason::Plugin,
@@ -34,6 +36,7 @@ impl DropReason {
         DropReason::Sink,
         DropReason::Unrouted,
         DropReason::Unsupported,
+        DropReason::Spill,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl DropReason {
             DropReason::Sink => "sink",
             DropReason::Unrouted => "unrouted",
             DropReason::Unsupported => "unsupported",
+            DropReason::Spill => "spill",
         }
     }
 }
@@ -80,6 +84,17 @@ pub struct Metrics {
     /// `condition_errors_total{where}`: conditions that errored on an event (counted false).
     /// `where` is the config key of the condition, so the label set is bounded by the config.
     pub condition_errors: IntCounterVec,
+    /// Runs the tail sampler holds open, their bytes in memory and on disk.
+    pub tail_open_runs: IntGauge,
+    pub tail_buffered_bytes: IntGauge,
+    pub tail_spilled_bytes: IntGauge,
+    /// `tail_decisions_total{result, by}`: `by` is a policy name (bounded by the config),
+    /// `rate`, `early`, `shutdown` or `forced`.
+    pub tail_decisions: IntCounterVec,
+    /// From a run's closing event to the run handed on to the plugins.
+    pub tail_decision_latency: Histogram,
+    /// Spill writes and reads that failed, by operation.
+    pub tail_spill_errors: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -239,6 +254,49 @@ impl Metrics {
                 &["where"],
             )
             .expect("valid metric"),
+            tail_open_runs: IntGauge::with_opts(opts(
+                "tail_open_runs",
+                "Runs the tail sampler holds until they close",
+            ))
+            .expect("valid metric"),
+            tail_buffered_bytes: IntGauge::with_opts(opts(
+                "tail_buffered_bytes",
+                "Memory the open runs take (events and bookkeeping)",
+            ))
+            .expect("valid metric"),
+            tail_spilled_bytes: IntGauge::with_opts(opts(
+                "tail_spilled_bytes",
+                "Bytes of open runs spilled to sampling.tail.spill.dir",
+            ))
+            .expect("valid metric"),
+            tail_decisions: IntCounterVec::new(
+                opts(
+                    "tail_decisions_total",
+                    "Runs the tail sampler decided, by result and reason",
+                ),
+                &["result", "by"],
+            )
+            .expect("valid metric"),
+            tail_decision_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tail_decision_latency_seconds",
+                    "Time from a run's closing event to its release to the plugins",
+                )
+                .namespace("outrigger")
+                .buckets(vec![
+                    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                    0.05, 0.1, 0.25, 1.0,
+                ]),
+            )
+            .expect("valid metric"),
+            tail_spill_errors: IntCounterVec::new(
+                opts(
+                    "tail_spill_errors_total",
+                    "Tail spill writes or reads that failed",
+                ),
+                &["op"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -268,6 +326,12 @@ impl Metrics {
             Box::new(m.sink_batches.clone()),
             Box::new(m.spool_bytes.clone()),
             Box::new(m.condition_errors.clone()),
+            Box::new(m.tail_open_runs.clone()),
+            Box::new(m.tail_buffered_bytes.clone()),
+            Box::new(m.tail_spilled_bytes.clone()),
+            Box::new(m.tail_decisions.clone()),
+            Box::new(m.tail_decision_latency.clone()),
+            Box::new(m.tail_spill_errors.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");

@@ -1,4 +1,4 @@
-//! The pipeline worker: queue → native sampler → plugin chain → batcher → sinks.
+//! The pipeline worker: queue → native sampler → tail sampler → plugin chain → batcher → sinks.
 //!
 //! In: chunks popped from the [`Queue`]; the data-plane [`Routing`] (plugin set, batch limits)
 //! from a watch channel; [`SinkPlan`]s from the reloader; flush requests. The worker is woken by
@@ -6,8 +6,10 @@
 //! published: before it processes another chunk, and at once when idle, so that every event
 //! admitted after a reload was reported goes through the new chain and the new sinks. What the
 //! old routing had batched goes to the old sinks first (a reload never splits a batch between
-//! two chains). Out: [`Cut`]s to the [`SinkSet`] the worker owns. Ends when the queue is closed
-//! and drained: the last batch is sent, the sink set is closed (its senders dropped), and the
+//! two chains). The tail stage holds events of open runs and hands on whole kept runs, in
+//! plugin batches that never split a run that fits in one; the worker also wakes at the tail's
+//! deadlines (idle, max duration) and on its notice (a forced keep, a reload). Out: [`Cut`]s to the [`SinkSet`] the worker owns. Ends when the queue is closed
+//! and drained: the tail decides every open run, the last batch is sent, the sink set is closed (its senders dropped), and the
 //! closing sinks are handed back to be waited for.
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::plugins::{Chain, PluginSet};
 use crate::queue::{Chunk, Queue};
 use crate::sampler::Sampler;
 use crate::sinks::{ClosingSinks, SinkPlan, SinkSet};
+use crate::tail::{Released, Tail};
 
 /// The data-plane settings a reload publishes as one: the plugin set and the batch limits.
 #[derive(Clone)]
@@ -51,6 +54,7 @@ impl FlushRequests {
 pub struct Worker {
     pub queue: Arc<Queue>,
     pub sampler: Arc<Sampler>,
+    pub tail: Tail,
     pub metrics: Arc<Metrics>,
     pub routing: watch::Receiver<Routing>,
     /// New sink sets from the reloader, applied in order.
@@ -71,6 +75,8 @@ enum Wake {
     Timer,
     /// A flush request: stop holding, take what is queued.
     Flush,
+    /// A tail deadline or notice.
+    Tail,
     /// The queue is closed and drained.
     Closed,
 }
@@ -85,6 +91,9 @@ struct Running {
     /// one are taken a few dozen at a time (one wake per chunk, not per event).
     hold_until: Option<Instant>,
 }
+
+/// The most events of released runs given to the plugins in one call.
+const PLUGIN_BATCH: usize = 4096;
 
 /// A chunk smaller than this is followed by a hold.
 const HOLD_BELOW: usize = 256;
@@ -132,10 +141,16 @@ impl Worker {
                 Wake::Routing => self.apply_changes(&mut st, None, true).await,
                 Wake::Timer => {}
                 Wake::Flush => st.hold_until = None,
+                Wake::Tail => {
+                    let released = self.tail.poll();
+                    self.forward(&mut st, released).await;
+                }
                 Wake::Closed => break,
             }
             self.cut_if_due(&mut st).await;
         }
+        let released = self.tail.shutdown();
+        self.forward(&mut st, released).await;
         let last = st.batcher.take();
         self.sinks.send(last).await;
         tracing::debug!("pipeline worker drained");
@@ -149,6 +164,7 @@ impl Worker {
         let hold = st.hold_until.take().filter(|t| *t > Instant::now());
         let max = st.batcher.config().max_events.min(4096);
         let open = st.control_open;
+        let tail_at = self.tail.next_deadline();
         tokio::select! {
             biased;
             r = self.routing.changed(), if open => match r {
@@ -175,6 +191,14 @@ impl Worker {
             }
             _ = sleep_until(hold), if hold.is_some() => Wake::Timer,
             _ = self.flush.wake.notified() => Wake::Flush,
+            _ = sleep_until(tail_at) => {
+                st.hold_until = hold;
+                Wake::Tail
+            }
+            _ = self.tail.notified() => {
+                st.hold_until = hold;
+                Wake::Tail
+            }
         }
     }
 
@@ -210,21 +234,40 @@ impl Worker {
         }
     }
 
-    /// Samples a chunk, runs it through the plugins and into the batcher.
+    /// Samples a chunk, passes it through the tail stage, runs what that releases through
+    /// the plugins and into the batcher.
     async fn process(&mut self, st: &mut Running, chunk: Chunk) {
         let mut events = chunk.events;
-        self.sampler.apply(&mut events);
-        if !st.chain.is_empty() && !events.is_empty() {
-            st.chain
-                .set_skip_optional(self.over_budget.load(Ordering::Relaxed));
-            events = st.chain.run(events).await;
+        // With tail sampling on, events with a run id are decided with their run instead.
+        self.sampler.apply(&mut events, self.tail.enabled());
+        let released = self.tail.admit(events);
+        self.forward(st, released).await;
+        st.batcher.settle(chunk.upto);
+    }
+
+    /// Runs released events through the plugins (whole runs per call where they fit) and
+    /// into the batcher.
+    async fn forward(&mut self, st: &mut Running, released: Released) {
+        if released.events.is_empty() {
+            return;
         }
-        for e in events {
-            if let Some(cut) = st.batcher.push(e) {
-                self.sinks.send(cut).await;
+        let batches = if st.chain.is_empty() || released.runs.is_empty() {
+            vec![released.events]
+        } else {
+            released.into_batches(st.batcher.config().max_events.min(PLUGIN_BATCH))
+        };
+        for mut events in batches {
+            if !st.chain.is_empty() && !events.is_empty() {
+                st.chain
+                    .set_skip_optional(self.over_budget.load(Ordering::Relaxed));
+                events = st.chain.run(events).await;
+            }
+            for e in events {
+                if let Some(cut) = st.batcher.push(e) {
+                    self.sinks.send(cut).await;
+                }
             }
         }
-        st.batcher.settle(chunk.upto);
     }
 
     /// Sends the open batch when its interval is over or a flush asked for it.

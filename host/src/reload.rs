@@ -106,12 +106,7 @@ impl Reconfigure for Admission {
 
 impl Reconfigure for EventViews {
     fn reconfigure(&self, cfg: &Config) {
-        EventViews::reconfigure(
-            self,
-            cfg.control.runs,
-            cfg.control.run_events,
-            &cfg.control.redact_fields,
-        );
+        EventViews::reconfigure(self, &cfg.control.redact_fields);
     }
 }
 

@@ -65,7 +65,7 @@ pub struct Sampler {
 }
 
 /// FNV-1a: fixed, so the same run id gives the same decision in every process.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= *b as u64;
@@ -80,7 +80,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Maps a hash to [0, 1).
-fn unit(h: u64) -> f64 {
+pub(crate) fn unit(h: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -198,8 +198,9 @@ impl Sampler {
             .collect()
     }
 
-    /// Keeps the sampled events of a batch, in order, and counts the rest.
-    pub fn apply(&self, events: &mut Vec<Event>) {
+    /// Keeps the sampled events of a batch, in order, and counts the rest. With `spare_runs`
+    /// (tail sampling on) events with a run id are left for the tail sampler to decide.
+    pub fn apply(&self, events: &mut Vec<Event>, spare_runs: bool) {
         let triggers = {
             let st = self.state.read();
             let c = &st.cfg;
@@ -244,7 +245,7 @@ impl Sampler {
                     r
                 }
             };
-            if rate >= 1.0 {
+            if rate >= 1.0 || (spare_runs && e.run_id.is_some()) {
                 return true;
             }
             if rate <= 0.0 {
@@ -318,7 +319,7 @@ mod tests {
         for run in 0..200 {
             let id = format!("run_{run}");
             let mut batch: Vec<Event> = (0..10).map(|_| ev("t", Some(&id))).collect();
-            s.apply(&mut batch);
+            s.apply(&mut batch, false);
             match batch.len() {
                 10 => kept_runs.insert(id),
                 0 => dropped_runs.insert(id),
@@ -334,7 +335,7 @@ mod tests {
         let s2 = sampler("default_rate: 0.5\nkey: run_id\n");
         for id in &kept_runs {
             let mut b = vec![ev("t", Some(id))];
-            s2.apply(&mut b);
+            s2.apply(&mut b, false);
             assert_eq!(b.len(), 1);
         }
     }
@@ -343,7 +344,7 @@ mod tests {
     fn per_type_rates_and_counting() {
         let s = sampler("default_rate: 1.0\nrates: {noisy: 0.0}\nkey: random\n");
         let mut batch = vec![ev("noisy", None), ev("keep", None), ev("noisy", None)];
-        s.apply(&mut batch);
+        s.apply(&mut batch, false);
         assert_eq!(batch.len(), 1);
         assert_eq!(&*batch[0].kind, "keep");
         assert_eq!(s.metrics.dropped_count(DropReason::SampledOut), 2);
@@ -356,7 +357,7 @@ mod tests {
         );
         s.report_anomaly("t", "error");
         let mut batch: Vec<Event> = (0..1000).map(|_| ev("t", None)).collect();
-        s.apply(&mut batch);
+        s.apply(&mut batch, false);
         assert_eq!(batch.len(), 1000, "0.2 x 5 = 1.0 keeps all");
         assert_eq!(s.boosts().len(), 1);
     }
@@ -367,10 +368,10 @@ mod tests {
             "default_rate: 0.2\nkey: random\nadaptive: {boost_factor: 5.0, on: [test_failed]}\n",
         );
         let mut batch = vec![ev("test_failed", None)];
-        s.apply(&mut batch);
+        s.apply(&mut batch, false);
         assert_eq!(s.boosts()[0].kind, "*");
         let mut batch: Vec<Event> = (0..100).map(|_| ev("other", None)).collect();
-        s.apply(&mut batch);
+        s.apply(&mut batch, false);
         assert_eq!(batch.len(), 100);
     }
 
@@ -418,7 +419,7 @@ mod tests {
     /// while boosted, about 200 otherwise).
     fn kept_of_1000(s: &Sampler, kind: &str) -> usize {
         let mut batch: Vec<Event> = (0..1000).map(|_| ev(kind, None)).collect();
-        s.apply(&mut batch);
+        s.apply(&mut batch, false);
         batch.len()
     }
 
@@ -430,7 +431,7 @@ mod tests {
         );
         for _ in 0..5 {
             let mut batch = vec![ev("test_failed", None), ev("other", None)];
-            s.apply(&mut batch);
+            s.apply(&mut batch, false);
             tokio::time::advance(std::time::Duration::from_secs(1)).await;
         }
         assert_eq!(
@@ -446,7 +447,7 @@ mod tests {
         assert!(kept_of_1000(&s, "other") < 400, "the boost ended");
         assert!(s.boosts().is_empty());
         let mut batch = vec![ev("test_failed", None)];
-        s.apply(&mut batch);
+        s.apply(&mut batch, false);
         assert_eq!(
             log.count("sampling boost started"),
             2,

@@ -65,7 +65,11 @@ pub struct HealthMonitor {
     /// The profiler's history and budget verdict.
     profile: Arc<ProfileHistory>,
     reload: Arc<Mutex<ReloadStatus>>,
+    tail: Option<crate::tail::Tail>,
 }
+
+/// Health of the tail sampler is degraded for this long after it decided a run early.
+const TAIL_EARLY_DEGRADES_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn c(
     pairs: &[(&'static str, serde_json::Value)],
@@ -86,6 +90,7 @@ impl HealthMonitor {
         routing: watch::Receiver<Routing>,
         profile: Arc<ProfileHistory>,
         reload: Arc<Mutex<ReloadStatus>>,
+        tail: Option<crate::tail::Tail>,
     ) -> HealthMonitor {
         let s = Sample::default();
         HealthMonitor {
@@ -95,6 +100,7 @@ impl HealthMonitor {
             window: Mutex::new((Instant::now(), s, s)),
             profile,
             reload,
+            tail,
         }
     }
 
@@ -283,6 +289,25 @@ impl HealthMonitor {
         );
 
         components.insert("profiler", self.profiler_component(budget));
+
+        // Tail sampling: degraded while runs are decided early (memory and spill full).
+        if let Some(t) = self.tail.as_ref().filter(|t| t.enabled()) {
+            let s = t.stats();
+            let numbers = [
+                ("open_runs", s["open_runs"].clone()),
+                ("buffered_bytes", s["buffered_bytes"].clone()),
+                ("spilled_bytes", s["spilled_bytes"].clone()),
+            ];
+            let (status, reason) = if t.decided_early_within(TAIL_EARLY_DEGRADES_FOR) {
+                (
+                    Status::Degraded,
+                    "runs are being decided early: sampling.tail.max_bytes and the spill are full",
+                )
+            } else {
+                (Status::Healthy, "runs decided when they close")
+            };
+            components.insert("tail", c(&numbers, status, reason));
+        }
 
         // Reload: the last refused config or plugin set, until a reload succeeds.
         let r = self.reload.lock().clone();

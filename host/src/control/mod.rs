@@ -61,6 +61,8 @@ pub struct ControlState {
     pub health: Arc<health::HealthMonitor>,
     /// The live tail and the per-run rings (fed by the ingest observer).
     pub views: Arc<views::EventViews>,
+    /// The tail sampler: open runs, decided runs, forced keeps.
+    pub tail: crate::tail::Tail,
     pub limiter: Arc<limit::RateLimiter>,
     /// Changes the log filter live (`PUT /v1/log`); `None` when logging was set up elsewhere.
     pub log: Option<LogControl>,
@@ -91,7 +93,8 @@ pub fn router_until(state: Arc<ControlState>, stop: CancellationToken) -> Router
         .route("/sampling", get(get_sampling).put(put_sampling))
         .route("/anomaly", post(anomaly))
         .route("/tail", get(tail))
-        .route("/runs/{run_id}", get(run_events))
+        .route("/runs", get(list_runs))
+        .route("/runs/{*run}", get(run_events).post(keep_run))
         .route("/log", get(get_log).put(put_log))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let limited = Router::new()
@@ -268,7 +271,6 @@ async fn stats(
         .iter()
         .map(|r| (r.as_str(), m.dropped_count(*r)))
         .collect();
-    let (runs, run_events) = st.views.run_counts();
     let rates = st.sampler.rates();
     Ok(Json(serde_json::json!({
         "uptime_seconds": st.started.elapsed().as_secs_f64(),
@@ -282,7 +284,7 @@ async fn stats(
         "sampling": {"default_rate": rates.default_rate, "rates": rates.rates, "boosts": st.sampler.boosts()},
         "profile": st.health.profile_summary(window),
         "tail": {"subscribers": st.views.subscribers()},
-        "runs": {"kept": runs, "events": run_events},
+        "runs": st.tail.stats(),
     }))
     .into_response())
 }
@@ -481,23 +483,92 @@ async fn tail(
         .into_response())
 }
 
-/// `GET /v1/runs/{run_id}`: the most recent events of a run, oldest first, redacted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Runs listed when no `limit` is given, and the most one request may ask for.
+const RUNS_LIMIT: usize = 100;
+const RUNS_MAX_LIMIT: usize = 10_000;
+
+/// `GET /v1/runs?state=open|kept|dropped|seen&limit=N`: run summaries, most recent first.
+async fn list_runs(
+    State(st): State<Arc<ControlState>>,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some(s @ ("open" | "kept" | "dropped" | "seen")) => Some(s),
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("state `{other}`: use open, kept, dropped or seen"),
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(RUNS_LIMIT).min(RUNS_MAX_LIMIT);
+    let runs = st.tail.list(state, limit);
+    Ok(Json(serde_json::json!({"runs": runs, "count": runs.len()})).into_response())
+}
+
+/// `GET /v1/runs/{run_id}`: a run's summary and its most recent events, oldest first,
+/// redacted. A run id may contain `/` (the pytest plugin's do); percent-encoded or not.
 async fn run_events(
     State(st): State<Arc<ControlState>>,
     Path(run_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match st.views.run(&run_id) {
-        Some(v) => Ok(Json(serde_json::json!({
-            "run_id": v.run_id,
-            "count": v.events.len(),
-            "events": v.events,
-        }))
-        .into_response()),
+    let limit = RUNS_MAX_LIMIT;
+    match st.tail.get(&run_id, limit) {
+        Some((summary, events)) => {
+            let mut v = serde_json::to_value(&summary).unwrap_or_default();
+            v["count"] = events.len().into();
+            v["events"] = events.into();
+            Ok(Json(v).into_response())
+        }
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
-            format!("no recent events for run `{run_id}` (unknown, or evicted from the ring)"),
+            format!("no run `{run_id}` (unknown, or no longer remembered: control.runs, control.run_bytes)"),
         )),
     }
+}
+
+/// `POST /v1/runs/{run_id}/keep`: keeps an open run whole, whatever the policies say.
+async fn keep_run(
+    State(st): State<Arc<ControlState>>,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::tail::KeepOutcome;
+    let Some(run_id) = path.strip_suffix("/keep").filter(|r| !r.is_empty()) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "POST /v1/runs/{run_id}/keep is the only run action".into(),
+        ));
+    };
+    let (status, message) = match st.tail.keep(run_id) {
+        KeepOutcome::Keeping => (StatusCode::ACCEPTED, "kept: the run is released to the sinks"),
+        KeepOutcome::AlreadyKept => (StatusCode::OK, "already decided: kept"),
+        KeepOutcome::AlreadyDropped => (
+            StatusCode::CONFLICT,
+            "already decided: dropped (its events are gone)",
+        ),
+        KeepOutcome::Unknown => (StatusCode::NOT_FOUND, "no open run has this id"),
+        KeepOutcome::Disabled => (
+            StatusCode::CONFLICT,
+            "tail sampling is off (sampling.tail.enabled): runs are not held",
+        ),
+    };
+    if status.is_client_error() {
+        return Err(ApiError(status, format!("run `{run_id}`: {message}")));
+    }
+    Ok((
+        status,
+        Json(serde_json::json!({"run_id": run_id, "result": message})),
+    )
+        .into_response())
 }
 
 async fn get_log(State(st): State<Arc<ControlState>>) -> Result<Response, ApiError> {
@@ -560,6 +631,7 @@ mod tests {
                 routing.clone(),
                 profile,
                 Default::default(),
+                None,
             )),
             metrics,
             queue,
@@ -568,7 +640,8 @@ mod tests {
             api_key: api_key.map(str::to_string),
             reload,
             started: Instant::now(),
-            views: Arc::new(views::EventViews::new(10, 10, &[])),
+            views: Arc::new(views::EventViews::new(&[])),
+            tail: crate::tail::Tail::new(&Default::default(), Arc::new(Metrics::new())),
             limiter: Arc::new(limit::RateLimiter::new(rate)),
             log: None,
         });

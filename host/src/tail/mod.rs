@@ -1,0 +1,1003 @@
+//! Run-level tail sampling (SPEC "Run-level tail sampling"): hold each run until it closes,
+//! then keep it whole or drop it whole.
+//!
+//! In: the events the native sampler kept, one chunk at a time, from the pipeline worker
+//! ([`Tail::admit`]); forced keeps from the control API ([`Tail::keep`]); reloaded settings
+//! ([`Reconfigure`]). An event with a `run_id` is held with the rest of its run until the run
+//! closes: its `end_when` event, `idle`, `max_duration`, a forced keep, turning tail sampling
+//! off, or shutdown. The run is then decided once: kept when any of its events matched a `keep`
+//! policy (the first in order names why), else kept at `else_rate` by a hash of the run id
+//! (the same run gets the same answer in every process), else dropped whole (counted
+//! `sampled_out`). Events of a decided run that arrive later follow the remembered decision.
+//! Out: [`Released`] events, in arrival order within each run, each kept event carrying
+//! `outrigger.kept_by`; events without a run pass straight through.
+//!
+//! Memory is bounded by the bytes actually held (event data, attributes, the per-event and
+//! per-run bookkeeping, allocation slack): past `max_bytes` the largest open runs are written
+//! to spill segments ([`spill`]) and read back in order when decided; when the spill is off,
+//! full or failing, the oldest open runs are decided early (`kept_by` gets `/early`). A run
+//! past `max_run_bytes` is decided early on its own. Decided runs go to the [`runs::RunsView`]
+//! for `GET /v1/runs`. Holds no task: the worker calls [`Tail::poll`] at
+//! [`Tail::next_deadline`] and when [`Tail::notified`] fires, and [`Tail::shutdown`] at the
+//! end, which decides every open run by what it holds.
+
+pub mod runs;
+pub mod spill;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::condition::Condition;
+use crate::config::{Config, TailConfig};
+use crate::event::{Event, Line};
+use crate::metrics::{DropReason, Metrics};
+use crate::reload::Reconfigure;
+use crate::sampler::{fnv1a, unit};
+use runs::{RunSummary, RunsBounds, RunsView, Stored, TypeCounts};
+use spill::{Extent, SpillError, SpillStore};
+
+/// The attribute on every event of a kept run: why it was kept.
+pub const KEPT_BY: &str = "outrigger.kept_by";
+
+/// Why a run is decided now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    /// Its `end_when` event.
+    End,
+    Idle,
+    MaxDuration,
+    Forced,
+    /// Memory: over `max_run_bytes`, or the oldest open run past `max_bytes`.
+    Early,
+    Shutdown,
+    /// Tail sampling was turned off by a reload.
+    Off,
+}
+
+/// Events the tail stage hands on, in order, and where each whole kept run lies in them.
+#[derive(Default, Debug)]
+pub struct Released {
+    pub events: Vec<Event>,
+    /// The kept runs (index ranges into `events`); the other events pass through on their own.
+    pub runs: Vec<Range<usize>>,
+}
+
+impl Released {
+    /// Plugin batches of at most `max` events that never split a run that fits in one.
+    pub fn into_batches(self, max: usize) -> Vec<Vec<Event>> {
+        let max = max.max(1);
+        let mut out = Vec::new();
+        let mut cur: Vec<Event> = Vec::new();
+        let mut it = self.events.into_iter();
+        let mut pos = 0usize;
+        let mut take = |n: usize, cur: &mut Vec<Event>, out: &mut Vec<Vec<Event>>| {
+            for e in it.by_ref().take(n) {
+                cur.push(e);
+                if cur.len() >= max {
+                    out.push(std::mem::take(cur));
+                }
+            }
+        };
+        for r in self.runs {
+            take(r.start.saturating_sub(pos), &mut cur, &mut out);
+            if !cur.is_empty() && cur.len() + r.len() > max {
+                out.push(std::mem::take(&mut cur));
+            }
+            take(r.len(), &mut cur, &mut out);
+            pos = r.end;
+        }
+        take(usize::MAX, &mut cur, &mut out);
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+}
+
+/// What `POST /v1/runs/{id}/keep` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeepOutcome {
+    /// The run was open: it is released, kept, at once.
+    Keeping,
+    /// Decided already, and kept.
+    AlreadyKept,
+    /// Decided already, and dropped: its events are gone.
+    AlreadyDropped,
+    /// No open run has this id, nor a remembered decision.
+    Unknown,
+    /// Tail sampling is off.
+    Disabled,
+}
+
+/// One held event; its data is a range of the run's `data`.
+struct Held {
+    kind: Arc<str>,
+    ts_ns: u64,
+    attributes: Vec<(String, String)>,
+    len: u32,
+    received: std::time::Instant,
+}
+
+struct OpenRun {
+    seq: u64,
+    held: Vec<Held>,
+    /// The data of `held`, concatenated.
+    data: Vec<u8>,
+    /// Heap bytes of the held events' attributes.
+    attr_bytes: usize,
+    /// What the run takes in memory now, as counted in `State::mem`.
+    mem: usize,
+    /// Spilled parts, in order; they come before `held`.
+    extents: Vec<Extent>,
+    spilled_events: u64,
+    spilled_bytes: u64,
+    events: u64,
+    /// Encoded size of every event of the run (held and spilled), for `max_run_bytes`.
+    bytes: u64,
+    first_ts_ns: u64,
+    last_ts_ns: u64,
+    opened: Instant,
+    last_seen: Instant,
+    /// The first policy (in order) that matched any event so far.
+    matched: Option<usize>,
+    types: TypeCounts,
+    /// When the closing event arrived (for the decision latency).
+    closing: Option<std::time::Instant>,
+}
+
+/// Bookkeeping per open run beyond its id and events: the run itself, its map entry, its age
+/// entry and its deadline entry.
+const RUN_OVERHEAD: usize = std::mem::size_of::<OpenRun>() + 160;
+
+impl OpenRun {
+    fn footprint(&self, id_len: usize) -> usize {
+        RUN_OVERHEAD
+            + id_len
+            + self.held.capacity() * std::mem::size_of::<Held>()
+            + self.data.capacity()
+            + self.attr_bytes
+            + self.types.heap_bytes()
+            + self.extents.capacity() * std::mem::size_of::<Extent>()
+    }
+
+    /// Bytes that spilling the run would free.
+    fn spillable(&self) -> usize {
+        self.held.capacity() * std::mem::size_of::<Held>() + self.data.capacity() + self.attr_bytes
+    }
+
+    fn push(&mut self, e: Event) {
+        self.data.extend_from_slice(&e.data);
+        self.attr_bytes += attr_heap(&e.attributes);
+        self.held.push(Held {
+            kind: e.kind,
+            ts_ns: e.ts_ns,
+            attributes: e.attributes,
+            len: e.data.len() as u32,
+            received: e.received,
+        });
+    }
+
+    /// The held events' data, one slice per event, without copying.
+    fn take_held(&mut self, run_id: &Arc<str>) -> Vec<Event> {
+        let data = Bytes::from(std::mem::take(&mut self.data));
+        let mut at = 0usize;
+        let held = std::mem::take(&mut self.held);
+        self.attr_bytes = 0;
+        held.into_iter()
+            .map(|h| {
+                let end = at + h.len as usize;
+                let d = data.slice(at..end);
+                at = end;
+                Event {
+                    kind: h.kind,
+                    ts_ns: h.ts_ns,
+                    run_id: Some(run_id.clone()),
+                    attributes: h.attributes,
+                    data: d,
+                    received: h.received,
+                }
+            })
+            .collect()
+    }
+
+    fn summary(&self, run_id: &str) -> RunSummary {
+        RunSummary {
+            run_id: run_id.to_string(),
+            state: "open",
+            kept_by: None,
+            events: self.events,
+            bytes: self.bytes,
+            first_ts_ns: self.first_ts_ns,
+            last_ts_ns: self.last_ts_ns,
+            types: self.types.to_map(),
+            spilled_events: Some(self.spilled_events),
+            spilled_bytes: Some(self.spilled_bytes),
+        }
+    }
+}
+
+#[allow(clippy::ptr_arg)] // the Vec's capacity is what is held
+fn attr_heap(a: &Vec<(String, String)>) -> usize {
+    a.capacity() * std::mem::size_of::<(String, String)>()
+        + a.iter()
+            .map(|(k, v)| k.capacity() + v.capacity())
+            .sum::<usize>()
+}
+
+/// A condition and, when it reads only the type, its answers per type.
+struct Compiled {
+    cond: Condition,
+    site: String,
+    memo: Option<HashMap<Arc<str>, bool>>,
+}
+
+impl Compiled {
+    fn new(cond: &Condition, site: String) -> Compiled {
+        Compiled {
+            memo: cond.uses_only_type().then(HashMap::new),
+            cond: cond.clone(),
+            site,
+        }
+    }
+
+    fn matches(&mut self, e: &Event, m: &Metrics) -> bool {
+        let Some(memo) = &mut self.memo else {
+            return self.cond.matches(e, m, &self.site);
+        };
+        if let Some(b) = memo.get(&e.kind) {
+            return *b;
+        }
+        let b = self.cond.matches(e, m, &self.site);
+        if memo.len() >= 4096 {
+            memo.clear();
+        }
+        memo.insert(e.kind.clone(), b);
+        b
+    }
+}
+
+struct Policies {
+    end_when: Compiled,
+    keep: Vec<(Arc<str>, Compiled)>,
+}
+
+impl Policies {
+    fn new(cfg: &TailConfig) -> Policies {
+        Policies {
+            end_when: Compiled::new(&cfg.end_when, "sampling.tail.end_when".into()),
+            keep: cfg
+                .keep
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    (
+                        Arc::from(p.name.as_str()),
+                        Compiled::new(&p.when, format!("sampling.tail.keep[{i}].when")),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Lowers `matched` to the first policy `e` matches, if it comes before.
+    fn evaluate(&mut self, e: &Event, matched: &mut Option<usize>, m: &Metrics) {
+        let upto = matched.unwrap_or(self.keep.len());
+        for (i, (_, c)) in self.keep[..upto].iter_mut().enumerate() {
+            if c.matches(e, m) {
+                *matched = Some(i);
+                return;
+            }
+        }
+    }
+}
+
+/// Remembered decisions, by a hash of the run id (so a long id costs no more than a short
+/// one), oldest forgotten first.
+struct Decisions {
+    map: HashMap<u64, Option<Arc<str>>>,
+    order: VecDeque<u64>,
+    max: usize,
+}
+
+impl Decisions {
+    fn remember(&mut self, key: u64, kept_by: Option<Arc<str>>) {
+        if self.max == 0 {
+            return;
+        }
+        if self.map.insert(key, kept_by).is_none() {
+            self.order.push_back(key);
+        }
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.map.len() > self.max {
+            match self.order.pop_front() {
+                Some(k) => {
+                    self.map.remove(&k);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// The key of a run in [`Decisions`]: a second, independent hash beside the sampling one.
+fn decision_key(run_id: &str) -> u64 {
+    let mut b = Vec::with_capacity(run_id.len() + 1);
+    b.push(0x5a);
+    b.extend_from_slice(run_id.as_bytes());
+    fnv1a(&b)
+}
+
+/// Whether a run that no policy kept is kept at `rate`: the native sampler's hash, so a run
+/// gets the same answer in every process.
+pub fn rate_keeps(run_id: &str, rate: f64) -> bool {
+    rate >= 1.0 || (rate > 0.0 && unit(fnv1a(run_id.as_bytes())) < rate)
+}
+
+struct State {
+    cfg: TailConfig,
+    pending: Option<TailConfig>,
+    policies: Policies,
+    open: HashMap<Arc<str>, OpenRun>,
+    /// Open runs by age (open sequence), oldest first.
+    by_age: BTreeMap<u64, Arc<str>>,
+    /// When to look at a run again (idle, max_duration); one entry per open run, re-pushed
+    /// when its deadline has moved.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    seq: u64,
+    /// Memory of every open run together.
+    mem: usize,
+    spill: Option<SpillStore>,
+    /// After a spill error, spilling waits until then.
+    spill_retry: Option<Instant>,
+    spill_warned: Option<Instant>,
+    decisions: Decisions,
+    forced: Vec<Arc<str>>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    runs: Mutex<RunsView>,
+    redact: RwLock<Arc<[String]>>,
+    wake: Notify,
+    metrics: Arc<Metrics>,
+    enabled: AtomicBool,
+    /// Unix ms of the last early decision (0: none), for health.
+    early_at_ms: AtomicU64,
+}
+
+/// The tail stage; cheap to clone (the worker, the control API and the reloader share one).
+#[derive(Clone)]
+pub struct Tail {
+    inner: Arc<Inner>,
+}
+
+fn bounds(cfg: &Config) -> RunsBounds {
+    RunsBounds {
+        runs: cfg.control.runs,
+        events: cfg.control.run_events,
+        bytes: cfg.control.run_bytes.0 as usize,
+    }
+}
+
+fn spill_store(cfg: &TailConfig) -> Option<SpillStore> {
+    match &cfg.spill {
+        Some(s) if cfg.enabled => Some(SpillStore::new(&s.dir, s.max_bytes.0)),
+        _ => None,
+    }
+}
+
+impl Tail {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Tail {
+        let t = &cfg.sampling.tail;
+        Tail {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    policies: Policies::new(t),
+                    spill: spill_store(t),
+                    decisions: Decisions {
+                        map: HashMap::new(),
+                        order: VecDeque::new(),
+                        max: t.decisions,
+                    },
+                    cfg: t.clone(),
+                    pending: None,
+                    open: HashMap::new(),
+                    by_age: BTreeMap::new(),
+                    deadlines: BinaryHeap::new(),
+                    seq: 0,
+                    mem: 0,
+                    spill_retry: None,
+                    spill_warned: None,
+                    forced: Vec::new(),
+                }),
+                runs: Mutex::new(RunsView::new(bounds(cfg))),
+                redact: RwLock::new(cfg.control.redact_fields.as_slice().into()),
+                wake: Notify::new(),
+                metrics,
+                enabled: AtomicBool::new(t.enabled),
+                early_at_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Whether runs are held (the native sampler then leaves events with a run id alone).
+    pub fn enabled(&self) -> bool {
+        self.inner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Fires when the worker should [`Tail::poll`]: a forced keep or a reload.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.wake.notified()
+    }
+
+    /// The next idle or max-duration deadline (possibly early: polling then is harmless).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let st = self.inner.state.lock();
+        st.deadlines.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Takes a chunk: holds what belongs to open runs, releases what is decided.
+    pub fn admit(&self, events: Vec<Event>) -> Released {
+        let inner = &*self.inner;
+        let mut st = inner.state.lock();
+        let mut out = Released::default();
+        self.apply_pending(&mut st, &mut out);
+        if !st.cfg.enabled {
+            drop(st);
+            inner.runs.lock().seen(&events);
+            out.events.extend(events);
+            return out;
+        }
+        let now = Instant::now();
+        let mut late = Vec::new();
+        for mut e in events {
+            let Some(run) = e.run_id.clone() else {
+                out.events.push(e);
+                continue;
+            };
+            if !st.open.contains_key(&run)
+                && let Some(d) = st.decisions.map.get(&decision_key(&run))
+            {
+                match d {
+                    Some(by) => {
+                        e.attributes.push((KEPT_BY.to_string(), by.to_string()));
+                        late.push(out.events.len());
+                        out.events.push(e);
+                    }
+                    None => inner.metrics.dropped(DropReason::SampledOut, 1),
+                }
+                continue;
+            }
+            self.hold(&mut st, run, e, now, &mut out);
+        }
+        self.enforce(&mut st, now, &mut out);
+        self.publish(&st);
+        drop(st);
+        if !late.is_empty() {
+            // Late events of kept runs update what the runs view shows of them.
+            let mut v = inner.runs.lock();
+            for i in late {
+                v.seen(std::slice::from_ref(&out.events[i]));
+            }
+        }
+        out
+    }
+
+    /// Holds `e` in its run; decides the run when `e` closes it or makes it too big.
+    fn hold(&self, st: &mut State, run: Arc<str>, e: Event, now: Instant, out: &mut Released) {
+        let m = &*self.inner.metrics;
+        if !st.open.contains_key(&run) {
+            st.seq += 1;
+            let seq = st.seq;
+            let deadline = now + st.cfg.idle.0.min(st.cfg.max_duration.0);
+            st.deadlines.push(Reverse((deadline, seq)));
+            st.by_age.insert(seq, run.clone());
+            let r = OpenRun {
+                seq,
+                held: Vec::new(),
+                data: Vec::new(),
+                attr_bytes: 0,
+                mem: 0,
+                extents: Vec::new(),
+                spilled_events: 0,
+                spilled_bytes: 0,
+                events: 0,
+                bytes: 0,
+                first_ts_ns: e.ts_ns,
+                last_ts_ns: e.ts_ns,
+                opened: now,
+                last_seen: now,
+                matched: None,
+                types: TypeCounts::default(),
+                closing: None,
+            };
+            st.open.insert(run.clone(), r);
+        }
+        let State {
+            open,
+            policies,
+            mem,
+            cfg,
+            ..
+        } = st;
+        let Some(r) = open.get_mut(&run) else { return };
+        if r.matched != Some(0) {
+            policies.evaluate(&e, &mut r.matched, m);
+        }
+        let closes = policies.end_when.matches(&e, m);
+        r.events += 1;
+        r.bytes += e.encoded_len() as u64;
+        r.first_ts_ns = r.first_ts_ns.min(e.ts_ns);
+        r.last_ts_ns = r.last_ts_ns.max(e.ts_ns);
+        r.last_seen = now;
+        r.types.add(&e.kind, 1);
+        if closes {
+            r.closing = Some(e.received);
+        }
+        r.push(e);
+        let before = r.mem;
+        r.mem = r.footprint(run.len());
+        *mem = *mem + r.mem - before;
+        let too_big = r.bytes > cfg.max_run_bytes.0;
+        if closes {
+            self.decide(st, &run, Close::End, out);
+        } else if too_big {
+            self.decide(st, &run, Close::Early, out);
+        }
+    }
+
+    /// Keeps memory within `max_bytes`: spills the largest runs, then decides the oldest
+    /// early, down to seven eighths of the bound (so that this does not run on every event).
+    fn enforce(&self, st: &mut State, now: Instant, out: &mut Released) {
+        let max = st.cfg.max_bytes.0 as usize;
+        if st.mem <= max {
+            return;
+        }
+        let target = max - max / 8;
+        if st.spill.is_some() && st.spill_retry.is_none_or(|t| now >= t) {
+            self.spill_largest(st, target, now);
+        }
+        while st.mem > target {
+            let Some((_, oldest)) = st.by_age.first_key_value() else {
+                break;
+            };
+            let oldest = oldest.clone();
+            self.decide(st, &oldest, Close::Early, out);
+        }
+    }
+
+    fn spill_largest(&self, st: &mut State, target: usize, now: Instant) {
+        let mut cands: Vec<(usize, Arc<str>)> = st
+            .open
+            .iter()
+            .filter(|(_, r)| !r.held.is_empty())
+            .map(|(id, r)| (r.spillable(), id.clone()))
+            .collect();
+        cands.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let m = &self.inner.metrics;
+        for (_, id) in cands {
+            if st.mem <= target {
+                break;
+            }
+            let State {
+                open, spill, mem, ..
+            } = &mut *st;
+            let (Some(r), Some(store)) = (open.get_mut(&id), spill.as_mut()) else {
+                break;
+            };
+            let mut lines = Vec::with_capacity(r.data.len() + r.held.len() * 64);
+            let mut at = 0usize;
+            for h in &r.held {
+                let end = at + h.len as usize;
+                crate::event::write_native_parts(
+                    &mut lines,
+                    &h.kind,
+                    h.ts_ns,
+                    Some(&id),
+                    &h.attributes,
+                    &r.data[at..end],
+                );
+                at = end;
+            }
+            match store.write(&lines, r.held.len() as u32) {
+                Ok(ext) => {
+                    r.spilled_events += r.held.len() as u64;
+                    r.spilled_bytes += ext.len();
+                    r.extents.push(ext);
+                    r.held = Vec::new();
+                    r.data = Vec::new();
+                    r.attr_bytes = 0;
+                    let before = r.mem;
+                    r.mem = r.footprint(id.len());
+                    *mem = *mem + r.mem - before;
+                }
+                Err(e) => {
+                    let full = matches!(e, SpillError::Full { .. });
+                    if !full {
+                        m.tail_spill_errors.with_label_values(&["write"]).inc();
+                        st.spill_retry = Some(now + std::time::Duration::from_secs(10));
+                    }
+                    if st
+                        .spill_warned
+                        .is_none_or(|t| now.duration_since(t).as_secs() >= 60)
+                    {
+                        st.spill_warned = Some(now);
+                        tracing::warn!(error = %e, "tail sampling cannot spill: deciding the oldest open runs early");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Decides `id` and releases it when kept.
+    fn decide(&self, st: &mut State, id: &Arc<str>, how: Close, out: &mut Released) {
+        let inner = &*self.inner;
+        let m = &*inner.metrics;
+        let Some(mut r) = st.open.remove(id) else {
+            return;
+        };
+        st.by_age.remove(&r.seq);
+        st.mem -= r.mem;
+        let policy = r.matched.and_then(|i| st.policies.keep.get(i)).map(|p| p.0.clone());
+        let kept_by: Option<Arc<str>> = match how {
+            Close::Forced => Some(Arc::from("forced")),
+            _ => policy.or_else(|| rate_keeps(id, st.cfg.else_rate).then(|| Arc::from("rate"))),
+        };
+        let by: Arc<str> = match (how, &kept_by) {
+            (Close::Early, _) => Arc::from("early"),
+            (Close::Shutdown, _) => Arc::from("shutdown"),
+            (Close::Forced, _) => Arc::from("forced"),
+            (_, Some(k)) => k.clone(),
+            (_, None) => Arc::from("rate"),
+        };
+        let attr: Option<Arc<str>> = match (how, kept_by) {
+            (Close::Early, Some(k)) => Some(Arc::from(format!("{k}/early"))),
+            (_, k) => k,
+        };
+        m.tail_decisions
+            .with_label_values(&[if attr.is_some() { "kept" } else { "dropped" }, &by])
+            .inc();
+        if how == Close::Early {
+            inner
+                .early_at_ms
+                .store(crate::event::now_ns() / 1_000_000, Ordering::Relaxed);
+        }
+        st.decisions.remember(decision_key(id), attr.clone());
+        let summary = (r.events, r.bytes, r.first_ts_ns, r.last_ts_ns);
+        let types = std::mem::take(&mut r.types);
+        let Some(attr) = attr else {
+            m.dropped(DropReason::SampledOut, r.events);
+            r.extents.clear();
+            if let Some(s) = st.spill.as_mut() {
+                s.release_idle();
+            }
+            inner.runs.lock().decided(
+                id,
+                None,
+                summary.0,
+                summary.1,
+                summary.2,
+                summary.3,
+                types,
+                std::iter::empty(),
+            );
+            return;
+        };
+        let start = out.events.len();
+        for ext in std::mem::take(&mut r.extents) {
+            read_back(&ext, &mut out.events, m);
+        }
+        if let Some(s) = st.spill.as_mut() {
+            s.release_idle();
+        }
+        out.events.extend(r.take_held(id));
+        let attr_s = attr.to_string();
+        for e in &mut out.events[start..] {
+            e.attributes.push((KEPT_BY.to_string(), attr_s.clone()));
+        }
+        out.runs.push(start..out.events.len());
+        if let Some(t) = r.closing {
+            m.tail_decision_latency.observe(t.elapsed().as_secs_f64());
+        }
+        let keep_recent = inner.runs.lock().bounds_events();
+        let from = out.events.len().saturating_sub(keep_recent).max(start);
+        let recent = out.events[from..].iter().map(Stored::of);
+        inner.runs.lock().decided(
+            id,
+            Some(attr),
+            summary.0,
+            summary.1,
+            summary.2,
+            summary.3,
+            types,
+            recent,
+        );
+    }
+
+    /// Forced keeps, reloads, idle and max-duration deadlines.
+    pub fn poll(&self) -> Released {
+        let mut st = self.inner.state.lock();
+        let mut out = Released::default();
+        self.apply_pending(&mut st, &mut out);
+        for id in std::mem::take(&mut st.forced) {
+            self.decide(&mut st, &id, Close::Forced, &mut out);
+        }
+        let now = Instant::now();
+        while let Some(Reverse((t, seq))) = st.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            st.deadlines.pop();
+            let Some(id) = st.by_age.get(&seq).cloned() else {
+                continue;
+            };
+            let Some(r) = st.open.get(&id) else { continue };
+            let idle_at = r.last_seen + st.cfg.idle.0;
+            let max_at = r.opened + st.cfg.max_duration.0;
+            if max_at <= now {
+                self.decide(&mut st, &id, Close::MaxDuration, &mut out);
+            } else if idle_at <= now {
+                self.decide(&mut st, &id, Close::Idle, &mut out);
+            } else {
+                st.deadlines.push(Reverse((idle_at.min(max_at), seq)));
+            }
+        }
+        self.publish(&st);
+        out
+    }
+
+    /// Decides every open run by what it holds (the daemon is stopping).
+    pub fn shutdown(&self) -> Released {
+        let mut st = self.inner.state.lock();
+        let mut out = Released::default();
+        self.apply_pending(&mut st, &mut out);
+        self.decide_all(&mut st, Close::Shutdown, &mut out);
+        st.spill = None;
+        self.publish(&st);
+        out
+    }
+
+    fn decide_all(&self, st: &mut State, how: Close, out: &mut Released) {
+        let ids: Vec<Arc<str>> = st.by_age.values().cloned().collect();
+        for id in ids {
+            self.decide(st, &id, how, out);
+        }
+        st.deadlines.clear();
+    }
+
+    /// Applies a reloaded `sampling.tail` (the worker's side of [`Reconfigure`]).
+    fn apply_pending(&self, st: &mut State, out: &mut Released) {
+        let Some(new) = st.pending.take() else { return };
+        if new == st.cfg {
+            return;
+        }
+        let was_on = st.cfg.enabled;
+        if new.keep != st.cfg.keep || new.end_when != st.cfg.end_when {
+            let old_names: Vec<Arc<str>> =
+                st.policies.keep.iter().map(|(n, _)| n.clone()).collect();
+            st.policies = Policies::new(&new);
+            let State {
+                open, policies, ..
+            } = &mut *st;
+            let m = &*self.inner.metrics;
+            for (id, r) in open.iter_mut() {
+                // A match stays under its name; the events still in memory are evaluated
+                // against the new policies (spilled ones are not read back for it).
+                r.matched = r
+                    .matched
+                    .and_then(|i| old_names.get(i))
+                    .and_then(|n| policies.keep.iter().position(|(p, _)| p == n));
+                let mut at = 0usize;
+                for h in &r.held {
+                    let end = at + h.len as usize;
+                    let e = Event {
+                        kind: h.kind.clone(),
+                        ts_ns: h.ts_ns,
+                        run_id: Some(id.clone()),
+                        attributes: h.attributes.clone(),
+                        data: Bytes::copy_from_slice(&r.data[at..end]),
+                        received: h.received,
+                    };
+                    at = end;
+                    policies.evaluate(&e, &mut r.matched, m);
+                }
+            }
+        }
+        let new_dir = new.spill.as_ref().map(|s| s.dir.clone());
+        match (&mut st.spill, &new.spill) {
+            (Some(store), Some(s)) if Some(store.dir().to_path_buf()) == new_dir => {
+                store.set_max_bytes(s.max_bytes.0)
+            }
+            // A new place or none: spilled runs keep their segments until they are decided.
+            _ => st.spill = spill_store(&new),
+        }
+        st.spill_retry = None;
+        st.decisions.max = new.decisions;
+        st.decisions.trim();
+        let timing_changed = new.idle != st.cfg.idle || new.max_duration != st.cfg.max_duration;
+        st.cfg = new;
+        if was_on && !st.cfg.enabled {
+            tracing::info!(open = st.open.len(), "tail sampling turned off: every open run is decided now");
+            self.decide_all(st, Close::Off, out);
+        } else if timing_changed {
+            let entries: Vec<Reverse<(Instant, u64)>> = st
+                .open
+                .values()
+                .map(|r| {
+                    let at = (r.last_seen + st.cfg.idle.0).min(r.opened + st.cfg.max_duration.0);
+                    Reverse((at, r.seq))
+                })
+                .collect();
+            st.deadlines = entries.into();
+        }
+        self.inner.enabled.store(st.cfg.enabled, Ordering::Relaxed);
+        self.enforce(st, Instant::now(), out);
+    }
+
+    fn publish(&self, st: &State) {
+        let m = &self.inner.metrics;
+        m.tail_open_runs.set(st.open.len() as i64);
+        m.tail_buffered_bytes.set(st.mem as i64);
+        m.tail_spilled_bytes
+            .set(st.spill.as_ref().map_or(0, |s| s.disk_bytes()) as i64);
+    }
+
+    /// `POST /v1/runs/{id}/keep`: an open run is released, kept, on the worker's next poll.
+    pub fn keep(&self, run_id: &str) -> KeepOutcome {
+        let mut st = self.inner.state.lock();
+        if !st.cfg.enabled {
+            return KeepOutcome::Disabled;
+        }
+        if let Some((id, _)) = st.open.get_key_value(run_id) {
+            let id = id.clone();
+            if !st.forced.contains(&id) {
+                st.forced.push(id);
+            }
+            drop(st);
+            self.inner.wake.notify_one();
+            return KeepOutcome::Keeping;
+        }
+        match st.decisions.map.get(&decision_key(run_id)) {
+            Some(Some(_)) => KeepOutcome::AlreadyKept,
+            Some(None) => KeepOutcome::AlreadyDropped,
+            None => KeepOutcome::Unknown,
+        }
+    }
+
+    /// Run summaries in `state` (`open`, `kept`, `dropped`, `seen`; all when `None`), most
+    /// recent first.
+    pub fn list(&self, state: Option<&str>, limit: usize) -> Vec<RunSummary> {
+        let mut out: Vec<(u64, RunSummary)> = Vec::new();
+        if state.is_none_or(|s| s == "open") {
+            let st = self.inner.state.lock();
+            let mut recent: Vec<(u64, &Arc<str>)> =
+                st.open.iter().map(|(id, r)| (r.last_ts_ns, id)).collect();
+            if recent.len() > limit && limit > 0 {
+                recent.select_nth_unstable_by(limit - 1, |a, b| b.0.cmp(&a.0));
+            }
+            recent.truncate(limit);
+            out.extend(
+                recent
+                    .into_iter()
+                    .filter_map(|(t, id)| Some((t, st.open.get(id)?.summary(id)))),
+            );
+        }
+        if state != Some("open") {
+            out.extend(self.inner.runs.lock().list(state, limit));
+        }
+        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.truncate(limit);
+        out.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// A run's summary and its most recent events (redacted, oldest first): of an open run
+    /// the ones still in memory.
+    pub fn get(&self, run_id: &str, limit: usize) -> Option<(RunSummary, Vec<serde_json::Value>)> {
+        let redact = self.inner.redact.read().clone();
+        {
+            let st = self.inner.state.lock();
+            if let Some(r) = st.open.get(run_id) {
+                let mut at = r.data.len();
+                let mut events = Vec::new();
+                for h in r.held.iter().rev().take(limit) {
+                    let start = at - h.len as usize;
+                    events.push(crate::control::views::render(
+                        &h.kind,
+                        h.ts_ns,
+                        Some(run_id),
+                        &h.attributes,
+                        &r.data[start..at],
+                        &redact,
+                    ));
+                    at = start;
+                }
+                events.reverse();
+                return Some((r.summary(run_id), events));
+            }
+        }
+        let (s, stored) = self.inner.runs.lock().get(run_id)?;
+        let events = stored.iter().map(|e| e.render(run_id, &redact)).collect();
+        Some((s, events))
+    }
+
+    /// Open runs, their memory, and the runs view's size: for `/v1/stats`.
+    pub fn stats(&self) -> serde_json::Value {
+        let (open, mem, spilled, enabled) = {
+            let st = self.inner.state.lock();
+            (
+                st.open.len(),
+                st.mem,
+                st.spill.as_ref().map_or(0, |s| s.disk_bytes()),
+                st.cfg.enabled,
+            )
+        };
+        let (remembered, bytes) = self.inner.runs.lock().counts();
+        serde_json::json!({
+            "enabled": enabled,
+            "open_runs": open,
+            "buffered_bytes": mem,
+            "spilled_bytes": spilled,
+            "remembered_runs": remembered,
+            "remembered_bytes": bytes,
+        })
+    }
+
+    /// Whether a run was decided early within the last `within` (health is degraded then).
+    pub fn decided_early_within(&self, within: std::time::Duration) -> bool {
+        let at = self.inner.early_at_ms.load(Ordering::Relaxed);
+        at > 0 && crate::event::now_ns() / 1_000_000 < at + within.as_millis() as u64
+    }
+}
+
+/// Reads a spilled extent back into `out`; what cannot be read is counted (`spill`).
+fn read_back(ext: &Extent, out: &mut Vec<Event>, m: &Metrics) {
+    let buf = match ext.read() {
+        Ok(b) => Bytes::from(b),
+        Err(e) => {
+            m.tail_spill_errors.with_label_values(&["read"]).inc();
+            m.dropped(DropReason::Spill, ext.count as u64);
+            tracing::warn!(error = %e, events = ext.count, "cannot read spilled events back");
+            return;
+        }
+    };
+    let mut lost = 0u64;
+    let mut got = 0u64;
+    for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match crate::event::parse_line(&buf, line, usize::MAX) {
+            Ok(Line::Event(e)) => {
+                got += 1;
+                out.push(e);
+            }
+            _ => lost += 1,
+        }
+    }
+    lost += (ext.count as u64).saturating_sub(got + lost);
+    if lost > 0 {
+        m.tail_spill_errors.with_label_values(&["read"]).inc();
+        m.dropped(DropReason::Spill, lost);
+    }
+}
+
+impl Reconfigure for Tail {
+    fn reconfigure(&self, cfg: &Config) {
+        self.inner.runs.lock().reconfigure(bounds(cfg));
+        *self.inner.redact.write() = cfg.control.redact_fields.as_slice().into();
+        self.inner.state.lock().pending = Some(cfg.sampling.tail.clone());
+        self.inner.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,315 @@
+//! The tail sampler on its own: decisions, closes, bounds, spill, reload (paused time).
+
+use std::time::Duration;
+
+use super::*;
+use crate::event::parse_owned;
+
+fn config(tail_yaml: &str) -> Config {
+    let text = format!("sampling:\n  tail:\n{}", indent(tail_yaml));
+    let cfg = crate::config::parse(&text).unwrap();
+    crate::config::validate(&cfg).unwrap();
+    cfg
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+fn tail(tail_yaml: &str) -> (Tail, Arc<Metrics>) {
+    let m = Arc::new(Metrics::new());
+    (Tail::new(&config(tail_yaml), m.clone()), m)
+}
+
+fn ev(run: &str, kind: &str, data: &str) -> Event {
+    let line = format!(r#"{{"type":"{kind}","run_id":"{run}","data":{data}}}"#);
+    match parse_owned(line.as_bytes(), 1 << 20) {
+        Ok(Line::Event(e)) => e,
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+fn kept_by(e: &Event) -> Option<&str> {
+    e.attributes
+        .iter()
+        .find(|(k, _)| k == KEPT_BY)
+        .map(|(_, v)| v.as_str())
+}
+
+fn decisions(m: &Metrics, result: &str, by: &str) -> u64 {
+    m.tail_decisions.with_label_values(&[result, by]).get()
+}
+
+/// A run of `n` steps and its end, `status` on the end event.
+fn run(id: &str, n: usize, status: &str) -> Vec<Event> {
+    let mut v: Vec<Event> = (0..n)
+        .map(|i| ev(id, "step", &format!(r#"{{"i":{i}}}"#)))
+        .collect();
+    v.push(ev(id, "test_end", &format!(r#"{{"status":"{status}"}}"#)));
+    v
+}
+
+const ON: &str = "enabled: true\nelse_rate: 0.0\nspill: null\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_run_is_kept_whole_in_order_and_a_passing_one_dropped_whole() {
+    let (t, m) = tail(ON);
+    // Interleaved: the two runs arrive mixed, plus an event without a run.
+    let mut a = run("a", 3, "failed").into_iter();
+    let mut b = run("b", 3, "passed").into_iter();
+    let mut batch = Vec::new();
+    for _ in 0..4 {
+        batch.extend(a.next());
+        batch.extend(b.next());
+    }
+    batch.insert(2, {
+        let line = br#"{"type":"free"}"#;
+        match parse_owned(line, 1024) {
+            Ok(Line::Event(e)) => e,
+            _ => unreachable!(),
+        }
+    });
+    let out = t.admit(batch);
+    let kinds: Vec<(&str, Option<&str>)> = out
+        .events
+        .iter()
+        .map(|e| (e.run_id.as_deref().unwrap_or("-"), kept_by(e)))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("-", None),
+            ("a", Some("failed")),
+            ("a", Some("failed")),
+            ("a", Some("failed")),
+            ("a", Some("failed")),
+        ]
+    );
+    let is: Vec<&str> = out.events[1..].iter().map(|e| e.data_str()).collect();
+    assert_eq!(is, [r#"{"i":0}"#, r#"{"i":1}"#, r#"{"i":2}"#, r#"{"status":"failed"}"#]);
+    assert_eq!(out.runs, vec![1..5]);
+    assert_eq!(m.dropped_count(DropReason::SampledOut), 4);
+    assert_eq!(decisions(&m, "kept", "failed"), 1);
+    assert_eq!(decisions(&m, "dropped", "rate"), 1);
+    assert_eq!(m.tail_open_runs.get(), 0);
+    assert_eq!(m.tail_buffered_bytes.get(), 0);
+    let kept = t.list(Some("kept"), 10);
+    assert_eq!(kept[0].run_id, "a");
+    assert_eq!(kept[0].events, 4);
+    assert_eq!(kept[0].types["step"], 3);
+    assert_eq!(t.list(Some("dropped"), 10)[0].run_id, "b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn else_rate_is_a_stable_share_of_whole_runs() {
+    let (t, m) = tail("enabled: true\nelse_rate: 0.3\nspill: null\n");
+    let mut kept = 0;
+    for i in 0..1000 {
+        let id = format!("run-{i}");
+        let out = t.admit(run(&id, 2, "passed"));
+        match out.events.len() {
+            0 => assert!(!rate_keeps(&id, 0.3)),
+            3 => {
+                kept += 1;
+                assert!(rate_keeps(&id, 0.3));
+                assert!(out.events.iter().all(|e| kept_by(e) == Some("rate")));
+            }
+            n => panic!("run split: {n}"),
+        }
+    }
+    assert!((240..360).contains(&kept), "{kept} of 1000 at 0.3");
+    assert_eq!(decisions(&m, "kept", "rate"), kept);
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_events_follow_the_decision() {
+    let (t, m) = tail(ON);
+    assert_eq!(t.admit(run("a", 1, "failed")).events.len(), 2);
+    assert_eq!(t.admit(run("b", 1, "passed")).events.len(), 0);
+    let out = t.admit(vec![ev("a", "late", "1"), ev("b", "late", "2")]);
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(kept_by(&out.events[0]), Some("failed"));
+    assert_eq!(m.dropped_count(DropReason::SampledOut), 3);
+    assert_eq!(m.tail_open_runs.get(), 0, "late events open no run");
+    assert_eq!(t.get("a", 10).unwrap().0.events, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_and_max_duration_close_runs() {
+    let (t, m) = tail("enabled: true\nelse_rate: 1.0\nidle: 10s\nmax_duration: 25s\nspill: null\n");
+    assert!(t.admit(vec![ev("idle", "step", "1")]).events.is_empty());
+    assert!(t.admit(vec![ev("busy", "step", "1")]).events.is_empty());
+    // `busy` stays active; `idle` does not.
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let mut out = t.admit(vec![ev("busy", "step", "2")]);
+        out.events.extend(t.poll().events);
+        let runs: Vec<&str> = out.events.iter().filter_map(|e| e.run_id.as_deref()).collect();
+        if runs.contains(&"idle") {
+            assert!(t.next_deadline().is_some());
+        }
+    }
+    assert_eq!(decisions(&m, "kept", "rate"), 2, "idle after 10s, busy after 25s");
+    assert_eq!(m.tail_open_runs.get(), 0);
+    assert!(t.next_deadline().is_none() || t.poll().events.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_keep_releases_an_open_run() {
+    let (t, m) = tail(ON);
+    t.admit(vec![ev("r", "step", "1"), ev("r", "step", "2")]);
+    assert_eq!(t.keep("r"), KeepOutcome::Keeping);
+    assert_eq!(t.keep("nobody"), KeepOutcome::Unknown);
+    let out = t.poll();
+    assert_eq!(out.events.len(), 2);
+    assert!(out.events.iter().all(|e| kept_by(e) == Some("forced")));
+    assert_eq!(decisions(&m, "kept", "forced"), 1);
+    assert_eq!(t.keep("r"), KeepOutcome::AlreadyKept);
+    t.admit(run("p", 0, "passed"));
+    assert_eq!(t.keep("p"), KeepOutcome::AlreadyDropped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_over_max_run_bytes_is_decided_early() {
+    let (t, m) = tail("enabled: true\nelse_rate: 0.0\nmax_bytes: 1MiB\nmax_run_bytes: 4KiB\nspill: null\n");
+    let mut out = t.admit(vec![ev("big", "step", r#"{"status":"error"}"#)]);
+    for i in 0..100 {
+        out.events
+            .extend(t.admit(vec![ev("big", "step", &format!(r#""{}""#, "x".repeat(100 + i)))]).events);
+    }
+    assert_eq!(decisions(&m, "kept", "early"), 1);
+    assert!(out.events.iter().all(|e| e.run_id.as_deref() == Some("big")));
+    assert_eq!(kept_by(&out.events[0]), Some("failed/early"));
+    let late = out.events.iter().filter(|e| kept_by(e) == Some("failed/early")).count();
+    assert_eq!(late, 101, "the rest follow the early decision");
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_stays_bounded_and_spilled_runs_come_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "enabled: true\nelse_rate: 1.0\nmax_bytes: 256KiB\nmax_run_bytes: 256KiB\nspill: {{dir: {}, max_bytes: 64MiB}}\n",
+        dir.path().display()
+    );
+    let (t, m) = tail(&yaml);
+    let runs = 200;
+    let per = 40;
+    for i in 0..per {
+        let batch: Vec<Event> = (0..runs)
+            .map(|r| ev(&format!("r{r}"), "step", &format!(r#"{{"i":{i},"pad":"{}"}}"#, "p".repeat(60))))
+            .collect();
+        assert!(t.admit(batch).events.is_empty(), "nothing is decided early");
+        assert!(m.tail_buffered_bytes.get() <= 256 << 10, "{}", m.tail_buffered_bytes.get());
+    }
+    assert!(m.tail_spilled_bytes.get() > 0, "spilled");
+    assert_eq!(decisions(&m, "kept", "early"), 0);
+    let ends: Vec<Event> = (0..runs).map(|r| ev(&format!("r{r}"), "test_end", "{}")).collect();
+    let out = t.admit(ends);
+    assert_eq!(out.events.len(), runs * (per + 1));
+    for (k, r) in out.runs.iter().enumerate() {
+        let evs = &out.events[r.clone()];
+        assert_eq!(evs.len(), per + 1, "run {k} whole");
+        let id = evs[0].run_id.clone();
+        for (i, e) in evs[..per].iter().enumerate() {
+            assert_eq!(e.run_id, id);
+            assert!(e.data_str().starts_with(&format!(r#"{{"i":{i},"#)), "in order");
+            assert_eq!(kept_by(e), Some("rate"));
+        }
+    }
+    assert_eq!(m.tail_spilled_bytes.get(), 0, "segments removed once read back");
+    assert_eq!(m.dropped_count(DropReason::Spill), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_spill_the_oldest_runs_are_decided_early_and_counted() {
+    let (t, m) = tail("enabled: true\nelse_rate: 0.0\nmax_bytes: 64KiB\nmax_run_bytes: 64KiB\nspill: null\n");
+    let mut delivered = 0u64;
+    let n = 5000u64;
+    for r in 0..n {
+        let status = if r % 10 == 0 { "failed" } else { "passed" };
+        let out = t.admit(vec![ev(&format!("run-{r}"), "step", &format!(r#"{{"status":"{status}"}}"#))]);
+        delivered += out.events.len() as u64;
+        assert!(m.tail_buffered_bytes.get() <= 64 << 10);
+    }
+    let early = decisions(&m, "kept", "early") + decisions(&m, "dropped", "early");
+    assert!(early > 1000, "{early}");
+    delivered += t.shutdown().events.len() as u64;
+    assert_eq!(delivered, n / 10, "every failing run kept, early or at shutdown");
+    assert_eq!(delivered + m.dropped_count(DropReason::SampledOut), n, "nothing unseen");
+    assert!(t.decided_early_within(Duration::from_secs(60)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn tiny_runs_cannot_escape_the_bound_through_bookkeeping() {
+    let (t, m) = tail("enabled: true\nmax_bytes: 128KiB\nmax_run_bytes: 128KiB\nspill: null\n");
+    for r in 0..20_000 {
+        t.admit(vec![ev(&format!("{r}"), "s", "1")]);
+    }
+    assert!(m.tail_buffered_bytes.get() <= 128 << 10);
+    // The per-run bookkeeping is counted: far fewer than 20k runs fit in 128 KiB.
+    assert!(m.tail_open_runs.get() < 1000, "{}", m.tail_open_runs.get());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_decides_every_open_run_by_what_it_holds() {
+    let (t, m) = tail(ON);
+    t.admit(vec![ev("f", "step", r#"{"status":"failed"}"#), ev("p", "step", "{}")]);
+    let out = t.shutdown();
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(kept_by(&out.events[0]), Some("failed"));
+    assert_eq!(decisions(&m, "kept", "shutdown"), 1);
+    assert_eq!(decisions(&m, "dropped", "shutdown"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_changes_policies_live_and_turning_off_releases_open_runs() {
+    let (t, m) = tail(ON);
+    t.admit(vec![ev("slow", "step", r#"{"ms":5000}"#), ev("fast", "step", r#"{"ms":1}"#)]);
+    t.reconfigure(&config(
+        "enabled: true\nelse_rate: 0.0\nspill: null\nkeep:\n  - {name: slow, when: 'data.ms > 1000'}\n",
+    ));
+    assert!(t.poll().events.is_empty(), "open runs stay open");
+    t.reconfigure(&config("enabled: false\nelse_rate: 0.0\nkeep:\n  - {name: slow, when: 'data.ms > 1000'}\n"));
+    let out = t.poll();
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(kept_by(&out.events[0]), Some("slow"), "re-evaluated against the new policies");
+    assert_eq!(decisions(&m, "dropped", "rate"), 1);
+    assert!(!t.enabled());
+    // Off: events pass through, and the runs view sees them.
+    let out = t.admit(vec![ev("x", "step", "1")]);
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(t.get("x", 10).unwrap().0.state, "seen");
+}
+
+#[test]
+fn plugin_batches_never_split_a_run_that_fits() {
+    let evs: Vec<Event> = (0..10).map(|i| ev("r", "s", &i.to_string())).collect();
+    let r = Released {
+        events: evs,
+        // 0,1 pass; run 2..6; 6 passes; run 7..10
+        runs: vec![2..6, 7..10],
+    };
+    let sizes: Vec<usize> = r.into_batches(5).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 5, 3]);
+    let evs: Vec<Event> = (0..12).map(|i| ev("r", "s", &i.to_string())).collect();
+    let r = Released {
+        events: evs,
+        runs: vec![0..12],
+    };
+    let sizes: Vec<usize> = r.into_batches(5).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [5, 5, 2], "a run over the limit is split");
+}
+
+#[test]
+fn a_policy_that_does_not_compile_names_its_key() {
+    let err = crate::config::parse(
+        "sampling:\n  tail:\n    keep:\n      - {name: x, when: 'data.status ==='}\n",
+    )
+    .unwrap_err();
+    assert_eq!(err.path, "sampling.tail.keep[0].when", "{err}");
+    assert_eq!(err.line, Some(4), "{err}");
+    assert!(err.message.contains("column"), "{err}");
+    let err = crate::config::parse("sampling:\n  tail:\n    end_when: 'type =='\n").unwrap_err();
+    assert_eq!(err.path, "sampling.tail.end_when", "{err}");
+    assert_eq!(err.line, Some(3), "{err}");
+}
