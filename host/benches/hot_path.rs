@@ -1,4 +1,5 @@
-//! Criterion benches for the hot path: envelope parse, sampler decision, batch encode.
+//! Criterion benches for the hot path: envelope parse, sampler decision, the tail stage, batch
+//! encode.
 //!
 //! `cargo bench -p outrigger --bench hot_path`. Each bench works on a batch of 2000 events of
 //! about 160 bytes, the default `batch.max_events`; throughput is reported in events.
@@ -71,7 +72,40 @@ fn benches(c: &mut Criterion) {
     g.bench_function("sampler_run_id_0.5_2000", |b| {
         b.iter_batched(
             || events.clone(),
-            |mut batch| sampler.apply(&mut batch),
+            |mut batch| sampler.apply(&mut batch, false),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+
+    // The tail stage: 2000 events of 50 runs, each closed by its last event (`run_end`), so
+    // that every iteration holds, decides and releases 50 new runs (fresh run ids each time).
+    let tail_cfg =
+        outrigger::config::parse("sampling: {tail: {enabled: true, else_rate: 0.1}}").unwrap();
+    let tail = outrigger::tail::Tail::new(&tail_cfg, Arc::new(Metrics::new()));
+    let shaped: Vec<Event> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut e = e.clone();
+            if i >= N - 50 {
+                e.kind = Arc::from("run_end");
+            }
+            e
+        })
+        .collect();
+    let mut round = 0u64;
+    g.bench_function("tail_admit_50_runs_2000", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                let mut batch = shaped.clone();
+                for e in &mut batch {
+                    let id = format!("{}-{round}", e.run_id.as_deref().unwrap_or(""));
+                    e.run_id = Some(Arc::from(id));
+                }
+                batch
+            },
+            |batch| tail.admit(batch).events.len(),
             criterion::BatchSize::LargeInput,
         )
     });

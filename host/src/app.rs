@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::control::limit::RateLimiter;
 use crate::control::views::EventViews;
-use crate::tail::Tail;
 use crate::control::{self, ControlState, ReloadRequest, health::HealthMonitor};
 use crate::event::Event;
 use crate::ingest::{self, Admission};
@@ -37,6 +36,7 @@ use crate::queue::Queue;
 use crate::reload::{self, ConfigWatcher, DataPlane, ReloadStatus, Reloader, Targets};
 use crate::sampler::Sampler;
 use crate::sinks::{self, ClosingSinks, Progress, SinkContext, SinkHandle, SinkSet};
+use crate::tail::Tail;
 
 /// What `outrigger run` passes besides the config.
 #[derive(Default)]
@@ -466,6 +466,11 @@ impl Daemon {
     /// Where the daemon listens.
     pub fn addrs(&self) -> &Addrs {
         &self.addrs
+    }
+
+    /// Profiles one more process from now on (`outrigger exec`'s child).
+    pub fn watch_pid(&self, pid: u32) {
+        self.tasks.profiler.watch_pid(pid);
     }
 
     /// Marks the daemon ready, serves reloads until `stop`, then drains (cut short by `force`).

@@ -286,22 +286,43 @@ mod tests {
     fn the_has_guard_answers_without_parsing_and_agrees_with_cel() {
         let c = r#"has(data.status) && data.status in ["failed", "error"]"#;
         assert!(Condition::compile(c).unwrap().guard.is_some());
-        assert_eq!(eval(c, r#"{"type":"a","data":{"status":"failed"}}"#), Ok(true));
-        assert_eq!(eval(c, r#"{"type":"a","data":{"status":"passed"}}"#), Ok(false));
+        assert_eq!(
+            eval(c, r#"{"type":"a","data":{"status":"failed"}}"#),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(c, r#"{"type":"a","data":{"status":"passed"}}"#),
+            Ok(false)
+        );
         assert_eq!(eval(c, r#"{"type":"a","data":{"other":1}}"#), Ok(false));
         // No data, or data that is not an object: not matched, not an error.
         assert_eq!(eval(c, r#"{"type":"a"}"#), Ok(false));
         assert_eq!(eval(c, r#"{"type":"a","data":[1,2]}"#), Ok(false));
         // The key named inside a value is parsed and evaluated properly.
-        assert_eq!(eval(c, r#"{"type":"a","data":{"k":"\"status\""}}"#), Ok(false));
-        assert_eq!(eval(c, r#"{"type":"a","data":{"n":{"status":"failed"}}}"#), Ok(false));
+        assert_eq!(
+            eval(c, r#"{"type":"a","data":{"k":"\"status\""}}"#),
+            Ok(false)
+        );
+        assert_eq!(
+            eval(c, r#"{"type":"a","data":{"n":{"status":"failed"}}}"#),
+            Ok(false)
+        );
         // An escaped key is not missed.
         assert_eq!(
             eval(c, r#"{"type":"a","data":{"status":"error"}}"#),
             Ok(true)
         );
-        assert!(Condition::compile("data.x == 1 && has(data.y)").unwrap().guard.is_none());
-        assert!(Condition::compile(r#"type in ["a"]"#).unwrap().uses_only_type());
+        assert!(
+            Condition::compile("data.x == 1 && has(data.y)")
+                .unwrap()
+                .guard
+                .is_none()
+        );
+        assert!(
+            Condition::compile(r#"type in ["a"]"#)
+                .unwrap()
+                .uses_only_type()
+        );
         assert!(!Condition::compile(c).unwrap().uses_only_type());
     }
 

@@ -465,8 +465,7 @@ pub const DEFAULT_END_WHEN: &str = r#"type in ["run_end", "test_end", "test_sess
 /// The default keep policy's condition: a failed or erroring event (the clients' `status`,
 /// OTLP error spans). `has` first, so that events without a `status` are simply not matched
 /// rather than counted as condition errors.
-pub const DEFAULT_KEEP_FAILED: &str =
-    r#"has(data.status) && data.status in ["failed", "error"]"#;
+pub const DEFAULT_KEEP_FAILED: &str = r#"has(data.status) && data.status in ["failed", "error"]"#;
 
 impl Default for TailConfig {
     fn default() -> Self {

@@ -2,7 +2,8 @@
 //!
 //! `run` starts the daemon and turns SIGINT/SIGTERM into a graceful shutdown (a second signal
 //! cuts the drain short and exits 130); `check` builds every stage as `run` would; `send`,
-//! `status` and `tail` are clients of a running daemon; `plugin` and `replay` work on plugins
+//! `status`, `runs` and `tail` are clients of a running daemon; `exec` runs a command under a
+//! daemon of its own; `plugin` and `replay` work on plugins
 //! offline. Everything else lives in the library. Errors print one clear message and exit 1.
 
 use std::path::{Path, PathBuf};
@@ -71,6 +72,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The runs a running daemon holds or has decided (tail sampling), most recent first.
+    Runs {
+        #[command(flatten)]
+        control: outrigger::cli::ControlArgs,
+        /// open, kept, dropped or seen (default: all).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// The summaries as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command under a daemon of its own: `outrigger exec -- pytest --outrigger`. The
+    /// command gets OUTRIGGER_SOCKET and OUTRIGGER_CONTROL_URL; its exit code is outrigger's.
+    Exec {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Log only warnings and errors (the daemon's log shares the terminal with the command).
+        #[arg(short, long)]
+        quiet: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Follow the events a running daemon admits (live, from its control API).
     Tail {
         #[command(flatten)]
@@ -136,6 +162,15 @@ enum Command {
         /// The daemon's pid for the CPU figures (default: the socket's peer).
         #[arg(long)]
         pid: Option<u32>,
+        /// A run-shaped load for tail sampling: this many runs open at once (split across
+        /// connections), each of --run-events events ending in `run_end`; then new runs.
+        #[arg(long, value_name = "N")]
+        runs: Option<usize>,
+        #[arg(long, default_value_t = 10, value_name = "M")]
+        run_events: usize,
+        /// The share of runs with a failed step.
+        #[arg(long, default_value_t = 0.03)]
+        failing: f64,
     },
     /// Run plugins offline over recorded events; prints the resulting events and a verdict summary.
     Replay {
@@ -211,6 +246,28 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             types,
             json,
         } => outrigger::cli::tail(&control.client()?, &types, json).await,
+        Command::Runs {
+            control,
+            state,
+            limit,
+            json,
+        } => outrigger::cli::runs(&control.client()?, state.as_deref(), limit, json).await,
+        Command::Exec {
+            config,
+            quiet,
+            command,
+        } => {
+            let (mut cfg, path) = load_config(config.as_deref())?;
+            if quiet {
+                cfg.log.level = "warn".into();
+            }
+            let log = outrigger::logging::init(&cfg.log);
+            let opts = outrigger::app::RunOptions {
+                watch_pids: vec![],
+                log,
+            };
+            outrigger::cli::exec::exec(cfg, path, &command, opts).await
+        }
         Command::Check { config } => check(config.as_deref()).await,
         Command::Send {
             socket,
@@ -266,6 +323,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             baseline,
             idle,
             pid,
+            runs,
+            run_events,
+            failing,
         } => {
             let (cfg, _) = load_config(config.as_deref())?;
             let daemon_socket = socket.clone().unwrap_or(cfg.ingest.socket.clone());
@@ -314,6 +374,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 batch: if ack && http.is_none() { 1 } else { batch },
                 event_type: kind,
                 pid,
+                runs: runs.map(|concurrent| outrigger::bench::RunShape {
+                    concurrent: concurrent.max(1),
+                    events_per_run: run_events,
+                    failing,
+                }),
             };
             let baseline_socket = baseline.then(|| opts.socket.clone());
             let report = tokio::task::spawn_blocking(move || outrigger::bench::run(&opts)).await?;

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub tail_decision_latency: Histogram,
     /// Spill writes and reads that failed, by operation.
     pub tail_spill_errors: IntCounterVec,
+    /// Events written to the tail's spill (each counted once per write).
+    pub tail_spilled_events: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -297,6 +299,11 @@ impl Metrics {
                 &["op"],
             )
             .expect("valid metric"),
+            tail_spilled_events: IntCounter::with_opts(opts(
+                "tail_spilled_events_total",
+                "Events of open runs written to the tail's spill",
+            ))
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -332,6 +339,7 @@ impl Metrics {
             Box::new(m.tail_decisions.clone()),
             Box::new(m.tail_decision_latency.clone()),
             Box::new(m.tail_spill_errors.clone()),
+            Box::new(m.tail_spilled_events.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");

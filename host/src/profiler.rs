@@ -330,6 +330,7 @@ pub struct Profiler {
 /// A running profiler: accepts a new `profiling` section, and ends on the shutdown token.
 pub struct ProfilerHandle {
     config: watch::Sender<ProfilingConfig>,
+    extra: Arc<Mutex<Vec<u32>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -338,6 +339,18 @@ impl ProfilerHandle {
     /// the next tick on. The history keeps its samples.
     pub fn reconfigure(&self, config: ProfilingConfig) {
         self.config.send_replace(config);
+    }
+
+    /// Watches one more process from the next tick on, whatever the config says (`outrigger
+    /// exec`'s child); a reload keeps it.
+    pub fn watch_pid(&self, pid: u32) {
+        {
+            let mut extra = self.extra.lock();
+            if !extra.contains(&pid) {
+                extra.push(pid);
+            }
+        }
+        self.config.send_modify(|_| {});
     }
 
     /// A handle that applies new settings later (for the reloader), apart from `join`.
@@ -355,11 +368,21 @@ impl Profiler {
     /// Starts the sampling task.
     pub fn spawn(self, stop: CancellationToken) -> ProfilerHandle {
         let (tx, rx) = watch::channel(self.config.clone());
-        let task = tokio::spawn(self.run(rx, stop));
-        ProfilerHandle { config: tx, task }
+        let extra = Arc::new(Mutex::new(self.extra_pids.clone()));
+        let task = tokio::spawn(self.run(rx, extra.clone(), stop));
+        ProfilerHandle {
+            config: tx,
+            extra,
+            task,
+        }
     }
 
-    async fn run(self, mut config: watch::Receiver<ProfilingConfig>, stop: CancellationToken) {
+    async fn run(
+        self,
+        mut config: watch::Receiver<ProfilingConfig>,
+        extra: Arc<Mutex<Vec<u32>>>,
+        stop: CancellationToken,
+    ) {
         let own = match sysinfo::get_current_pid() {
             Ok(p) => p,
             Err(e) => {
@@ -369,7 +392,7 @@ impl Profiler {
         };
         let mut sys = System::new();
         let mut cfg = config.borrow_and_update().clone();
-        let mut watching = self.watch_list(&cfg);
+        let mut watching = self.watch_list(&cfg, &extra.lock());
         let mut gone: Vec<u32> = Vec::new();
         self.apply_config(&cfg, &watching);
         let mut tick = tokio::time::interval(cfg.interval.0.max(Duration::from_millis(10)));
@@ -388,7 +411,7 @@ impl Profiler {
                         tick = tokio::time::interval(next.interval.0.max(Duration::from_millis(10)));
                         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     }
-                    let next_watching = self.watch_list(&next);
+                    let next_watching = self.watch_list(&next, &extra.lock());
                     for pid in watching.iter().filter(|p| !next_watching.contains(p)) {
                         self.forget(*pid);
                     }
@@ -410,10 +433,10 @@ impl Profiler {
         tracing::debug!("profiler stopped");
     }
 
-    /// Config pids then command-line pids, without duplicates.
-    fn watch_list(&self, cfg: &ProfilingConfig) -> Vec<u32> {
+    /// Config pids then command-line (and `exec`) pids, without duplicates.
+    fn watch_list(&self, cfg: &ProfilingConfig, extra: &[u32]) -> Vec<u32> {
         let mut v: Vec<u32> = Vec::new();
-        for p in cfg.watch_pids.iter().chain(&self.extra_pids) {
+        for p in cfg.watch_pids.iter().chain(extra) {
             if !v.contains(p) {
                 v.push(*p);
             }

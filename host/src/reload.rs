@@ -241,7 +241,7 @@ impl Reloader {
             let h = SinkHandle::spawn(label.clone(), s.clone(), self.data.sink_ctx.clone(), i == 0)
                 .map_err(|e| ReloadError::Config(format!("{e:#}")))?;
             opened.push(label);
-            sinks.push(PlannedSink::Open(h));
+            sinks.push(PlannedSink::Open(Box::new(h)));
         }
         let closed: Vec<&str> = self
             .data

@@ -105,6 +105,14 @@ log: {{level: "info,outrigger=debug"}}
 
     /// Starts a daemon without waiting for it to be ready.
     pub fn spawn(extra: &str) -> Daemon {
+        let mut d = Daemon::prepare(extra);
+        d.launch();
+        d
+    }
+
+    /// Writes the config and makes the directories, without starting anything (for tests that
+    /// run the binary themselves, like `outrigger exec`).
+    pub fn prepare(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
         let socket = dir.path().join("outrigger.sock");
@@ -122,7 +130,7 @@ log: {{level: "info,outrigger=debug"}}
         std::fs::write(&config, serde_yaml::to_string(&cfg).expect("yaml")).expect("write config");
         let out = dir.path().join("out/events.ndjson");
         let log = dir.path().join("daemon.log");
-        let mut d = Daemon {
+        Daemon {
             child: None,
             dir,
             socket,
@@ -132,9 +140,7 @@ log: {{level: "info,outrigger=debug"}}
             config,
             log,
             api_key,
-        };
-        d.launch();
-        d
+        }
     }
 
     /// (Re)starts the process on the same config and directory.
@@ -366,6 +372,20 @@ pub fn read_ndjson(path: &Path) -> Vec<Value> {
                 .unwrap_or_else(|e| panic!("bad line in {}: {e}: {l}", path.display()))
         })
         .collect()
+}
+
+/// Rewrites the daemon's config with `extra` merged over what is there, the way editors save:
+/// a new file renamed over the old one.
+pub fn rewrite_config(d: &Daemon, extra: &str) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let mut cfg: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    merge(
+        &mut cfg,
+        serde_yaml::from_str(&extra.replace("{dir}", &d.dir.path().display().to_string())).unwrap(),
+    );
+    let tmp = d.config.with_extension("yml.tmp");
+    std::fs::write(&tmp, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    std::fs::rename(&tmp, &d.config).unwrap();
 }
 
 /// Sums the series of `name` (exact metric name) whose label set contains `labels`.

@@ -5,10 +5,12 @@
 mod clients;
 mod control;
 mod deploy;
+mod exec;
 mod harness;
 mod ingest;
 mod languages;
 mod pipeline;
 mod plugins;
 mod reload;
+mod tail;
 mod wasm;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::harness::{Daemon, eventually, merge, read_ndjson};
+use crate::harness::{Daemon, eventually, merge, read_ndjson, rewrite_config};
 
 /// Streams numbered events of `kind` on one no-ack connection until `stop`; returns how many.
 fn stream(
@@ -41,20 +41,6 @@ fn stream(
         wr.shutdown().await.expect("shutdown");
         n
     })
-}
-
-/// Rewrites the daemon's config with `extra` merged over what is there, the way editors save:
-/// a new file renamed over the old one.
-fn rewrite_config(d: &Daemon, extra: &str) {
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    let mut cfg: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    merge(
-        &mut cfg,
-        serde_yaml::from_str(&extra.replace("{dir}", &d.dir.path().display().to_string())).unwrap(),
-    );
-    let tmp = d.config.with_extension("yml.tmp");
-    std::fs::write(&tmp, serde_yaml::to_string(&cfg).unwrap()).unwrap();
-    std::fs::rename(&tmp, &d.config).unwrap();
 }
 
 fn numbers(events: &[Value], kind: &str) -> HashMap<u64, usize> {

@@ -12,6 +12,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -43,6 +45,67 @@ pub struct BenchOptions {
     pub event_type: String,
     /// The daemon's pid, to report its CPU over the run (`None`: not measured).
     pub pid: Option<u32>,
+    /// A run-shaped load instead of independent events (for tail sampling).
+    pub runs: Option<RunShape>,
+}
+
+/// `--runs N --run-events M --failing F`: each connection keeps its share of N runs open at
+/// once, sends event k of each of them before event k+1 of any (`run_start`, `step`s,
+/// `run_end`), then starts N new runs; a share F of the runs has a step with `status: failed`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct RunShape {
+    pub concurrent: usize,
+    pub events_per_run: usize,
+    pub failing: f64,
+}
+
+impl RunShape {
+    /// Whether run `i` of round `round` fails (spread evenly, the same on every run).
+    fn fails(&self, round: u64, i: u64) -> bool {
+        let h = (round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+            >> 11;
+        (h % 1_000_000) < (self.failing * 1_000_000.0) as u64
+    }
+
+    /// Writes event `seq` of run `i` of `round` on connection `c` (`run` = `(c, round, i)`).
+    fn line(&self, out: &mut Vec<u8>, kind: &str, size: usize, run: (usize, u64, u64), seq: usize) {
+        let (c, round, i) = run;
+        let t = match seq {
+            0 => "run_start",
+            s if s + 1 == self.events_per_run => "run_end",
+            _ => kind,
+        };
+        let status = match (seq, self.fails(round, i)) {
+            (1, true) => "failed",
+            _ => "passed",
+        };
+        let pad = size.saturating_sub(80);
+        let _ = write!(
+            out,
+            "{{\"type\":\"{t}\",\"run_id\":\"bench-{c}-{round}-{i}\",\"data\":{{\"seq\":{seq},\"status\":\"{status}\",\"pad\":\""
+        );
+        out.resize(out.len() + pad, b'x');
+        out.extend_from_slice(b"\"}}\n");
+    }
+}
+
+/// What the tail stage did over a run-shaped load.
+#[derive(Debug, Default, Serialize)]
+pub struct RunsReport {
+    pub shape: Option<RunShape>,
+    /// Runs decided (kept and dropped) over the run, from `outrigger_tail_decisions_total`.
+    pub decided: u64,
+    pub kept: u64,
+    /// From the closing event at the tail stage to its run's release, from
+    /// `outrigger_tail_decision_latency_seconds` (bucket upper bounds).
+    pub decision_p50_ms: Option<f64>,
+    pub decision_p99_ms: Option<f64>,
+    /// The daemon's peak resident memory (`VmHWM`) at the end.
+    pub daemon_peak_rss_bytes: Option<u64>,
+    /// The most the tail held in memory and on disk, sampled while the load ran.
+    pub max_buffered_bytes: u64,
+    pub max_spilled_bytes: u64,
+    pub max_open_runs: u64,
 }
 
 /// What `outrigger bench` measured.
@@ -71,6 +134,8 @@ pub struct BenchReport {
     pub daemon: Option<procstat::Usage>,
     /// Daemon CPU per event sent, in microseconds.
     pub daemon_cpu_us_per_event: Option<f64>,
+    /// With `--runs`: what the tail stage did.
+    pub runs: Option<RunsReport>,
 }
 
 fn event_line(kind: &str, size: usize, i: u64) -> String {
@@ -89,15 +154,40 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         .map(|c| scrape(c, opts.api_key.as_deref()))
         .transpose()?;
     let cpu_before = opts.pid.map(procstat::sample).transpose()?;
+    anyhow::ensure!(
+        opts.runs.is_none() || (opts.http.is_none() && !opts.ack),
+        "--runs sends over the socket without acks: drop --http and --ack"
+    );
     let per_conn = opts.events / opts.connections as u64;
     let rate_per_conn = opts.rate as f64 / opts.connections as f64;
     let started = Instant::now();
+    // With --runs, the tail's gauges are sampled while the load runs (their peaks).
+    let done = Arc::new(AtomicBool::new(false));
+    let gauges = match (opts.runs, opts.control) {
+        (Some(_), Some(control)) => {
+            let (done, key) = (done.clone(), opts.api_key.clone());
+            Some(std::thread::spawn(move || {
+                let mut peak = (0u64, 0u64, 0u64);
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(s) = scrape(control, key.as_deref()) {
+                        peak.0 = peak.0.max(s.tail_buffered);
+                        peak.1 = peak.1.max(s.tail_spilled);
+                        peak.2 = peak.2.max(s.tail_open);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                peak
+            }))
+        }
+        _ => None,
+    };
     let mut threads = Vec::new();
     for c in 0..opts.connections {
         let o = opts.clone();
         threads.push(std::thread::spawn(
             move || -> anyhow::Result<(u64, u64, Vec<u32>)> {
                 match (o.http, o.ack) {
+                    _ if o.runs.is_some() => runs_conn(&o, c, per_conn, rate_per_conn),
                     (Some(addr), _) => http_conn(&o, addr, per_conn, rate_per_conn),
                     (None, true) => ack_conn(&o, c, per_conn, rate_per_conn),
                     (None, false) => noack_conn(&o, c, per_conn, rate_per_conn),
@@ -141,6 +231,10 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         report.ack_p99_us = Some(pct(0.99));
         report.ack_max_us = Some(*rtts.last().unwrap_or(&0) as f64 / 1000.0);
     }
+    let mut runs_report = opts.runs.map(|shape| RunsReport {
+        shape: Some(shape),
+        ..Default::default()
+    });
     if let (Some(control), Some(before)) = (opts.control, before) {
         // Wait until everything received has been delivered or dropped (or 30 s pass).
         let settle = Instant::now();
@@ -165,7 +259,36 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 report.dropped_by_reason.insert(k.clone(), d);
             }
         }
+        if let Some(r) = runs_report.as_mut() {
+            r.decided = after.decided - before.decided;
+            r.kept = after.kept - before.kept;
+            let buckets: Vec<(f64, u64)> = after
+                .decision_buckets
+                .iter()
+                .map(|(le, n)| {
+                    let was = before
+                        .decision_buckets
+                        .iter()
+                        .find(|(l, _)| l == le)
+                        .map_or(0, |(_, n)| *n);
+                    (*le, n - was)
+                })
+                .collect();
+            r.decision_p50_ms = percentile(&buckets, 0.50).map(|s| s * 1e3);
+            r.decision_p99_ms = percentile(&buckets, 0.99).map(|s| s * 1e3);
+        }
     }
+    done.store(true, Ordering::Relaxed);
+    if let (Some(g), Some(r)) = (gauges, runs_report.as_mut()) {
+        let (buffered, spilled, open) = g.join().unwrap_or_default();
+        r.max_buffered_bytes = buffered;
+        r.max_spilled_bytes = spilled;
+        r.max_open_runs = open;
+    }
+    if let (Some(r), Some(pid)) = (runs_report.as_mut(), opts.pid) {
+        r.daemon_peak_rss_bytes = procstat::peak_rss(pid).ok();
+    }
+    report.runs = runs_report;
     if let (Some(pid), Some(before)) = (opts.pid, cpu_before) {
         let u = procstat::usage(pid, &before, &procstat::sample(pid)?);
         report.daemon_cpu_us_per_event = Some(u.cpu_seconds * 1e6 / sent.max(1) as f64);
@@ -234,6 +357,51 @@ fn noack_conn(
     let _ = s.read_to_string(&mut rest);
     let failed = rest.lines().count() as u64;
     Ok((sent, failed, Vec::new()))
+}
+
+/// The run-shaped load on one connection, without acks (see [`RunShape`]).
+fn runs_conn(
+    o: &BenchOptions,
+    c: usize,
+    n: u64,
+    rate: f64,
+) -> anyhow::Result<(u64, u64, Vec<u32>)> {
+    let shape = o.runs.context("a run shape")?;
+    let mut s = UnixStream::connect(&o.socket)
+        .with_context(|| format!("connecting to {}", o.socket.display()))?;
+    s.write_all(b"{\"hello\":{\"ack\":false}}\n")?;
+    let open = (shape.concurrent / o.connections).max(1) as u64;
+    let per_run = shape.events_per_run.max(2);
+    let shape = RunShape {
+        events_per_run: per_run,
+        ..shape
+    };
+    let batch = o.batch.max(1);
+    let mut chunk = Vec::with_capacity(batch * (o.size + 96));
+    let (start, mut sent, mut in_chunk) = (Instant::now(), 0u64, 0usize);
+    let mut round = 0u64;
+    // Whole rounds only (the last may go past `n`): every run sent is closed.
+    while sent < n {
+        for seq in 0..per_run {
+            for i in 0..open {
+                shape.line(&mut chunk, &o.event_type, o.size, (c, round, i), seq);
+                sent += 1;
+                in_chunk += 1;
+                if in_chunk == batch {
+                    pace(start, sent, rate);
+                    s.write_all(&chunk)?;
+                    chunk.clear();
+                    in_chunk = 0;
+                }
+            }
+        }
+        round += 1;
+    }
+    s.write_all(&chunk)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    Ok((sent, rest.lines().count() as u64, Vec::new()))
 }
 
 fn ack_conn(o: &BenchOptions, c: usize, n: u64, rate: f64) -> anyhow::Result<(u64, u64, Vec<u32>)> {
@@ -385,10 +553,17 @@ fn read_response(r: &mut impl BufRead) -> anyhow::Result<(u16, String)> {
 }
 
 /// The counters the report needs, from `/metrics`.
+#[derive(Default)]
 struct Scrape {
     received: u64,
     delivered: u64,
     dropped: std::collections::BTreeMap<String, u64>,
+    decided: u64,
+    kept: u64,
+    decision_buckets: Vec<(f64, u64)>,
+    tail_buffered: u64,
+    tail_spilled: u64,
+    tail_open: u64,
 }
 
 impl Scrape {
@@ -409,11 +584,7 @@ fn scrape(addr: SocketAddr, key: Option<&str>) -> anyhow::Result<Scrape> {
     )?;
     let (status, body) = read_response(&mut BufReader::new(s))?;
     anyhow::ensure!(status == 200, "GET /metrics answered {status}");
-    let mut out = Scrape {
-        received: 0,
-        delivered: 0,
-        dropped: Default::default(),
-    };
+    let mut out = Scrape::default();
     // With several sinks, "delivered" is the first sink's count (each sink gets every event).
     let mut first_sink: Option<String> = None;
     for l in body.lines().filter(|l| !l.starts_with('#')) {
@@ -431,9 +602,40 @@ fn scrape(addr: SocketAddr, key: Option<&str>) -> anyhow::Result<Scrape> {
         } else if let Some(rest) = series.strip_prefix("outrigger_events_dropped_total{reason=\"") {
             out.dropped
                 .insert(rest.trim_end_matches("\"}").to_string(), v);
+        } else if series.starts_with("outrigger_tail_decisions_total") {
+            out.decided += v;
+            if series.contains("result=\"kept\"") {
+                out.kept += v;
+            }
+        } else if let Some(rest) =
+            series.strip_prefix("outrigger_tail_decision_latency_seconds_bucket{le=\"")
+        {
+            let le = rest.trim_end_matches("\"}");
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            out.decision_buckets.push((le, v));
+        } else if series == "outrigger_tail_buffered_bytes" {
+            out.tail_buffered = v;
+        } else if series == "outrigger_tail_spilled_bytes" {
+            out.tail_spilled = v;
+        } else if series == "outrigger_tail_open_runs" {
+            out.tail_open = v;
         }
     }
     Ok(out)
+}
+
+/// The upper bound of the bucket that holds quantile `q` of a cumulative histogram.
+fn percentile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.iter().map(|(_, n)| *n).max()?;
+    if total == 0 {
+        return None;
+    }
+    let want = (total as f64 * q).ceil() as u64;
+    buckets.iter().find(|(_, n)| *n >= want).map(|(le, _)| *le)
 }
 
 /// The report for people.
@@ -475,6 +677,21 @@ pub fn print(r: &BenchReport) {
             u.cpu_percent,
             u.wakeups_per_second,
             u.rss_bytes as f64 / 1e6
+        );
+    }
+    if let Some(t) = &r.runs {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("≤{v:.2} ms"));
+        println!(
+            "tail: {} runs decided ({} kept); decision latency p50 {} p99 {}; peak open runs {}, held {:.1} MB, spilled {:.1} MB; daemon peak RSS {}",
+            t.decided,
+            t.kept,
+            ms(t.decision_p50_ms),
+            ms(t.decision_p99_ms),
+            t.max_open_runs,
+            t.max_buffered_bytes as f64 / 1e6,
+            t.max_spilled_bytes as f64 / 1e6,
+            t.daemon_peak_rss_bytes
+                .map_or("-".into(), |b| format!("{:.1} MB", b as f64 / 1e6)),
         );
     }
 }

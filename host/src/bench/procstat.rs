@@ -12,6 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Instant;
 
+use anyhow::Context;
 use serde::Serialize;
 
 /// One reading of a process.
@@ -108,6 +109,18 @@ pub fn sample(pid: u32) -> anyhow::Result<Sample> {
         threads,
         rss_bytes: rss_pages * page,
     })
+}
+
+/// A process's peak resident memory since it started (`VmHWM` in `/proc/PID/status`).
+pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .context("no VmHWM in /proc/PID/status")
 }
 
 /// Threads of one pool differ by a numeric suffix (`tokio-runtime-w` is already cut by the

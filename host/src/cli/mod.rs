@@ -1,5 +1,6 @@
-//! The daemon's own clients: `outrigger status` and `outrigger tail` read a running daemon's
-//! control API; [`send`] writes events to its socket.
+//! The daemon's own clients: `outrigger status`, `outrigger runs` and `outrigger tail` read a
+//! running daemon's control API; [`send`] writes events to its socket; [`exec`] runs a command
+//! under a daemon of its own.
 //!
 //! In: the control address (`--addr`, else the config's `control.listen`) and the API key
 //! (`--api-key`, else `$OUTRIGGER_API_KEY`). `status` reads `/v1/health` (whose report comes
@@ -8,6 +9,7 @@
 //! per event (the native JSON line with `--json`) until the daemon closes the stream, the
 //! output is closed, or the user interrupts it.
 
+pub mod exec;
 pub mod send;
 
 use std::fmt::Write as _;
@@ -319,12 +321,129 @@ pub fn render_status(addr: &str, health: &Value, stats: &Value) -> String {
     } else {
         let _ = writeln!(o, "profile:  disabled");
     }
+    let r = &stats["runs"];
+    let _ = writeln!(
+        o,
+        "runs:     {}",
+        if r["enabled"] == true {
+            format!(
+                "tail sampling on: {} open ({} held, {} spilled); {} remembered ({})",
+                r["open_runs"],
+                mb(num(&r["buffered_bytes"])),
+                mb(num(&r["spilled_bytes"])),
+                r["remembered_runs"],
+                mb(num(&r["remembered_bytes"]))
+            )
+        } else {
+            format!(
+                "tail sampling off; {} remembered ({})",
+                r["remembered_runs"],
+                mb(num(&r["remembered_bytes"]))
+            )
+        }
+    );
     let _ = write!(
         o,
-        "tail:     {} subscriber(s); runs kept: {} ({} events)",
-        stats["tail"]["subscribers"], stats["runs"]["kept"], stats["runs"]["events"]
+        "tail:     {} subscriber(s)",
+        stats["tail"]["subscribers"]
     );
     o
+}
+
+/// `outrigger runs`: the daemon's runs, most recent first (`GET /v1/runs`).
+pub async fn runs(
+    client: &ControlClient,
+    state: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/runs?limit={limit}");
+    if let Some(s) = state {
+        path.push_str("&state=");
+        path.push_str(s);
+    }
+    let v = client.get_json(&path).await?;
+    let text = if json {
+        serde_json::to_string_pretty(&v["runs"])?
+    } else {
+        render_runs(&v)
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The readable form of `runs`: one row per run, the widest run id shown whole up to 48
+/// characters (longer ones keep their end, where a test's name is).
+pub fn render_runs(v: &Value) -> String {
+    let empty = Vec::new();
+    let runs = v["runs"].as_array().unwrap_or(&empty);
+    if runs.is_empty() {
+        return "no runs".into();
+    }
+    let id = |r: &Value| {
+        let s = r["run_id"].as_str().unwrap_or("");
+        let n = s.chars().count();
+        if n > 48 {
+            format!("…{}", s.chars().skip(n - 47).collect::<String>())
+        } else {
+            s.to_string()
+        }
+    };
+    let width = runs
+        .iter()
+        .map(|r| id(r).chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<width$}  {:<7}  {:<16}  {:>7}  {:>9}  {:>8}  TYPES",
+        "RUN", "STATE", "KEPT BY", "EVENTS", "BYTES", "SPAN"
+    );
+    for r in runs {
+        let span_s = (num(&r["last_ts_ns"]) - num(&r["first_ts_ns"])).max(0.0) / 1e9;
+        let span = if span_s < 10.0 {
+            format!("{span_s:.2}s")
+        } else {
+            duration(span_s)
+        };
+        let mut types: Vec<(String, u64)> = r["types"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+            .collect();
+        types.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let shown: Vec<String> = types
+            .iter()
+            .take(4)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        let more = if types.len() > 4 { " …" } else { "" };
+        let _ = writeln!(
+            o,
+            "{:<width$}  {:<7}  {:<16}  {:>7}  {:>9}  {:>8}  {}{more}",
+            id(r),
+            r["state"].as_str().unwrap_or("?"),
+            r["kept_by"].as_str().unwrap_or("-"),
+            r["events"],
+            bytes(num(&r["bytes"])),
+            span,
+            shown.join(" "),
+        );
+    }
+    let _ = write!(o, "{} run(s)", runs.len());
+    o
+}
+
+fn bytes(n: f64) -> String {
+    match n {
+        n if n < 1024.0 => format!("{n} B"),
+        n if n < 1024.0 * 1024.0 => format!("{:.1} KiB", n / 1024.0),
+        n => format!("{:.1} MiB", n / (1024.0 * 1024.0)),
+    }
 }
 
 /// One Server-Sent Event.
@@ -505,7 +624,8 @@ mod tests {
                 "memory_bytes": {"last": 20971520, "growth": 0}, "threads": 9},
                 "watched": {"42": {"alive": true, "cpu_percent": {"avg": 99.0, "max": 100.0}, "memory_bytes": {"last": 1048576, "growth": 0}}},
                 "budget": {"cpu_percent": 5.0, "memory_mb": 1.0, "over": "memory 20.0 MB over the budget of 1 MB", "degrade_factor": 0.1}},
-            "tail": {"subscribers": 0}, "runs": {"kept": 1, "events": 2}});
+            "tail": {"subscribers": 0}, "runs": {"enabled": true, "open_runs": 3, "buffered_bytes": 1048576,
+                "spilled_bytes": 0, "remembered_runs": 7, "remembered_bytes": 2048}});
         let text = render_status("http://127.0.0.1:9464", &health, &stats);
         assert!(
             text.starts_with("outrigger at http://127.0.0.1:9464: degraded (up 1m05s)"),
@@ -521,5 +641,37 @@ mod tests {
         );
         assert!(text.contains("pid 42: alive, CPU avg 99.0%"), "{text}");
         assert!(text.contains("OVER (memory"), "{text}");
+        assert!(
+            text.contains("tail sampling on: 3 open (1.0 MB held, 0.0 MB spilled); 7 remembered"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn readable_runs_table() {
+        let long = format!("session/{}::test_it", "x".repeat(60));
+        let v = serde_json::json!({"runs": [
+            {"run_id": "r1", "state": "kept", "kept_by": "failed", "events": 3, "bytes": 2048,
+             "first_ts_ns": 1_000_000_000u64, "last_ts_ns": 1_500_000_000u64,
+             "types": {"test_start": 1, "log": 1, "test_end": 1}},
+            {"run_id": long, "state": "open", "kept_by": null, "events": 1, "bytes": 100,
+             "first_ts_ns": 5, "last_ts_ns": 5, "types": {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}}
+        ], "count": 2});
+        let text = render_runs(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("RUN"), "{text}");
+        assert!(lines[1].starts_with("r1 "), "{text}");
+        assert!(lines[1].contains("kept     failed"), "{text}");
+        assert!(lines[1].contains("2.0 KiB"), "{text}");
+        assert!(lines[1].contains("0.50s"), "{text}");
+        assert!(lines[1].contains("log=1 test_end=1 test_start=1"), "{text}");
+        assert!(
+            lines[2].starts_with('…') && lines[2].contains("::test_it"),
+            "{text}"
+        );
+        assert!(lines[2].contains("open     -"), "{text}");
+        assert!(lines[2].ends_with(" …"), "{text}");
+        assert_eq!(lines[3], "2 run(s)");
+        assert_eq!(render_runs(&serde_json::json!({"runs": []})), "no runs");
     }
 }

@@ -531,7 +531,9 @@ async fn run_events(
         }
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
-            format!("no run `{run_id}` (unknown, or no longer remembered: control.runs, control.run_bytes)"),
+            format!(
+                "no run `{run_id}` (unknown, or no longer remembered: control.runs, control.run_bytes)"
+            ),
         )),
     }
 }
@@ -549,7 +551,10 @@ async fn keep_run(
         ));
     };
     let (status, message) = match st.tail.keep(run_id) {
-        KeepOutcome::Keeping => (StatusCode::ACCEPTED, "kept: the run is released to the sinks"),
+        KeepOutcome::Keeping => (
+            StatusCode::ACCEPTED,
+            "kept: the run is released to the sinks",
+        ),
         KeepOutcome::AlreadyKept => (StatusCode::OK, "already decided: kept"),
         KeepOutcome::AlreadyDropped => (
             StatusCode::CONFLICT,

@@ -81,7 +81,6 @@ impl EventViews {
     pub fn redact_fields(&self) -> Arc<[String]> {
         self.redact.read().clone()
     }
-
 }
 
 /// An event as native JSON (`type`, `ts_ns`, `run_id`, `attributes`, `data`), with `redact`
@@ -166,7 +165,10 @@ mod tests {
         assert_eq!(out["attributes"]["k"], "v");
         assert_eq!(out["run_id"], "r");
         v.reconfigure(&[]);
-        assert_eq!(render_event(&e, &v.redact_fields())["data"]["password"], "hunter2");
+        assert_eq!(
+            render_event(&e, &v.redact_fields())["data"]["password"],
+            "hunter2"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! "…"}`. After `{"hello": {"ack": false}}` only malformed lines are answered. A line longer than
 //! `max_line_bytes` is skipped up to its newline and refused. `flush` is answered once everything
 //! admitted before it is delivered. A stale socket file is replaced; a live daemon's is not.
-//! The listener and every connection stop on the shutdown token; the socket file is removed.
+//! A client that stops reading its answers (or exits with lines unread) still has every line it
+//! sent admitted. The listener stops on the shutdown token and removes the socket file; each
+//! connection then admits what is already in its socket buffer and closes.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -192,13 +194,28 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
         interner: event::Interner::default(),
     };
     let mut buf = BytesMut::with_capacity(256 * 1024);
+    // After the shutdown token: read only what is already in the socket buffer, then stop.
+    let mut stopping = false;
+    // The client closed its reading side: keep admitting what it sent, stop answering.
+    let mut deaf = false;
     loop {
         if buf.capacity() - buf.len() < 64 * 1024 {
             buf.reserve(256 * 1024);
         }
-        let n = tokio::select! {
-            r = rd.read_buf(&mut buf) => r,
-            _ = stop.cancelled() => break,
+        let n = if stopping {
+            match rd.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                r => r,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                r = rd.read_buf(&mut buf) => r,
+                _ = stop.cancelled() => {
+                    stopping = true;
+                    continue;
+                }
+            }
         };
         let eof = match n {
             Ok(0) => true,
@@ -218,8 +235,8 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
         match cut {
             Some(cut) => {
                 let chunk = buf.split_to(cut).freeze();
-                if !c.process(&chunk, &mut wr).await {
-                    break;
+                if !c.process(&chunk, &mut wr, deaf).await {
+                    deaf = true;
                 }
             }
             None if buf.len() > max => {
@@ -230,8 +247,8 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
             None => {}
         }
         if !c.out.is_empty() {
-            if wr.write_all(&c.out).await.is_err() {
-                break;
+            if !deaf && wr.write_all(&c.out).await.is_err() {
+                deaf = true;
             }
             c.out.clear();
         }
@@ -242,8 +259,14 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
 }
 
 impl Conn {
-    /// Parses, admits and answers every line of `chunk`. False when the client is gone.
-    async fn process(&mut self, chunk: &Bytes, wr: &mut tokio::net::unix::OwnedWriteHalf) -> bool {
+    /// Parses, admits and answers every line of `chunk`. False when the client no longer reads
+    /// its answers (every line is admitted all the same); `deaf` writes nothing.
+    async fn process(
+        &mut self,
+        chunk: &Bytes,
+        wr: &mut tokio::net::unix::OwnedWriteHalf,
+        mut deaf: bool,
+    ) -> bool {
         let max = self.adm.max_line_bytes();
         let mut events = Vec::with_capacity(chunk.len() / 64 + 1);
         let mut answers: Vec<Answer> = Vec::new();
@@ -272,8 +295,8 @@ impl Conn {
                 Ok(Line::Flush) => {
                     self.finish(std::mem::take(&mut events), std::mem::take(&mut answers));
                     if !self.out.is_empty() {
-                        if wr.write_all(&self.out).await.is_err() {
-                            return false;
+                        if !deaf && wr.write_all(&self.out).await.is_err() {
+                            deaf = true;
                         }
                         self.out.clear();
                     }
@@ -297,7 +320,7 @@ impl Conn {
             tracing::debug!(invalid, "malformed lines refused");
         }
         self.finish(events, answers);
-        true
+        !deaf
     }
 
     /// Admits the events and writes the answers for them, in line order.

@@ -241,7 +241,7 @@ pub enum PlannedSink {
     /// The running sink with this label stays as it is.
     Keep(String),
     /// A sink opened by the reloader, started and waiting for batches.
-    Open(SinkHandle),
+    Open(Box<SinkHandle>),
 }
 
 /// The running sinks, owned by the pipeline worker.
@@ -283,7 +283,7 @@ impl SinkSet {
         let mut old: Vec<Option<SinkHandle>> = self.sinks.drain(..).map(Some).collect();
         for p in plan.sinks {
             match p {
-                PlannedSink::Open(h) => self.sinks.push(h),
+                PlannedSink::Open(h) => self.sinks.push(*h),
                 PlannedSink::Keep(label) => {
                     let found = old
                         .iter_mut()

@@ -584,7 +584,7 @@ impl Tail {
             .filter(|(_, r)| !r.held.is_empty())
             .map(|(id, r)| (r.spillable(), id.clone()))
             .collect();
-        cands.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        cands.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
         let m = &self.inner.metrics;
         for (_, id) in cands {
             if st.mem <= target {
@@ -612,8 +612,9 @@ impl Tail {
             }
             match store.write(&lines, r.held.len() as u32) {
                 Ok(ext) => {
+                    m.tail_spilled_events.inc_by(r.held.len() as u64);
                     r.spilled_events += r.held.len() as u64;
-                    r.spilled_bytes += ext.len();
+                    r.spilled_bytes += ext.bytes();
                     r.extents.push(ext);
                     r.held = Vec::new();
                     r.data = Vec::new();
@@ -650,7 +651,10 @@ impl Tail {
         };
         st.by_age.remove(&r.seq);
         st.mem -= r.mem;
-        let policy = r.matched.and_then(|i| st.policies.keep.get(i)).map(|p| p.0.clone());
+        let policy = r
+            .matched
+            .and_then(|i| st.policies.keep.get(i))
+            .map(|p| p.0.clone());
         let kept_by: Option<Arc<str>> = match how {
             Close::Forced => Some(Arc::from("forced")),
             _ => policy.or_else(|| rate_keeps(id, st.cfg.else_rate).then(|| Arc::from("rate"))),
@@ -788,9 +792,7 @@ impl Tail {
             let old_names: Vec<Arc<str>> =
                 st.policies.keep.iter().map(|(n, _)| n.clone()).collect();
             st.policies = Policies::new(&new);
-            let State {
-                open, policies, ..
-            } = &mut *st;
+            let State { open, policies, .. } = &mut *st;
             let m = &*self.inner.metrics;
             for (id, r) in open.iter_mut() {
                 // A match stays under its name; the events still in memory are evaluated
@@ -829,7 +831,10 @@ impl Tail {
         let timing_changed = new.idle != st.cfg.idle || new.max_duration != st.cfg.max_duration;
         st.cfg = new;
         if was_on && !st.cfg.enabled {
-            tracing::info!(open = st.open.len(), "tail sampling turned off: every open run is decided now");
+            tracing::info!(
+                open = st.open.len(),
+                "tail sampling turned off: every open run is decided now"
+            );
             self.decide_all(st, Close::Off, out);
         } else if timing_changed {
             let entries: Vec<Reverse<(Instant, u64)>> = st
@@ -897,7 +902,7 @@ impl Tail {
         if state != Some("open") {
             out.extend(self.inner.runs.lock().list(state, limit));
         }
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|a| std::cmp::Reverse(a.0));
         out.truncate(limit);
         out.into_iter().map(|(_, s)| s).collect()
     }

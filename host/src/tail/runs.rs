@@ -177,7 +177,11 @@ impl RunsView {
 
     /// Events kept per run.
     pub fn bounds_events(&self) -> usize {
-        if self.enabled() { self.bounds.events } else { 0 }
+        if self.enabled() {
+            self.bounds.events
+        } else {
+            0
+        }
     }
 
     fn enabled(&self) -> bool {
@@ -215,10 +219,10 @@ impl RunsView {
         };
         r.held += r.types.heap_bytes();
         for s in recent {
-            if r.recent.len() >= self.bounds.events {
-                if let Some(old) = r.recent.pop_front() {
-                    r.held -= old.bytes();
-                }
+            if r.recent.len() >= self.bounds.events
+                && let Some(old) = r.recent.pop_front()
+            {
+                r.held -= old.bytes();
             }
             r.held += s.bytes();
             r.recent.push_back(s);
@@ -326,7 +330,7 @@ impl RunsView {
             .filter(|(_, r)| state.is_none_or(|s| s == r.state))
             .map(|(id, r)| (r.touched, id, r))
             .collect();
-        out.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        out.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
         out.truncate(limit);
         out.into_iter()
             .map(|(_, id, r)| (r.last_ts_ns, summary(id, r)))
@@ -384,7 +388,11 @@ mod tests {
     fn seen_runs_keep_their_most_recent_events_and_the_least_recent_run_goes() {
         let mut v = RunsView::new(bounds(2, 3, 1 << 20));
         let batch: Vec<Event> = (0..5)
-            .map(|i| ev(&format!(r#"{{"type":"t","run_id":"a","data":{{"i":{i}}}}}"#)))
+            .map(|i| {
+                ev(&format!(
+                    r#"{{"type":"t","run_id":"a","data":{{"i":{i}}}}}"#
+                ))
+            })
             .collect();
         v.seen(&batch);
         let (s, events) = v.get("a").unwrap();
@@ -397,7 +405,11 @@ mod tests {
         v.seen(&[ev(r#"{"type":"t","run_id":"c"}"#)]);
         assert!(v.get("b").is_none(), "b was the least recently active");
         assert!(v.get("a").is_some() && v.get("c").is_some());
-        let listed: Vec<String> = v.list(None, 10).into_iter().map(|(_, s)| s.run_id).collect();
+        let listed: Vec<String> = v
+            .list(None, 10)
+            .into_iter()
+            .map(|(_, s)| s.run_id)
+            .collect();
         assert_eq!(listed, ["c", "a"]);
     }
 
@@ -407,7 +419,9 @@ mod tests {
         for i in 0..2000 {
             let id = format!("{i}-{}", "x".repeat(1000));
             let data = "y".repeat(500);
-            v.seen(&[ev(&format!(r#"{{"type":"t","run_id":"{id}","data":"{data}"}}"#))]);
+            v.seen(&[ev(&format!(
+                r#"{{"type":"t","run_id":"{id}","data":"{data}"}}"#
+            ))]);
             let (_, held) = v.counts();
             assert!(held <= 256 << 10, "{held}");
         }
@@ -421,8 +435,26 @@ mod tests {
         let b: Arc<str> = Arc::from("b");
         let mut types = TypeCounts::default();
         types.add(&Arc::from("test_end"), 2);
-        v.decided(&a, Some(Arc::from("failed")), 2, 100, 1, 2, types, std::iter::empty());
-        v.decided(&b, None, 1, 10, 1, 1, TypeCounts::default(), std::iter::empty());
+        v.decided(
+            &a,
+            Some(Arc::from("failed")),
+            2,
+            100,
+            1,
+            2,
+            types,
+            std::iter::empty(),
+        );
+        v.decided(
+            &b,
+            None,
+            1,
+            10,
+            1,
+            1,
+            TypeCounts::default(),
+            std::iter::empty(),
+        );
         let kept = v.list(Some("kept"), 10);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].1.kept_by.as_deref(), Some("failed"));

@@ -60,7 +60,7 @@ pub struct Extent {
 
 impl Extent {
     /// Bytes of the extent on disk.
-    pub fn len(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         self.len as u64
     }
 
@@ -118,7 +118,11 @@ impl SpillStore {
 
     /// Lets the current segment go when no extent is left in it (its file is removed).
     pub fn release_idle(&mut self) {
-        if self.current.as_ref().is_some_and(|s| Arc::strong_count(s) == 1) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
             self.current = None;
         }
     }
@@ -165,9 +169,8 @@ impl SpillStore {
     }
 
     fn open_segment(&mut self) -> Result<Segment, SpillError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| {
-            SpillError::Io(format!("cannot create {}: {e}", self.dir.display()))
-        })?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| SpillError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
         let path = self
             .dir
             .join(format!("tail-{}-{}.seg", std::process::id(), self.next));
@@ -241,7 +244,7 @@ mod tests {
         let b = s.write(b"{\"type\":\"b\"}\n{\"type\":\"c\"}\n", 2).unwrap();
         assert_eq!(a.read().unwrap(), b"{\"type\":\"a\"}\n");
         assert_eq!(b.read().unwrap(), b"{\"type\":\"b\"}\n{\"type\":\"c\"}\n");
-        assert_eq!(s.disk_bytes(), a.len() + b.len());
+        assert_eq!(s.disk_bytes(), a.bytes() + b.bytes());
         assert_eq!(seg_files(dir.path()), 1);
         drop(a);
         // The store still writes to it, and `b` is in it.
@@ -265,7 +268,11 @@ mod tests {
         let _fourth = s.write(&big, 1).unwrap();
         assert!(matches!(s.write(&big, 1), Err(SpillError::Full { .. })));
         drop(first);
-        assert_eq!(seg_files(dir.path()), 3, "the first segment still holds `second`");
+        assert_eq!(
+            seg_files(dir.path()),
+            3,
+            "the first segment still holds `second`"
+        );
         drop(second);
         assert_eq!(seg_files(dir.path()), 2);
         assert!(s.write(&big, 1).is_ok(), "room again");
