@@ -239,9 +239,24 @@ impl Worker {
     async fn process(&mut self, st: &mut Running, chunk: Chunk) {
         let mut events = chunk.events;
         // With tail sampling on, events with a run id are decided with their run instead.
-        self.sampler.apply(&mut events, self.tail.enabled());
-        let released = self.tail.admit(events);
-        self.forward(st, released).await;
+        let tail = self.tail.enabled();
+        self.sampler.apply(&mut events, tail);
+        if !tail || events.len() <= TAIL_SLICE {
+            let released = self.tail.admit(events);
+            self.forward(st, released).await;
+        } else {
+            // Each closing event can bring a whole run back from the spill: admit a slice at a
+            // time, so that what is read back at once stays bounded.
+            let mut rest = events.into_iter();
+            loop {
+                let slice: Vec<crate::event::Event> = rest.by_ref().take(TAIL_SLICE).collect();
+                if slice.is_empty() {
+                    break;
+                }
+                let released = self.tail.admit(slice);
+                self.forward(st, released).await;
+            }
+        }
         st.batcher.settle(chunk.upto);
     }
 
@@ -297,6 +312,9 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending::<()>().await,
     }
 }
+
+/// Events admitted to the tail stage at once (see `process`).
+const TAIL_SLICE: usize = 256;
 
 /// How long `flush` waits for delivery before answering with an error.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);

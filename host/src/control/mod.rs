@@ -524,7 +524,9 @@ async fn run_events(
     let limit = RUNS_MAX_LIMIT;
     match st.tail.get(&run_id, limit) {
         Some((summary, events)) => {
+            // The summary's `events` (its count) becomes `events_total`; `events` is the list.
             let mut v = serde_json::to_value(&summary).unwrap_or_default();
+            v["events_total"] = v["events"].take();
             v["count"] = events.len().into();
             v["events"] = events.into();
             Ok(Json(v).into_response())
