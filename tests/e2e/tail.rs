@@ -523,3 +523,41 @@ async fn policies_reload_without_losing_open_runs_and_a_bad_one_is_refused() {
         d.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spill_that_cannot_be_written_is_counted_and_runs_are_decided_early() {
+    const RUNS: usize = 500;
+    const PER: usize = 10;
+    // The spill "directory" is a file: every segment fails to open.
+    let mut d = Daemon::start(
+        "sampling: {tail: {enabled: true, else_rate: 1.0, max_bytes: 256KiB, max_run_bytes: 64KiB, spill: {dir: '{dir}/not-a-dir/tail'}}}\nqueue: {capacity: 100000}",
+    )
+    .await;
+    std::fs::write(d.path("not-a-dir"), b"a file").unwrap();
+    let body = runs_body("w-", RUNS, PER, RUNS, 500, |_| false);
+    d.send_noack(&body).await;
+    settle(&d, RUNS * PER).await;
+    assert!(
+        d.metric("outrigger_tail_spill_errors_total", r#"op="write""#)
+            .await
+            > 0.0
+    );
+    assert!(
+        d.metric("outrigger_tail_decisions_total", r#"by="early""#)
+            .await
+            > 0.0
+    );
+    // else_rate 1.0: every run is kept, whole, early or not; nothing is lost.
+    let runs = by_run(&d.events());
+    assert_eq!(runs.len(), RUNS);
+    for (id, evs) in &runs {
+        assert_eq!(evs.len(), PER, "run {id}");
+        let by = evs[0]["attributes"][KEPT_BY].as_str().unwrap();
+        assert!(by == "rate" || by == "rate/early", "{by}");
+    }
+    assert!(
+        d.log_text().contains("not-a-dir"),
+        "the spill error is logged"
+    );
+    assert!(d.stop().success());
+}
