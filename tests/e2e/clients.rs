@@ -1,5 +1,11 @@
-//! The example clients in `examples/clients/` against a real daemon, and without one.
+//! The client packages' own suites, run against this build's daemon, and the example client
+//! in `examples/clients/` against a real daemon and without one.
+//!
+//! `clients/python`: `<repo>/.venv/bin/python -m pytest clients/python/tests` with
+//! `OUTRIGGER_BIN` set to the binary under test. `.ci/run` creates `.venv` and installs pytest
+//! and the package into it; without it this test fails and says how to make it.
 
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -42,4 +48,40 @@ fn python_client_carries_on_without_a_daemon() {
     let report = python_client(&dir.path().join("nobody.sock"), 50);
     assert_eq!(report["flushed"], false);
     assert_eq!(report["lost"], 50);
+}
+
+#[test]
+fn python_package_suite_passes() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash .ci/run`, or `python3 -m venv .venv && .venv/bin/pip install pytest ./clients/python` at the repository's root",
+        python.display()
+    );
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-m",
+        "pytest",
+        "clients/python/tests",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ])
+    .current_dir(root);
+    // The suite sets what its daemons and clients need; nothing from the caller's shell.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OUTRIGGER_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("OUTRIGGER_BIN", env!("CARGO_BIN_EXE_outrigger"));
+    let out = cmd.output().expect("the venv's python runs");
+    assert!(
+        out.status.success(),
+        "the Python client suite failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -711,7 +711,8 @@ class Outrigger:
         """``GET /v1/health`` as a dict (``status``, ``components``), or None when absent."""
         try:
             r = self.control.get("/v1/health")
-            if r is None or not isinstance(r[1], dict):
+            # 503 is the daemon saying "unhealthy", with its report; 401 and the rest are not.
+            if r is None or r[0] not in (200, 503) or not isinstance(r[1], dict) or "status" not in r[1]:
                 return None
             return r[1]
         except Exception:

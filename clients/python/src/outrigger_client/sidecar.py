@@ -320,6 +320,7 @@ class Sidecar:
                 continue
             if self._stopping:
                 return
+            self._healthy, self._health_at = False, time.monotonic()
             if code is None:
                 proc.kill()
                 code = proc.wait()
@@ -402,10 +403,10 @@ def read_config_value(text, section, key):
     lines = text.splitlines()
     for i, raw in enumerate(lines):
         line = _strip_comment(raw)
-        m = re.match(r"^%s\s*:(.*)$" % re.escape(section), line)
+        m = re.match(r"^([\"']?)%s\1\s*:(.*)$" % re.escape(section), line)
         if not m:
             continue
-        rest = m.group(1).strip()
+        rest = m.group(2).strip()
         if rest.startswith("{"):
             flow = rest
             j = i
@@ -414,8 +415,8 @@ def read_config_value(text, section, key):
                 flow += " " + _strip_comment(lines[j]).strip()
             # Nested mappings ({… {…} …}) are skipped: the keys wanted are scalars at depth 1.
             flow = re.sub(r"\{[^{}]*\}", "", flow[1:-1]) if flow.endswith("}") else flow[1:]
-            fm = re.search(r"(?:^|,)\s*%s\s*:\s*(\"[^\"]*\"|'[^']*'|[^,]*)" % re.escape(key), flow)
-            return _scalar(fm.group(1)) if fm else None
+            fm = re.search(r"(?:^|,)\s*([\"']?)%s\1\s*:\s*(\"[^\"]*\"|'[^']*'|[^,]*)" % re.escape(key), flow)
+            return _scalar(fm.group(2)) if fm else None
         if rest:
             return None
         indent = None
@@ -430,9 +431,9 @@ def read_config_value(text, section, key):
                 indent = width
             if width != indent:
                 continue
-            bm = re.match(r"^\s*%s\s*:\s*(.*)$" % re.escape(key), line2)
+            bm = re.match(r"^\s*([\"']?)%s\1\s*:\s*(.*)$" % re.escape(key), line2)
             if bm:
-                return _scalar(bm.group(1))
+                return _scalar(bm.group(2))
         return None
     return None
 
