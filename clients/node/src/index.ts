@@ -4,3 +4,13 @@
 
 export { Outrigger } from "./client.js";
 export type { ObserveOptions, OutriggerOptions, OutriggerStats } from "./client.js";
+export { OutriggerSidecar, controlUrlFromConfig } from "./sidecar.js";
+export type {
+  ExitEvent,
+  GaveUpEvent,
+  ReadyEvent,
+  RestartEvent,
+  RestartReason,
+  SidecarOptions,
+  SidecarState,
+} from "./sidecar.js";
