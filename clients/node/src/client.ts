@@ -301,18 +301,22 @@ export class Outrigger {
 
   private write(): void {
     const sock = this.sock as net.Socket;
+    let buf = this.buf;
+    let events = this.bufEvents;
     if (sock.writableLength > this.maxBacklogBytes) {
+      // The daemon is not keeping up: the events are lost, a flush line (tiny) still goes out
+      // and is answered once the daemon has caught up, or times out.
       this.warnOnce(`daemon at ${this.socket} is not reading (over ${this.maxBacklogBytes} bytes behind)`);
-      this.loseBuffer();
-      return;
+      this.lost += events;
+      events = 0;
+      buf = this.markers === 0 ? [] : buf.filter((item) => typeof item !== "string");
     }
-    const buf = this.buf;
-    const events = this.bufEvents;
     live.delete(this);
     this.buf = [];
     this.bufEvents = 0;
     this.bufBytes = 0;
     if (this.markers === 0) {
+      if (events === 0) return;
       sock.write(buf.join(""));
       this.pending.push(events);
       this.pendingEvents += events;
