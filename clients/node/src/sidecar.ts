@@ -370,10 +370,13 @@ export class OutriggerSidecar extends EventEmitter {
     if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) {
       return Promise.resolve({ pid, code: child.exitCode, signal: child.signalCode, expected: true });
     }
+    // Whoever awaits this needs the exit to arrive: the child keeps the process alive till then.
+    child.ref();
     return new Promise((resolve) => {
       const kill = setTimeout(() => child.kill("SIGKILL"), grace);
       child.once("exit", (code, signal) => {
         clearTimeout(kill);
+        child.unref();
         resolve({ pid, code, signal, expected: true });
       });
       signalled.add(child);
