@@ -8,6 +8,7 @@ mod deploy;
 mod harness;
 mod ingest;
 mod languages;
+mod node;
 mod pipeline;
 mod plugins;
 mod reload;
