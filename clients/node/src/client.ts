@@ -79,11 +79,31 @@ interface FlushWaiter {
 type State = "idle" | "connecting" | "connected" | "backoff" | "closed";
 
 const OK_ANSWER = '{"success":true}';
+const RECONNECTS = "; events are counted as lost and the client reconnects with back-off";
+/** What JSON.stringify would escape in a string: quotes, backslashes, controls, surrogates. */
+const NEEDS_ESCAPE = /[\u0000-\u001f"\\\ud800-\udfff]/;
 const FLUSH_LINE = '{"method":"flush","payload":{}}\n';
 
 /** Clients with something that may still need writing when the process is about to exit. */
 const live = new Set<Outrigger>();
 let exitHookInstalled = false;
+
+/** A string as JSON, without JSON.stringify's call when nothing needs escaping (the common case). */
+function quote(s: string): string {
+  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : '"' + s + '"';
+}
+
+/** Attributes as a JSON object; what is not a string is left as JSON has it (the daemon refuses it). */
+function encodeAttributes(attrs: Record<string, string>): string {
+  let out = "{";
+  for (const k in attrs) {
+    if (!Object.prototype.hasOwnProperty.call(attrs, k)) continue;
+    const v = attrs[k];
+    if (typeof v !== "string") return JSON.stringify(attrs);
+    out += (out.length === 1 ? "" : ",") + quote(k) + ":" + quote(v);
+  }
+  return out + "}";
+}
 
 function installExitHook(): void {
   if (exitHookInstalled) return;
@@ -136,6 +156,9 @@ export class Outrigger {
   private waiters = 0;
   private rx = "";
 
+  private lastType = "";
+  private lastPrefix = "";
+
   private sent = 0;
   private dropped = 0;
   private lost = 0;
@@ -173,16 +196,21 @@ export class Outrigger {
         this.dropped++;
         return false;
       }
-      line = '{"type":' + JSON.stringify(type);
+      // Most calls repeat the type of the call before: its encoding is kept.
+      if (type !== this.lastType) {
+        this.lastPrefix = '{"type":' + quote(type);
+        this.lastType = type;
+      }
+      line = this.lastPrefix;
       let ts: number | Date | undefined;
       if (options !== undefined) {
-        if (options.runId !== undefined) line += ',"run_id":' + JSON.stringify(String(options.runId));
+        if (options.runId !== undefined) line += ',"run_id":' + quote(String(options.runId));
         ts = options.ts;
       }
       const secs = ts === undefined ? Date.now() / 1000 : typeof ts === "number" ? ts : ts.getTime() / 1000;
       if (Number.isFinite(secs)) line += ',"ts":' + secs;
       if (options !== undefined && options.attributes !== undefined) {
-        line += ',"attributes":' + JSON.stringify(options.attributes);
+        line += ',"attributes":' + encodeAttributes(options.attributes);
       }
       if (data !== undefined) {
         const d = JSON.stringify(data);
@@ -306,7 +334,10 @@ export class Outrigger {
     if (sock.writableLength > this.maxBacklogBytes) {
       // The daemon is not keeping up: the events are lost, a flush line (tiny) still goes out
       // and is answered once the daemon has caught up, or times out.
-      this.warnOnce(`daemon at ${this.socket} is not reading (over ${this.maxBacklogBytes} bytes behind)`);
+      this.warnOnce(
+        `daemon at ${this.socket} is not keeping up (over ${this.maxBacklogBytes} bytes unread); ` +
+          "events past that bound are counted as lost until it catches up",
+      );
       this.lost += events;
       events = 0;
       buf = this.markers === 0 ? [] : buf.filter((item) => typeof item !== "string");
@@ -411,9 +442,9 @@ export class Outrigger {
     if (this.pendingEvents > 0 || !wasConnected || err !== undefined) {
       const why = err ? err.message : "connection closed";
       this.warnOnce(
-        wasConnected
+        (wasConnected
           ? `connection to the daemon at ${this.socket} lost (${why})`
-          : `daemon not reachable at ${this.socket} (${why})`,
+          : `daemon not reachable at ${this.socket} (${why})`) + RECONNECTS,
       );
     }
     this.lost += this.pendingEvents;
@@ -445,7 +476,7 @@ export class Outrigger {
     if (this.buf.length === 0) return;
     live.delete(this);
     if (this.bufEvents > 0) {
-      this.warnOnce(`daemon not reachable at ${this.socket}`);
+      this.warnOnce(`daemon not reachable at ${this.socket}${RECONNECTS}`);
       this.lost += this.bufEvents;
     }
     const buf = this.buf;
@@ -466,11 +497,11 @@ export class Outrigger {
     w.resolve(ok);
   }
 
-  private warnOnce(why: string): void {
+  private warnOnce(message: string): void {
     if (this.warned) return;
     this.warned = true;
     try {
-      this.warnFn(`outrigger: ${why}; events are counted as lost and the client reconnects with back-off`);
+      this.warnFn(`outrigger: ${message}`);
     } catch {
       // A warning that throws must not reach the application.
     }
