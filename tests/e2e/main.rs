@@ -9,6 +9,7 @@ mod exec;
 mod harness;
 mod ingest;
 mod languages;
+mod node;
 mod pipeline;
 mod plugins;
 mod reload;
