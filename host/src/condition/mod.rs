@@ -20,6 +20,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::event::Event;
 use crate::metrics::Metrics;
 
+mod fast;
+use fast::Fast;
+
 /// The standard CEL environment, built once: conditions compile and run against it.
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
 
@@ -54,6 +57,11 @@ pub struct Condition {
     /// `F` when the expression is `has(data.F) && …`: an event whose data does not even
     /// contain the key `"F"` is false without parsing it.
     guard: Option<Arc<[u8]>>,
+    /// The top-level fields of `data` the expression reads, when it reads `data` only as
+    /// `data.F` (or `has(data.F)`): only those are decoded from an event's JSON.
+    fields: Option<Arc<[String]>>,
+    /// The expression lowered to native code, when it has one of the common shapes.
+    fast: Option<Arc<Fast>>,
 }
 
 impl fmt::Debug for Condition {
@@ -102,11 +110,28 @@ impl Condition {
             quoted.push(b'"');
             Arc::from(quoted)
         });
+        let fields = uses
+            .data
+            .then(|| {
+                let mut f = Vec::new();
+                data_fields(program.expression(), &mut f).then_some(f)
+            })
+            .flatten()
+            .map(|mut f| {
+                f.sort();
+                f.dedup();
+                Arc::from(f)
+            });
+        let fast = Fast::lower(program.expression())
+            .filter(|_| !uses.data || fields.is_some())
+            .map(Arc::new);
         Ok(Condition {
             source: Arc::from(src),
             program: Arc::new(program),
             uses,
             guard,
+            fast,
+            fields,
         })
     }
 
@@ -138,6 +163,31 @@ impl Condition {
         {
             return Ok(false);
         }
+        // `data`, decoded once: only the fields the expression reads when it reads fields.
+        let mut data = None;
+        if self.uses.data {
+            let json = match &self.fields {
+                // An object: only the fields the expression reads (the rest is skipped, not
+                // built). Anything else is decoded whole so CEL reports it as it would.
+                Some(fields) if data_is_object(&e.data) => {
+                    let mut de = serde_json::Deserializer::from_slice(&e.data);
+                    serde::de::DeserializeSeed::deserialize(Pick(fields), &mut de)
+                        .and_then(|map| de.end().map(|()| serde_json::Value::Object(map)))
+                }
+                _ => serde_json::from_slice(&e.data),
+            }
+            .map_err(|err| format!("the event's data is not JSON: {err}"))?;
+            data = Some(json);
+        }
+        if let Some(f) = &self.fast {
+            let map = match &data {
+                Some(serde_json::Value::Object(m)) => Some(m),
+                _ => None,
+            };
+            if let Some(b) = f.eval(e, map) {
+                return Ok(b);
+            }
+        }
         let mut ctx = Context::with_env(ENV.clone());
         if self.uses.kind {
             ctx.add_variable_from_value("type", &*e.kind);
@@ -156,9 +206,7 @@ impl Condition {
                 .collect();
             ctx.add_variable_from_value("attributes", map);
         }
-        if self.uses.data {
-            let json: serde_json::Value = serde_json::from_slice(&e.data)
-                .map_err(|err| format!("the event's data is not JSON: {err}"))?;
+        if let Some(json) = data {
             ctx.add_variable_from_value("data", json_to_cel(json));
         }
         match self.program.execute(&ctx) {
@@ -199,6 +247,109 @@ fn data_guard(expr: &cel::IdedExpr) -> Option<String> {
     match &sel.operand.expr {
         Expr::Ident(name) if sel.test && name == "data" => Some(sel.field.clone()),
         _ => None,
+    }
+}
+
+/// Collects into `out` every `F` of `data.F` in `expr`; false when `data` is used any other way
+/// (as a whole, indexed, or rebound by a comprehension), so the whole object is needed.
+fn data_fields(expr: &cel::IdedExpr, out: &mut Vec<String>) -> bool {
+    use cel::common::ast::{EntryExpr, Expr};
+    match &expr.expr {
+        Expr::Select(sel) => match &sel.operand.expr {
+            Expr::Ident(name) if name == "data" => {
+                out.push(sel.field.clone());
+                true
+            }
+            _ => data_fields(&sel.operand, out),
+        },
+        Expr::Ident(name) => name != "data",
+        Expr::Call(call) => {
+            call.target.as_deref().is_none_or(|t| data_fields(t, out))
+                && call.args.iter().all(|a| data_fields(a, out))
+        }
+        Expr::List(list) => list.elements.iter().all(|a| data_fields(a, out)),
+        Expr::Map(map) => map.entries.iter().all(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => data_fields(&me.key, out) && data_fields(&me.value, out),
+            EntryExpr::StructField(sf) => data_fields(&sf.value, out),
+        }),
+        Expr::Struct(st) => st.entries.iter().all(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => data_fields(&me.key, out) && data_fields(&me.value, out),
+            EntryExpr::StructField(sf) => data_fields(&sf.value, out),
+        }),
+        Expr::Comprehension(c) => {
+            let binds = |v: &str| v == "data";
+            !binds(&c.iter_var)
+                && !c.iter_var2.as_deref().is_some_and(binds)
+                && !binds(&c.accu_var)
+                && [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ]
+                .into_iter()
+                .all(|a| data_fields(a, out))
+        }
+        Expr::Literal(_) | Expr::Unspecified => true,
+    }
+}
+
+/// Whether the JSON text starts an object.
+fn data_is_object(data: &[u8]) -> bool {
+    data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// Decodes a JSON object keeping only the named keys (sorted); the other values are skipped.
+struct Pick<'a>(&'a [String]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Pick<'_> {
+    type Value = serde_json::Map<String, serde_json::Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Pick<'_> {
+    type Value = serde_json::Map<String, serde_json::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<PickKey<'de>>()? {
+            if self.0.binary_search_by(|f| f.as_str().cmp(&key.0)).is_ok() {
+                out.insert(key.0.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct PickKey<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for PickKey<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PickKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(PickKey(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(PickKey(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -280,6 +431,120 @@ mod tests {
         assert_eq!(eval("data.duration_ms > 1000", passed), Ok(false));
         assert_eq!(eval(r#"attributes.suite == "e2e""#, failed), Ok(true));
         assert_eq!(eval(r#"attributes.suite == "e2e""#, passed), Ok(false));
+    }
+
+    #[test]
+    fn only_the_fields_read_are_decoded_and_the_answers_agree() {
+        let fields = |src: &str| {
+            Condition::compile(src)
+                .unwrap()
+                .fields
+                .map(|f| f.iter().cloned().collect::<Vec<_>>())
+        };
+        assert_eq!(
+            fields(r#"has(data.status) && data.status in ["failed", "error"]"#),
+            Some(vec!["status".to_string()])
+        );
+        assert_eq!(
+            fields("data.a.b > 1 || data.c == data.a.d"),
+            Some(vec!["a".to_string(), "c".to_string()])
+        );
+        assert_eq!(fields(r#"type == "x""#), None, "data unused");
+        assert_eq!(fields(r#"data["status"] == "x""#), None);
+        assert_eq!(fields("size(data) > 2"), None);
+        assert_eq!(fields(r#""k" in data"#), None);
+        assert_eq!(fields("[1, 2].exists(data, data > 1)"), None);
+        assert_eq!(
+            fields("data.xs.exists(x, x > 1)"),
+            Some(vec!["xs".to_string()])
+        );
+        // The pruned decode answers as the whole one does, errors included.
+        let exprs = [
+            r#"has(data.status) && data.status in ["failed", "error"]"#,
+            r#"data.status == "failed""#,
+            "data.n > 1000",
+            "data.a.b == 2",
+            "has(data.a.b)",
+            "data.xs.exists(x, x > 1)",
+        ];
+        let lines = [
+            r#"{"type":"t","data":{"status":"failed","pad":"xxxx","n":2000}}"#,
+            r#"{"type":"t","data":{"pad":{"deep":[1,2,{"status":"failed"}]},"status":"passed"}}"#,
+            r#"{"type":"t","data":{"st\u0061tus":"failed"}}"#,
+            r#"{"type":"t","data":{"status":"error","status":"passed"}}"#,
+            r#"{"type":"t","data":{"a":{"b":2},"xs":[0,3]}}"#,
+            r#"{"type":"t","data":{"a":1}}"#,
+            r#"{"type":"t","data":[1,2]}"#,
+            r#"{"type":"t","data":"status"}"#,
+            r#"{"type":"t","data":12}"#,
+            r#"{"type":"t","data":{"n":1.5e3}}"#,
+        ];
+        for src in exprs {
+            let pruned = Condition::compile(src).unwrap();
+            assert!(pruned.fields.is_some(), "{src}");
+            let mut whole = pruned.clone();
+            whole.fields = None;
+            for line in lines {
+                let e = event(line);
+                assert_eq!(pruned.eval(&e), whole.eval(&e), "{src} on {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_native_evaluator_agrees_with_cel() {
+        let exprs = [
+            r#"has(data.status) && data.status in ["failed", "error"]"#,
+            r#"type == "test_end" && data.status == "failed""#,
+            r#"type in ["run_end", "test_end"] || data.n >= 1000"#,
+            "data.n > 1000",
+            "data.n < 1000.5",
+            "data.n != 3",
+            "!(data.ok == true)",
+            "data.a.b == 2 && has(data.a.c)",
+            "has(data.a.b)",
+            r#"attributes.suite == "e2e""#,
+            r#"run_id == "" || run_id < "m""#,
+            "ts_ns > 5",
+            "data.x == null",
+            "data.ok < true",
+            r#"false && data.nope == "x""#,
+            r#"data.nope == "x" || true"#,
+            r#"data.status in ["failed", 1]"#,
+            "data.u > 1u",
+        ];
+        let lines = [
+            r#"{"type":"test_end","data":{"status":"failed","pad":"xxxx","n":2000,"ok":true}}"#,
+            r#"{"type":"log","run_id":"r1","data":{"pad":{"deep":[1,2,{"status":"failed"}]},"status":"passed"}}"#,
+            r#"{"type":"t","data":{"st\u0061tus":"failed","n":1000}}"#,
+            r#"{"type":"t","data":{"status":"error","status":"passed"}}"#,
+            r#"{"type":"t","data":{"a":{"b":2,"c":null},"x":null}}"#,
+            r#"{"type":"t","data":{"a":{"b":"2"},"n":"many","ok":1}}"#,
+            r#"{"type":"t","data":{"a":1,"n":1.5e3,"status":7}}"#,
+            r#"{"type":"t","data":{"u":18446744073709551615,"n":-4}}"#,
+            r#"{"type":"t","data":[1,2],"attributes":{"suite":"e2e"}}"#,
+            r#"{"type":"t","data":"status","attributes":{"suite":"unit"}}"#,
+            r#"{"type":"run_end","ts":1.5,"data":12}"#,
+            r#"{"type":"t"}"#,
+        ];
+        for src in exprs {
+            let fast = Condition::compile(src).unwrap();
+            assert!(fast.fast.is_some(), "{src} has a native form");
+            let mut cel = fast.clone();
+            cel.fast = None;
+            for line in lines {
+                let e = event(line);
+                assert_eq!(fast.eval(&e), cel.eval(&e), "{src} on {line}");
+            }
+        }
+        for src in [
+            "size(data) > 1",
+            r#"data.s.startsWith("x")"#,
+            "data.n + 1 > 2",
+            "data.n * 2 > 1",
+        ] {
+            assert!(Condition::compile(src).unwrap().fast.is_none(), "{src}");
+        }
     }
 
     #[test]
