@@ -396,6 +396,31 @@ async fn bind_ingest(
             stop.clone(),
         ));
     }
+    if let Some(o) = &cfg.ingest.otlp {
+        let max = o.max_request_bytes.0 as usize;
+        if let Some(addr) = o.http {
+            let l = ingest::otlp::http::bind(addr, "ingest.otlp.http").await?;
+            tracing::info!(addr = %l.local_addr()?, "OTLP/HTTP ingest listening");
+            listeners.spawn(ingest::otlp::http::serve(
+                l,
+                admission.clone(),
+                cfg.ingest.api_key.clone(),
+                max,
+                stop.clone(),
+            ));
+        }
+        if let Some(addr) = o.grpc {
+            let l = ingest::otlp::http::bind(addr, "ingest.otlp.grpc").await?;
+            tracing::info!(addr = %l.local_addr()?, "OTLP/gRPC ingest listening");
+            listeners.spawn(ingest::otlp::grpc::serve(
+                l,
+                admission.clone(),
+                cfg.ingest.api_key.clone(),
+                max,
+                stop.clone(),
+            ));
+        }
+    }
     Ok((listeners, http))
 }
 

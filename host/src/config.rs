@@ -335,6 +335,30 @@ pub struct IngestConfig {
     /// When set, `POST /v1/events` needs `Authorization: Bearer KEY` (env
     /// `OUTRIGGER_INGEST_KEY`); without it `http` must be a loopback address.
     pub api_key: Option<String>,
+    /// OTLP receivers (SPEC "OpenTelemetry"); `null` (the default) runs none.
+    pub otlp: Option<OtlpIngestConfig>,
+}
+
+/// `ingest.otlp`: where OpenTelemetry SDKs export to. `otlp: {}` listens on the standard ports.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpIngestConfig {
+    /// OTLP/HTTP (`POST /v1/logs`, `/v1/traces`); `null` disables it.
+    pub http: Option<SocketAddr>,
+    /// OTLP/gRPC (the logs and trace services); `null` disables it.
+    pub grpc: Option<SocketAddr>,
+    /// The largest request body, compressed or not (413, or gRPC `RESOURCE_EXHAUSTED`).
+    pub max_request_bytes: Size,
+}
+
+impl Default for OtlpIngestConfig {
+    fn default() -> Self {
+        OtlpIngestConfig {
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 4318))),
+            grpc: Some(SocketAddr::from(([127, 0, 0, 1], 4317))),
+            max_request_bytes: Size(16 << 20),
+        }
+    }
 }
 
 impl Default for IngestConfig {
@@ -346,6 +370,7 @@ impl Default for IngestConfig {
             http: Some(SocketAddr::from(([127, 0, 0, 1], 4390))),
             max_line_bytes: Size(1 << 20),
             api_key: None,
+            otlp: None,
         }
     }
 }
@@ -460,8 +485,9 @@ impl Default for SpillConfig {
     }
 }
 
-/// The default `end_when`: the run, test and session ends the clients send.
-pub const DEFAULT_END_WHEN: &str = r#"type in ["run_end", "test_end", "test_session_end"]"#;
+/// The default `end_when`: the run, test and session ends the clients send, and a root span
+/// (an OTLP span without a parent), which ends its trace.
+pub const DEFAULT_END_WHEN: &str = r#"type in ["run_end", "test_end", "test_session_end"] || (type == "otel.span" && !has(data.parent_span_id))"#;
 /// The default keep policy's condition: a failed or erroring event (the clients' `status`,
 /// OTLP error spans). `has` first, so that events without a `status` are simply not matched
 /// rather than counted as condition errors.
@@ -1380,6 +1406,24 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 "{addr} is not loopback: set ingest.api_key (or OUTRIGGER_INGEST_KEY) to accept events from the network"
             ),
         ));
+    }
+    if let Some(o) = &cfg.ingest.otlp {
+        for (key, addr) in [("ingest.otlp.http", o.http), ("ingest.otlp.grpc", o.grpc)] {
+            if let Some(addr) = addr
+                && !addr.ip().is_loopback()
+                && cfg.ingest.api_key.is_none()
+            {
+                return Err(err(
+                    key,
+                    format!(
+                        "{addr} is not loopback: set ingest.api_key (or OUTRIGGER_INGEST_KEY) to accept OTLP from the network"
+                    ),
+                ));
+            }
+        }
+        if o.max_request_bytes.0 == 0 {
+            return Err(err("ingest.otlp.max_request_bytes", "must be above 0"));
+        }
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.log.level) {
         return Err(err("log.level", format!("not a log filter: {e}")));

@@ -14,6 +14,26 @@ use serde_json::{Map, Value as J};
 
 use crate::event::Event;
 
+/// An event's `data`, decoded on first use (only when some part of the expression reads it).
+pub struct LazyData<'a> {
+    decode: &'a dyn Fn() -> Option<Map<String, J>>,
+    cell: std::cell::OnceCell<Option<Map<String, J>>>,
+}
+
+impl<'a> LazyData<'a> {
+    /// `decode` gives the fields the expression reads, or `None` when data is not an object.
+    pub fn new(decode: &'a dyn Fn() -> Option<Map<String, J>>) -> LazyData<'a> {
+        LazyData {
+            decode,
+            cell: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> Option<&Map<String, J>> {
+        self.cell.get_or_init(|| (self.decode)()).as_ref()
+    }
+}
+
 /// A lowered expression.
 #[derive(Clone, Debug)]
 pub enum Fast {
@@ -114,26 +134,33 @@ impl Fast {
         }
     }
 
-    /// CEL's answer on `e`, whose decoded data (the fields the expression reads) is `data`
-    /// (`None`: not an object), when it is certain.
-    pub fn eval(&self, e: &Event, data: Option<&Map<String, J>>) -> Option<bool> {
+    /// CEL's answer on `e`, whose data is decoded from `data` only if it is read, when it is
+    /// certain.
+    pub fn eval(&self, e: &Event, data: &LazyData) -> Option<bool> {
         match self {
             Fast::Lit(b) => Some(*b),
             // CEL: false && x is false whatever x is (an error too), and so is x && false.
-            Fast::And(a, b) => match (a.eval(e, data), b.eval(e, data)) {
-                (Some(false), _) | (_, Some(false)) => Some(false),
-                (Some(true), Some(true)) => Some(true),
-                _ => None,
+            // The right side is looked at only when the left does not settle it.
+            Fast::And(a, b) => match a.eval(e, data) {
+                Some(false) => Some(false),
+                l => match (l, b.eval(e, data)) {
+                    (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                },
             },
-            Fast::Or(a, b) => match (a.eval(e, data), b.eval(e, data)) {
-                (Some(true), _) | (_, Some(true)) => Some(true),
-                (Some(false), Some(false)) => Some(false),
-                _ => None,
+            Fast::Or(a, b) => match a.eval(e, data) {
+                Some(true) => Some(true),
+                l => match (l, b.eval(e, data)) {
+                    (_, Some(true)) => Some(true),
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                },
             },
             Fast::Not(a) => a.eval(e, data).map(|b| !b),
             Fast::Has(path) => {
                 let (last, up) = path.split_last()?;
-                let mut map = data?;
+                let mut map = data.get()?;
                 for k in up {
                     match map.get(k)? {
                         J::Object(m) => map = m,
@@ -152,6 +179,44 @@ impl Fast {
                 }
                 Some(found)
             }
+        }
+    }
+}
+
+impl Fast {
+    /// For `has(data.F) && R`, where `R` can only be true when `data.F` is one of some string
+    /// literals: those literals as JSON text (`"failed"`). An object whose text holds none of
+    /// them (and no escape) makes the whole expression false, without decoding it.
+    pub fn needles(&self, field: &str) -> Option<Vec<Vec<u8>>> {
+        let Fast::And(has, rest) = self else {
+            return None;
+        };
+        if !matches!(&**has, Fast::Has(p) if p.len() == 1 && p[0] == field) {
+            return None;
+        }
+        let mut out = Vec::new();
+        rest.collect_needles(field, &mut out).then_some(out)
+    }
+
+    fn collect_needles(&self, field: &str, out: &mut Vec<Vec<u8>>) -> bool {
+        let on_field = |o: &Operand| matches!(o, Operand::Data(p) if p.len() == 1 && p[0] == field);
+        let mut push = |l: &Lit| match l {
+            // Text JSON writes as is: no quote, backslash or control character.
+            Lit::Str(s) if !s.chars().any(|c| c == '"' || c == '\\' || c.is_control()) => {
+                out.push(format!("\"{s}\"").into_bytes());
+                true
+            }
+            _ => false,
+        };
+        match self {
+            Fast::In(x, lits) if on_field(x) => lits.iter().all(&mut push),
+            Fast::Cmp(Op::Eq, x, Operand::Lit(l)) | Fast::Cmp(Op::Eq, Operand::Lit(l), x)
+                if on_field(x) =>
+            {
+                push(l)
+            }
+            Fast::Or(a, b) => a.collect_needles(field, out) && b.collect_needles(field, out),
+            _ => false,
         }
     }
 }
@@ -203,7 +268,7 @@ fn literal(l: &LiteralValue) -> Option<Lit> {
 
 /// An operand's value on the event, as CEL would see it; `None` when it is missing or is not
 /// a scalar (CEL would report the first, and compare the second by its own rules).
-fn value(o: &Operand, e: &Event, data: Option<&Map<String, J>>) -> Option<Lit> {
+fn value(o: &Operand, e: &Event, data: &LazyData) -> Option<Lit> {
     Some(match o {
         Operand::Lit(l) => l.clone(),
         Operand::Type => Lit::Str(e.kind.to_string()),
@@ -218,7 +283,7 @@ fn value(o: &Operand, e: &Event, data: Option<&Map<String, J>>) -> Option<Lit> {
         ),
         Operand::Data(path) => {
             let (first, rest) = path.split_first()?;
-            let mut v = data?.get(first)?;
+            let mut v = data.get()?.get(first)?;
             for k in rest {
                 v = match v {
                     J::Object(m) => m.get(k)?,

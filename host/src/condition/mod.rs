@@ -62,6 +62,9 @@ pub struct Condition {
     fields: Option<Arc<[String]>>,
     /// The expression lowered to native code, when it has one of the common shapes.
     fast: Option<Arc<Fast>>,
+    /// With `guard`: for `has(data.F) && data.F in ["a", …]`, the texts `"a"`, …, one of
+    /// which an object's JSON must hold for the expression to be true.
+    needles: Option<Arc<[Vec<u8>]>>,
 }
 
 impl fmt::Debug for Condition {
@@ -103,7 +106,7 @@ impl Condition {
             attributes: refs.has_variable("attributes"),
             data: refs.has_variable("data"),
         };
-        let guard = data_guard(program.expression()).map(|f| {
+        let guard: Option<Arc<[u8]>> = data_guard(program.expression()).map(|f| {
             let mut quoted = Vec::with_capacity(f.len() + 2);
             quoted.push(b'"');
             quoted.extend_from_slice(f.as_bytes());
@@ -125,7 +128,15 @@ impl Condition {
         let fast = Fast::lower(program.expression())
             .filter(|_| !uses.data || fields.is_some())
             .map(Arc::new);
+        let needles = match (&guard, &fast) {
+            (Some(g), Some(f)) => std::str::from_utf8(&g[1..g.len() - 1])
+                .ok()
+                .and_then(|field| f.needles(field))
+                .map(Arc::from),
+            _ => None,
+        };
         Ok(Condition {
+            needles,
             source: Arc::from(src),
             program: Arc::new(program),
             uses,
@@ -163,7 +174,30 @@ impl Condition {
         {
             return Ok(false);
         }
-        // `data`, decoded once: only the fields the expression reads when it reads fields.
+        // `has(data.F) && data.F in [literals]` on an object that holds none of the literals'
+        // texts: false (has() is false, or data.F is some other value), unparsed.
+        if let Some(needles) = &self.needles
+            && data_is_object(&e.data)
+            && !e.data.contains(&b'\\')
+            && !needles.iter().any(|n| contains(&e.data, n))
+        {
+            return Ok(false);
+        }
+        if let Some(f) = &self.fast {
+            let decode = || {
+                let fields = self.fields.as_deref()?;
+                if !data_is_object(&e.data) {
+                    return None;
+                }
+                let mut de = serde_json::Deserializer::from_slice(&e.data);
+                let map = serde::de::DeserializeSeed::deserialize(Pick(fields), &mut de).ok()?;
+                de.end().ok().map(|()| map)
+            };
+            if let Some(b) = f.eval(e, &fast::LazyData::new(&decode)) {
+                return Ok(b);
+            }
+        }
+        // `data`: only the fields the expression reads when it reads fields.
         let mut data = None;
         if self.uses.data {
             let json = match &self.fields {
@@ -178,15 +212,6 @@ impl Condition {
             }
             .map_err(|err| format!("the event's data is not JSON: {err}"))?;
             data = Some(json);
-        }
-        if let Some(f) = &self.fast {
-            let map = match &data {
-                Some(serde_json::Value::Object(m)) => Some(m),
-                _ => None,
-            };
-            if let Some(b) = f.eval(e, map) {
-                return Ok(b);
-            }
         }
         let mut ctx = Context::with_env(ENV.clone());
         if self.uses.kind {
@@ -532,6 +557,7 @@ mod tests {
             assert!(fast.fast.is_some(), "{src} has a native form");
             let mut cel = fast.clone();
             cel.fast = None;
+            cel.needles = None;
             for line in lines {
                 let e = event(line);
                 assert_eq!(fast.eval(&e), cel.eval(&e), "{src} on {line}");

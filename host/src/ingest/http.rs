@@ -144,7 +144,7 @@ async fn ingest(State(adm): State<Arc<Admission>>, headers: HeaderMap, body: Byt
 }
 
 /// 401 unless the request carries the key; runs before the body is read.
-async fn require_key(State(key): State<Arc<str>>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_key(State(key): State<Arc<str>>, req: Request, next: Next) -> Response {
     if crate::auth::has_key(req.headers(), &key) {
         return next.run(req).await;
     }

@@ -1,11 +1,13 @@
 //! Ingest: where events enter, and admission, the checks every entry point shares.
 //!
-//! In: NDJSON over the unix socket ([`socket`]) and `POST /v1/events` ([`http`]). Out: whole
+//! In: NDJSON over the unix socket ([`socket`]), `POST /v1/events` ([`http`]) and OpenTelemetry
+//! exports over OTLP/HTTP and OTLP/gRPC ([`otlp`]). Out: whole
 //! batches admitted into the [`Queue`], and an answer for every line. Admission applies the kill
 //! switch (accept and drop, counted `disabled`), counts what arrives and what is malformed
-//! (`invalid`), and never waits on the queue. Both listeners stop on the shutdown token.
+//! (`invalid`), and never waits on the queue. Every listener stops on the shutdown token.
 
 pub mod http;
+pub mod otlp;
 pub mod socket;
 
 use std::sync::Arc;

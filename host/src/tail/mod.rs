@@ -25,7 +25,10 @@ pub mod runs;
 pub mod spill;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+/// Maps keyed by run id (or its hash): foldhash, a fast seeded hash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -242,7 +245,7 @@ struct Compiled {
 impl Compiled {
     fn new(cond: &Condition, site: String) -> Compiled {
         Compiled {
-            memo: cond.uses_only_type().then(HashMap::new),
+            memo: cond.uses_only_type().then(HashMap::default),
             cond: cond.clone(),
             site,
         }
@@ -406,13 +409,13 @@ impl Tail {
                     policies: Policies::new(t),
                     spill: spill_store(t),
                     decisions: Decisions {
-                        map: HashMap::new(),
+                        map: HashMap::default(),
                         order: VecDeque::new(),
                         max: t.decisions,
                     },
                     cfg: t.clone(),
                     pending: None,
-                    open: HashMap::new(),
+                    open: HashMap::default(),
                     by_age: BTreeMap::new(),
                     deadlines: BinaryHeap::new(),
                     seq: 0,

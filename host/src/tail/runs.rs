@@ -9,7 +9,9 @@
 //! the least recently active run goes first. Open runs are not here: the tail stage answers for
 //! them. No task, no I/O.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -154,7 +156,7 @@ pub struct RunsView {
 impl RunsView {
     pub fn new(bounds: RunsBounds) -> RunsView {
         RunsView {
-            runs: HashMap::new(),
+            runs: HashMap::default(),
             order: VecDeque::new(),
             seq: 0,
             held: 0,
