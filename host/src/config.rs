@@ -655,6 +655,7 @@ pub enum SinkConfig {
     Http(HttpSinkConfig),
     Weave(WeaveSinkConfig),
     Nats(NatsSinkConfig),
+    Otlp(OtlpSinkConfig),
 }
 
 /// Which events a sink takes (`sinks[].types` and `sinks[].when`, SPEC "Ingest
@@ -701,6 +702,7 @@ impl SinkConfig {
             SinkConfig::Http(c) => &c.route,
             SinkConfig::Weave(c) => &c.route,
             SinkConfig::Nats(c) => &c.route,
+            SinkConfig::Otlp(c) => &c.route,
         }
     }
 
@@ -711,6 +713,7 @@ impl SinkConfig {
             SinkConfig::Http(c) => &mut c.route,
             SinkConfig::Weave(c) => &mut c.route,
             SinkConfig::Nats(c) => &mut c.route,
+            SinkConfig::Otlp(c) => &mut c.route,
         }
     }
 }
@@ -724,6 +727,7 @@ impl SinkConfig {
             SinkConfig::Http(c) => ("http", &c.name),
             SinkConfig::Weave(c) => ("weave", &c.name),
             SinkConfig::Nats(c) => ("nats", &c.name),
+            SinkConfig::Otlp(c) => ("otlp", &c.name),
         };
         match name {
             Some(n) => n.clone(),
@@ -814,6 +818,40 @@ fn default_format() -> HttpFormat {
 
 fn default_timeout() -> Dur {
     Dur(Duration::from_secs(30))
+}
+
+/// `sinks[]` of `type: otlp`: every event as an OTLP log record, OTLP/HTTP protobuf to
+/// `{url}/v1/logs`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSinkConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub route: SinkRoute,
+    /// The receiver's base URL (`http://collector:4318`); a URL ending in `/v1/logs` is used
+    /// as it is.
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: Dur,
+    /// `gzip` (the default, as the Collector's exporter) or `none`.
+    #[serde(default)]
+    pub compression: OtlpCompression,
+}
+
+/// `sinks[].compression` of the `otlp` sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpCompression {
+    #[default]
+    Gzip,
+    None,
+}
+
+fn default_otlp_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 /// `sinks[]` of `type: weave`: call events as Weave `upsert_batch` posts.
@@ -1360,6 +1398,12 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 return Err(err(
                     format!("sinks[{i}].url"),
                     "must start with http:// or https://",
+                ));
+            }
+            SinkConfig::Otlp(o) if !url_ok(&o.url) => {
+                return Err(err(
+                    format!("sinks[{i}].url"),
+                    "must start with http:// or https:// (OTLP/HTTP; /v1/logs is added)",
                 ));
             }
             SinkConfig::Weave(w) if !url_ok(&w.url) => {

@@ -10,6 +10,7 @@ mod harness;
 mod ingest;
 mod languages;
 mod node;
+mod otlp;
 mod pipeline;
 mod plugins;
 mod reload;

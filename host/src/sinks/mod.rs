@@ -4,7 +4,7 @@
 //! reload, a [`SinkPlan`] that keeps, opens and closes sinks. The set routes each event to the
 //! sinks whose `types`/`when` admit it (an event no sink admits is counted `unrouted`) and hands
 //! each sink an `Arc<Batch>` on its bounded channel. Every sink runs a [`delivery::Delivery`]
-//! (retry, back-off, spool) over its writer (file, stdout, http, weave) and records in
+//! (retry, back-off, spool) over its writer (file, stdout, http, weave, otlp) and records in
 //! [`Progress`] the sequence it has delivered up to, which answers Weave `flush` requests.
 //! Out: events written; `events_delivered_total{sink}`, `sink_batches_total{sink,result}`, the
 //! ingest-to-sink latency. The set ends when the worker closes it ([`SinkSet::close`]): that
@@ -14,6 +14,7 @@
 pub mod delivery;
 mod file;
 mod http;
+pub mod otlp;
 mod spool;
 
 use std::sync::Arc;
@@ -58,6 +59,7 @@ enum Writer {
     Stdout(StdoutSink),
     Http(HttpSink),
     Weave(WeaveSink),
+    Otlp(otlp::OtlpSink),
 }
 
 impl Writer {
@@ -68,8 +70,9 @@ impl Writer {
             SinkConfig::Stdout(_) => Writer::Stdout(StdoutSink { buf: Vec::new() }),
             SinkConfig::Http(c) => Writer::Http(HttpSink::new(c)?),
             SinkConfig::Weave(c) => Writer::Weave(WeaveSink::new(c, metrics.clone())?),
+            SinkConfig::Otlp(c) => Writer::Otlp(otlp::OtlpSink::new(c, metrics.clone())?),
             SinkConfig::Nats(_) => anyhow::bail!(
-                "the nats sink is not implemented in this build; use file, stdout, http or weave"
+                "the nats sink is not implemented in this build; use file, stdout, http, weave or otlp"
             ),
         })
     }
@@ -82,6 +85,7 @@ impl Deliver for Writer {
             Writer::Stdout(s) => s.write(batch),
             Writer::Http(s) => s.send(batch).await,
             Writer::Weave(s) => s.send(batch).await,
+            Writer::Otlp(s) => s.send(batch).await,
         }
     }
 

@@ -2,8 +2,10 @@
 //!
 //! In: `opentelemetry.proto.collector.logs.v1.LogsService/Export` and
 //! `…trace.v1.TraceService/Export` calls (gzip accepted), each message at most
-//! `ingest.otlp.max_request_bytes` after decompression (larger: `RESOURCE_EXHAUSTED`; one that
-//! does not decode: `INVALID_ARGUMENT`, both from tonic). With `ingest.api_key`, a call without
+//! `ingest.otlp.max_request_bytes` after decompression (larger: `OUT_OF_RANGE`, or
+//! `RESOURCE_EXHAUSTED` when gzip inflates past it, decompression stopping there; one that
+//! does not decode:
+//! `INTERNAL`: tonic's answers). With `ingest.api_key`, a call without
 //! `authorization: Bearer KEY` is `UNAUTHENTICATED`. Out: the export response, with
 //! `partial_success` when the queue refused some. Stops on the shutdown token.
 
