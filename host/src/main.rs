@@ -123,6 +123,13 @@ enum Command {
         /// Send over HTTP to this address (`POST /v1/events`) instead of the socket.
         #[arg(long)]
         http: Option<std::net::SocketAddr>,
+        /// Send OTLP/HTTP protobuf export requests of --batch log records to this address
+        /// (`ingest.otlp.http`) instead of the socket.
+        #[arg(long)]
+        otlp: Option<std::net::SocketAddr>,
+        /// With --otlp: spans (`POST /v1/traces`) instead of log records.
+        #[arg(long, requires = "otlp")]
+        spans: bool,
         /// The control API for /metrics (default: the config's control.listen).
         #[arg(long)]
         control: Option<std::net::SocketAddr>,
@@ -326,6 +333,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             runs,
             run_events,
             failing,
+            otlp,
+            spans,
         } => {
             let (cfg, _) = load_config(config.as_deref())?;
             let daemon_socket = socket.clone().unwrap_or(cfg.ingest.socket.clone());
@@ -379,6 +388,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     events_per_run: run_events,
                     failing,
                 }),
+                otlp: otlp.filter(|_| !baseline),
+                spans,
             };
             let baseline_socket = baseline.then(|| opts.socket.clone());
             let report = tokio::task::spawn_blocking(move || outrigger::bench::run(&opts)).await?;

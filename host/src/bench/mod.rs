@@ -47,6 +47,10 @@ pub struct BenchOptions {
     pub pid: Option<u32>,
     /// A run-shaped load instead of independent events (for tail sampling).
     pub runs: Option<RunShape>,
+    /// Send OTLP/HTTP protobuf export requests of `batch` records to this address instead.
+    pub otlp: Option<SocketAddr>,
+    /// With `otlp`: spans (`POST /v1/traces`) instead of log records (`POST /v1/logs`).
+    pub spans: bool,
 }
 
 /// `--runs N --run-events M --failing F`: each connection keeps its share of N runs open at
@@ -155,8 +159,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         .transpose()?;
     let cpu_before = opts.pid.map(procstat::sample).transpose()?;
     anyhow::ensure!(
-        opts.runs.is_none() || (opts.http.is_none() && !opts.ack),
-        "--runs sends over the socket without acks: drop --http and --ack"
+        opts.runs.is_none() || (opts.http.is_none() && opts.otlp.is_none() && !opts.ack),
+        "--runs sends over the socket without acks: drop --http, --otlp and --ack"
+    );
+    anyhow::ensure!(
+        opts.otlp.is_none() || opts.http.is_none(),
+        "--otlp and --http are two ways to send: pick one"
     );
     let per_conn = opts.events / opts.connections as u64;
     let rate_per_conn = opts.rate as f64 / opts.connections as f64;
@@ -188,6 +196,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             move || -> anyhow::Result<(u64, u64, Vec<u32>)> {
                 match (o.http, o.ack) {
                     _ if o.runs.is_some() => runs_conn(&o, c, per_conn, rate_per_conn),
+                    _ if o.otlp.is_some() => otlp_conn(&o, c, per_conn, rate_per_conn),
                     (Some(addr), _) => http_conn(&o, addr, per_conn, rate_per_conn),
                     (None, true) => ack_conn(&o, c, per_conn, rate_per_conn),
                     (None, false) => noack_conn(&o, c, per_conn, rate_per_conn),
@@ -205,12 +214,16 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         rtts.extend(r);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let event_bytes = event_line(&opts.event_type, opts.size, 0).len();
+    let event_bytes = match opts.otlp {
+        Some(_) => otlp_body(opts, 0).len() / opts.batch.max(1),
+        None => event_line(&opts.event_type, opts.size, 0).len(),
+    };
     let mut report = BenchReport {
-        transport: if opts.http.is_some() {
-            "http".into()
-        } else {
-            "unix".into()
+        transport: match (opts.otlp, opts.spans, opts.http) {
+            (Some(_), true, _) => "otlp/http spans".into(),
+            (Some(_), false, _) => "otlp/http logs".into(),
+            (None, _, Some(_)) => "http".into(),
+            _ => "unix".into(),
         },
         connections: opts.connections,
         event_bytes,
@@ -427,6 +440,138 @@ fn ack_conn(o: &BenchOptions, c: usize, n: u64, rate: f64) -> anyhow::Result<(u6
         }
     }
     Ok((n, failed, rtts))
+}
+
+/// One OTLP export request of `--batch` log records (or spans), encoded once and sent again and
+/// again: a body of about `--size` bytes, two attributes, a trace id per record.
+fn otlp_body(o: &BenchOptions, c: usize) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+    let s = |v: &str| AnyValue {
+        value: Some(any_value::Value::StringValue(v.to_string())),
+    };
+    let kv = |k: &str, v: AnyValue| KeyValue {
+        key: k.into(),
+        value: Some(v),
+        ..Default::default()
+    };
+    let n = o.batch.max(1);
+    let now = crate::event::now_ns();
+    let trace = |i: usize| {
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&(c as u64).to_be_bytes());
+        t[8..].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+        t.to_vec()
+    };
+    let resource = Some(Resource {
+        attributes: vec![kv("service.name", s("bench"))],
+        ..Default::default()
+    });
+    let pad = "x".repeat(o.size.saturating_sub(60));
+    if o.spans {
+        let spans = (0..n)
+            .map(|i| Span {
+                trace_id: trace(i),
+                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                name: o.event_type.clone(),
+                kind: 2,
+                start_time_unix_nano: now,
+                end_time_unix_nano: now + 1_500_000,
+                attributes: vec![kv("http.method", s("GET")), kv("pad", s(&pad))],
+                ..Default::default()
+            })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource,
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    } else {
+        let log_records = (0..n)
+            .map(|i| LogRecord {
+                time_unix_nano: now,
+                severity_number: 9,
+                severity_text: "INFO".into(),
+                body: Some(s(&format!("{} {i} {pad}", o.event_type))),
+                attributes: vec![kv("i", s(&i.to_string())), kv("http.method", s("GET"))],
+                trace_id: trace(i),
+                ..Default::default()
+            })
+            .collect();
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource,
+                scope_logs: vec![ScopeLogs {
+                    log_records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+}
+
+/// `--otlp`: export requests of `--batch` records over one keep-alive connection.
+fn otlp_conn(
+    o: &BenchOptions,
+    c: usize,
+    n: u64,
+    rate: f64,
+) -> anyhow::Result<(u64, u64, Vec<u32>)> {
+    let addr = o.otlp.context("no --otlp address")?;
+    let batch = o.batch.max(1) as u64;
+    let body = otlp_body(o, c);
+    let path = if o.spans { "/v1/traces" } else { "/v1/logs" };
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let auth = match &o.ingest_key {
+        Some(k) => format!("Authorization: Bearer {k}\r\n"),
+        None => String::new(),
+    };
+    let (mut sent, mut failed, mut rtts) = (0u64, 0u64, Vec::new());
+    let start = Instant::now();
+    // Whole requests only: `-n` is rounded up to a multiple of `--batch`.
+    while sent < n {
+        pace(start, sent, rate);
+        let t0 = Instant::now();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\n{auth}Content-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        s.write_all(&body)?;
+        let (status, text) = read_response(&mut r)?;
+        if status == 401 {
+            anyhow::bail!("OTLP ingest at {addr} refused the key (401): pass --ingest-key");
+        }
+        anyhow::ensure!(
+            status != 404,
+            "{addr}{path} answered 404: is it ingest.otlp.http?"
+        );
+        if status != 200 {
+            anyhow::ensure!(
+                failed > 0 || status != 400,
+                "the daemon refused the request: {text}"
+            );
+            failed += batch;
+        }
+        rtts.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+        sent += batch;
+    }
+    Ok((sent, failed, if o.ack { rtts } else { Vec::new() }))
 }
 
 fn http_conn(

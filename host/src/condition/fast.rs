@@ -169,13 +169,13 @@ impl Fast {
                 }
                 Some(map.contains_key(last))
             }
-            Fast::Cmp(op, l, r) => compare(*op, &value(l, e, data)?, &value(r, e, data)?),
+            Fast::Cmp(op, l, r) => compare(*op, value(l, e, data)?, value(r, e, data)?),
             Fast::In(x, list) => {
                 let x = value(x, e, data)?;
                 let mut found = false;
                 for l in list {
                     // Elements of another kind: CEL's equality across kinds is its own to say.
-                    found |= compare(Op::Eq, &x, l)?;
+                    found |= compare(Op::Eq, x, l.val())?;
                 }
                 Some(found)
             }
@@ -266,20 +266,44 @@ fn literal(l: &LiteralValue) -> Option<Lit> {
     })
 }
 
+/// A scalar as [`compare`] sees it, borrowed from the event, its data or a literal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Val<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(&'a str),
+}
+
+impl Lit {
+    fn val(&self) -> Val<'_> {
+        match self {
+            Lit::Null => Val::Null,
+            Lit::Bool(b) => Val::Bool(*b),
+            Lit::Int(i) => Val::Int(*i),
+            Lit::UInt(u) => Val::UInt(*u),
+            Lit::Float(f) => Val::Float(*f),
+            Lit::Str(s) => Val::Str(s),
+        }
+    }
+}
+
 /// An operand's value on the event, as CEL would see it; `None` when it is missing or is not
 /// a scalar (CEL would report the first, and compare the second by its own rules).
-fn value(o: &Operand, e: &Event, data: &LazyData) -> Option<Lit> {
+fn value<'a>(o: &'a Operand, e: &'a Event, data: &'a LazyData) -> Option<Val<'a>> {
     Some(match o {
-        Operand::Lit(l) => l.clone(),
-        Operand::Type => Lit::Str(e.kind.to_string()),
-        Operand::RunId => Lit::Str(e.run_id.as_deref().unwrap_or("").to_string()),
-        Operand::TsNs => Lit::Int(e.ts_ns.min(i64::MAX as u64) as i64),
-        Operand::Attr(k) => Lit::Str(
+        Operand::Lit(l) => l.val(),
+        Operand::Type => Val::Str(&e.kind),
+        Operand::RunId => Val::Str(e.run_id.as_deref().unwrap_or("")),
+        Operand::TsNs => Val::Int(e.ts_ns.min(i64::MAX as u64) as i64),
+        Operand::Attr(k) => Val::Str(
             e.attributes
                 .iter()
                 .rev()
                 .find(|(ak, _)| ak == k)
-                .map(|(_, v)| v.clone())?,
+                .map(|(_, v)| v.as_str())?,
         ),
         Operand::Data(path) => {
             let (first, rest) = path.split_first()?;
@@ -291,13 +315,13 @@ fn value(o: &Operand, e: &Event, data: &LazyData) -> Option<Lit> {
                 };
             }
             match v {
-                J::Null => Lit::Null,
-                J::Bool(b) => Lit::Bool(*b),
-                J::String(s) => Lit::Str(s.clone()),
+                J::Null => Val::Null,
+                J::Bool(b) => Val::Bool(*b),
+                J::String(s) => Val::Str(s),
                 J::Number(n) => match (n.as_i64(), n.as_u64()) {
-                    (Some(i), _) => Lit::Int(i),
-                    (None, Some(u)) => Lit::UInt(u),
-                    _ => Lit::Float(n.as_f64()?),
+                    (Some(i), _) => Val::Int(i),
+                    (None, Some(u)) => Val::UInt(u),
+                    _ => Val::Float(n.as_f64()?),
                 },
                 J::Array(_) | J::Object(_) => return None,
             }
@@ -306,22 +330,22 @@ fn value(o: &Operand, e: &Event, data: &LazyData) -> Option<Lit> {
 }
 
 /// `a op b` for two scalars of the same kind; `None` across kinds.
-fn compare(op: Op, a: &Lit, b: &Lit) -> Option<bool> {
+fn compare(op: Op, a: Val, b: Val) -> Option<bool> {
     use std::cmp::Ordering;
     let ord: Option<Ordering> = match (a, b) {
-        (Lit::Null, Lit::Null) => Some(Ordering::Equal),
-        (Lit::Bool(x), Lit::Bool(y)) => Some(x.cmp(y)),
-        (Lit::Int(x), Lit::Int(y)) => Some(x.cmp(y)),
-        (Lit::UInt(x), Lit::UInt(y)) => Some(x.cmp(y)),
-        (Lit::Float(x), Lit::Float(y)) => x.partial_cmp(y),
-        (Lit::Str(x), Lit::Str(y)) => Some(x.cmp(y)),
+        (Val::Null, Val::Null) => Some(Ordering::Equal),
+        (Val::Bool(x), Val::Bool(y)) => Some(x.cmp(&y)),
+        (Val::Int(x), Val::Int(y)) => Some(x.cmp(&y)),
+        (Val::UInt(x), Val::UInt(y)) => Some(x.cmp(&y)),
+        (Val::Float(x), Val::Float(y)) => x.partial_cmp(&y),
+        (Val::Str(x), Val::Str(y)) => Some(x.cmp(&y)),
         _ => return None,
     };
     match op {
         Op::Eq => Some(ord == Some(Ordering::Equal)),
         Op::Ne => Some(ord != Some(Ordering::Equal)),
         // Ordering of null and bool: CEL's own rules (an error for null).
-        _ if matches!(a, Lit::Null | Lit::Bool(_)) => None,
+        _ if matches!(a, Val::Null | Val::Bool(_)) => None,
         Op::Lt => ord.map(|o| o == Ordering::Less),
         Op::Le => ord.map(|o| o != Ordering::Greater),
         Op::Gt => ord.map(|o| o == Ordering::Greater),
