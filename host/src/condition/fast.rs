@@ -338,7 +338,7 @@ fn compare(op: Op, a: Val, b: Val) -> Option<bool> {
         (Val::Int(x), Val::Int(y)) => Some(x.cmp(&y)),
         (Val::UInt(x), Val::UInt(y)) => Some(x.cmp(&y)),
         (Val::Float(x), Val::Float(y)) => x.partial_cmp(&y),
-        (Val::Str(x), Val::Str(y)) => Some(x.cmp(&y)),
+        (Val::Str(x), Val::Str(y)) => Some(x.cmp(y)),
         _ => return None,
     };
     match op {
