@@ -376,16 +376,24 @@ mod tests {
     }
 
     /// Records what is logged on this thread while it lives (the tests run on one thread).
-    struct LogCapture {
-        buf: Arc<std::sync::Mutex<Vec<u8>>>,
-        _guard: tracing::subscriber::DefaultGuard,
+    /// One global subscriber writes into a per-thread buffer: a scoped (`set_default`)
+    /// subscriber races with tracing's per-callsite interest cache when other tests run in
+    /// parallel, and then misses lines now and then.
+    struct LogCapture;
+
+    thread_local! {
+        static CAPTURED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
     }
 
-    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    struct Sink;
 
     impl std::io::Write for Sink {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            CAPTURED.with(|c| {
+                if let Some(buf) = c.borrow_mut().as_mut() {
+                    buf.extend_from_slice(b);
+                }
+            });
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -395,23 +403,33 @@ mod tests {
 
     impl LogCapture {
         fn start() -> LogCapture {
-            let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let w = buf.clone();
-            let sub = tracing_subscriber::fmt()
-                .with_writer(move || Sink(w.clone()))
-                .with_ansi(false)
-                .with_max_level(tracing::Level::DEBUG)
-                .finish();
-            LogCapture {
-                buf,
-                _guard: tracing::subscriber::set_default(sub),
-            }
+            static INIT: std::sync::Once = std::sync::Once::new();
+            INIT.call_once(|| {
+                let sub = tracing_subscriber::fmt()
+                    .with_writer(|| Sink)
+                    .with_ansi(false)
+                    .with_max_level(tracing::Level::DEBUG)
+                    .finish();
+                // Only these tests set one; if something else had, their counts would say so.
+                let _ = tracing::subscriber::set_global_default(sub);
+            });
+            CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+            LogCapture
         }
 
         /// Logged lines that contain `needle`.
         fn count(&self, needle: &str) -> usize {
-            let text = String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned();
-            text.lines().filter(|l| l.contains(needle)).count()
+            CAPTURED.with(|c| {
+                let text =
+                    String::from_utf8_lossy(c.borrow().as_deref().unwrap_or(&[])).into_owned();
+                text.lines().filter(|l| l.contains(needle)).count()
+            })
+        }
+    }
+
+    impl Drop for LogCapture {
+        fn drop(&mut self) {
+            CAPTURED.with(|c| *c.borrow_mut() = None);
         }
     }
 
