@@ -76,33 +76,53 @@ pub struct RunSummary {
     pub spilled_bytes: Option<u64>,
 }
 
-/// An event kept for the view: its own copy of the data, not a slice of a receive buffer.
+/// An event kept for the view: its own copy of the data (not a slice of a receive buffer) and
+/// its attributes, packed in one allocation (the view churns through runs at ingest rates; the
+/// attributes are decoded again only when someone asks to see the event).
 #[derive(Clone, Debug)]
 pub struct Stored {
     pub kind: Arc<str>,
     pub ts_ns: u64,
-    pub attributes: Vec<(String, String)>,
-    pub data: Bytes,
+    /// The data, then (when there are any) the attributes as JSON `[[k, v], …]`.
+    packed: Bytes,
+    data_len: u32,
 }
 
 impl Stored {
     pub fn of(e: &Event) -> Stored {
+        let attrs: usize = e
+            .attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        let mut buf = Vec::with_capacity(e.data.len() + attrs + 2);
+        buf.extend_from_slice(&e.data);
+        if !e.attributes.is_empty() {
+            let _ = serde_json::to_writer(&mut buf, &e.attributes);
+        }
         Stored {
             kind: e.kind.clone(),
             ts_ns: e.ts_ns,
-            attributes: e.attributes.clone(),
-            data: Bytes::copy_from_slice(&e.data),
+            packed: Bytes::from(buf),
+            data_len: e.data.len() as u32,
         }
     }
 
     fn bytes(&self) -> usize {
-        std::mem::size_of::<Stored>()
-            + self.data.len()
-            + self
-                .attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + std::mem::size_of::<(String, String)>())
-                .sum::<usize>()
+        std::mem::size_of::<Stored>() + self.packed.len()
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.packed[..self.data_len as usize]
+    }
+
+    fn attributes(&self) -> Vec<(String, String)> {
+        let rest = &self.packed[self.data_len as usize..];
+        if rest.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_slice(rest).unwrap_or_default()
+        }
     }
 
     /// The event as native JSON with `redact` fields hidden.
@@ -111,8 +131,8 @@ impl Stored {
             &self.kind,
             self.ts_ns,
             Some(run_id),
-            &self.attributes,
-            &self.data,
+            &self.attributes(),
+            self.data(),
             redact,
         )
     }
@@ -400,7 +420,7 @@ mod tests {
         let (s, events) = v.get("a").unwrap();
         assert_eq!(s.events, 5);
         assert_eq!(s.state, "seen");
-        let is: Vec<u8> = events.iter().map(|e| e.data[5]).collect();
+        let is: Vec<u8> = events.iter().map(|e| e.data()[5]).collect();
         assert_eq!(is, [b'2', b'3', b'4'], "the most recent 3, oldest first");
         v.seen(&[ev(r#"{"type":"t","run_id":"b"}"#)]);
         v.seen(&[ev(r#"{"type":"t","run_id":"a"}"#)]);
