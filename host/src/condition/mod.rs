@@ -18,6 +18,9 @@ use cel::{Context, Env, Program, Value};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::Event;
+
+/// A substring searcher built once per condition.
+type Finder = memchr::memmem::Finder<'static>;
 use crate::metrics::Metrics;
 
 mod fast;
@@ -56,7 +59,7 @@ pub struct Condition {
     uses: Uses,
     /// `F` when the expression is `has(data.F) && …`: an event whose data does not even
     /// contain the key `"F"` is false without parsing it.
-    guard: Option<Arc<[u8]>>,
+    guard: Option<Arc<Finder>>,
     /// The top-level fields of `data` the expression reads, when it reads `data` only as
     /// `data.F` (or `has(data.F)`): only those are decoded from an event's JSON.
     fields: Option<Arc<[String]>>,
@@ -64,7 +67,7 @@ pub struct Condition {
     fast: Option<Arc<Fast>>,
     /// With `guard`: for `has(data.F) && data.F in ["a", …]`, the texts `"a"`, …, one of
     /// which an object's JSON must hold for the expression to be true.
-    needles: Option<Arc<[Vec<u8>]>>,
+    needles: Option<Arc<[Finder]>>,
 }
 
 impl fmt::Debug for Condition {
@@ -106,12 +109,13 @@ impl Condition {
             attributes: refs.has_variable("attributes"),
             data: refs.has_variable("data"),
         };
-        let guard: Option<Arc<[u8]>> = data_guard(program.expression()).map(|f| {
+        let guard_field = data_guard(program.expression());
+        let guard = guard_field.as_ref().map(|f| {
             let mut quoted = Vec::with_capacity(f.len() + 2);
             quoted.push(b'"');
             quoted.extend_from_slice(f.as_bytes());
             quoted.push(b'"');
-            Arc::from(quoted)
+            Arc::new(memchr::memmem::Finder::new(&quoted).into_owned())
         });
         let fields = uses
             .data
@@ -128,11 +132,13 @@ impl Condition {
         let fast = Fast::lower(program.expression())
             .filter(|_| !uses.data || fields.is_some())
             .map(Arc::new);
-        let needles = match (&guard, &fast) {
-            (Some(g), Some(f)) => std::str::from_utf8(&g[1..g.len() - 1])
-                .ok()
-                .and_then(|field| f.needles(field))
-                .map(Arc::from),
+        let needles = match (&guard_field, &fast) {
+            (Some(field), Some(f)) => f.needles(field).map(|ns| {
+                ns.iter()
+                    .map(|n| memchr::memmem::Finder::new(n).into_owned())
+                    .collect::<Vec<_>>()
+                    .into()
+            }),
             _ => None,
         };
         Ok(Condition {
@@ -169,7 +175,7 @@ impl Condition {
         // could hide it, so data with a backslash is parsed. Non-object data is false here too,
         // where CEL would report `has` on a non-map: the guard reads "events with this field".)
         if let Some(key) = &self.guard
-            && !contains(&e.data, key)
+            && key.find(&e.data).is_none()
             && !e.data.contains(&b'\\')
         {
             return Ok(false);
@@ -179,7 +185,7 @@ impl Condition {
         if let Some(needles) = &self.needles
             && data_is_object(&e.data)
             && !e.data.contains(&b'\\')
-            && !needles.iter().any(|n| contains(&e.data, n))
+            && !needles.iter().any(|n| n.find(&e.data).is_some())
         {
             return Ok(false);
         }
@@ -376,11 +382,6 @@ impl<'de> Deserialize<'de> for PickKey<'de> {
         }
         d.deserialize_str(V)
     }
-}
-
-/// Whether `needle` occurs in `hay`.
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// JSON to a CEL value: integers are `int` (`uint` only past `i64::MAX`), so that

@@ -177,6 +177,12 @@ impl OpenRun {
     }
 
     fn push(&mut self, e: Event) {
+        if self.held.is_empty() {
+            // Runs are rarely one event long: room for a few more saves regrowing per event
+            // (the capacity is what `footprint` counts).
+            self.held.reserve(4);
+            self.data.reserve(e.data.len() * 4);
+        }
         self.data.extend_from_slice(&e.data);
         self.attr_bytes += attr_heap(&e.attributes);
         self.held.push(Held {
