@@ -876,9 +876,12 @@ impl Tail {
         }
         if let Some((id, _)) = st.open.get_key_value(run_id) {
             let id = id.clone();
-            if !st.forced.contains(&id) {
-                st.forced.push(id);
+            // A keep already asked for (the pipeline applies it on its next turn) counts as
+            // kept: a second request is answered as one after the decision would be.
+            if st.forced.contains(&id) {
+                return KeepOutcome::AlreadyKept;
             }
+            st.forced.push(id);
             drop(st);
             self.inner.wake.notify_one();
             return KeepOutcome::Keeping;
