@@ -1434,6 +1434,12 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if cfg.control.api_key.as_deref() == Some("") {
+        return Err(err(
+            "control.api_key",
+            "must not be empty (null or absent leaves the control API open)",
+        ));
+    }
     if cfg.ingest.api_key.as_deref() == Some("") {
         return Err(err(
             "ingest.api_key",
@@ -1740,5 +1746,7 @@ sinks:
         let cfg = parse("control: {listen: 0.0.0.0:9464}\n").unwrap();
         let e = validate(&cfg).unwrap_err();
         assert_eq!(e.path, "control.listen");
+        let cfg = parse("control: {api_key: \"\"}\n").unwrap();
+        assert_eq!(validate(&cfg).unwrap_err().path, "control.api_key");
     }
 }

@@ -978,6 +978,17 @@ async fn anomaly_types_are_capped_and_a_boost_is_logged_when_it_starts() {
             .await;
         assert_eq!(status, 202);
     }
+    // A type longer than an event's may be is refused, saying so; so is an empty one.
+    for kind in ["x".repeat(257), String::new()] {
+        let (status, v) = d
+            .send_json("POST", "/v1/anomaly", json!({"type": kind}))
+            .await;
+        assert_eq!(status, 400, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("1 to 256 bytes"),
+            "{v}"
+        );
+    }
     let (_, text) = d.get("/metrics").await;
     let series: Vec<&str> = text
         .lines()

@@ -379,10 +379,19 @@ async fn anomaly(
     body: Result<Json<AnomalyReport>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(a) = body.map_err(json_rejection)?;
-    if a.kind.is_empty() {
+    if a.kind.is_empty() || a.kind.len() > crate::event::MAX_TYPE_BYTES {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            "`type` must not be empty".into(),
+            format!(
+                "`type` must be 1 to {} bytes, as an event's type is",
+                crate::event::MAX_TYPE_BYTES
+            ),
+        ));
+    }
+    if a.reason.len() > 4096 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "`reason` must be at most 4096 bytes".into(),
         ));
     }
     st.sampler.report_anomaly(&a.kind, &a.reason);
