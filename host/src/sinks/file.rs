@@ -44,6 +44,49 @@ impl FileSink {
         })
     }
 
+    /// What `outrigger check` asks: could [`FileSink::open`] open this file? Creates nothing:
+    /// an existing file must open for appending; otherwise the nearest existing ancestor must
+    /// be a directory this process may write in (the daemon creates the rest).
+    pub fn check(cfg: &FileSinkConfig) -> anyhow::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        if cfg.path.exists() {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(&cfg.path)
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.path.display()))?;
+            return Ok(());
+        }
+        let mut dir = cfg.path.parent();
+        while let Some(d) = dir {
+            let d = if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            };
+            if d.exists() {
+                anyhow::ensure!(
+                    d.is_dir(),
+                    "cannot create {}: {} is not a directory",
+                    cfg.path.display(),
+                    d.display()
+                );
+                let c = std::ffi::CString::new(d.as_os_str().as_bytes())?;
+                // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+                if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+                    anyhow::bail!(
+                        "cannot create {}: {}: {}",
+                        cfg.path.display(),
+                        d.display(),
+                        std::io::Error::last_os_error()
+                    );
+                }
+                return Ok(());
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
     fn rotated(&self, n: usize) -> PathBuf {
         let mut p = self.path.clone().into_os_string();
         p.push(format!(".{n}"));
@@ -93,5 +136,31 @@ impl FileSink {
         if let Err(e) = self.file.flush().and_then(|_| self.file.sync_data()) {
             tracing::warn!(path = %self.path.display(), error = %e, "file sink: sync on close failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(path: PathBuf) -> FileSinkConfig {
+        serde_yaml::from_str(&format!("path: {}", path.display())).unwrap()
+    }
+
+    #[test]
+    fn check_creates_nothing_and_names_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/events.ndjson");
+        FileSink::check(&cfg(deep.clone())).unwrap();
+        assert!(!dir.path().join("a").exists(), "no directory made");
+        let existing = dir.path().join("e.ndjson");
+        fs::write(&existing, b"kept\n").unwrap();
+        FileSink::check(&cfg(existing.clone())).unwrap();
+        assert_eq!(fs::read(&existing).unwrap(), b"kept\n");
+        let under_a_file = existing.join("x/events.ndjson");
+        let e = FileSink::check(&cfg(under_a_file)).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        FileSink::open(&cfg(deep.clone())).unwrap();
+        assert!(deep.exists(), "open does create it");
     }
 }

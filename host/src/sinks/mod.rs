@@ -115,10 +115,16 @@ impl StdoutSink {
     }
 }
 
-/// Checks that every sink of `cfg` can be opened, as `run` would open it (without starting it).
+/// Checks that every sink of `cfg` can be opened, as `run` would open it (without starting it,
+/// and without creating a file sink's file).
 pub fn check(sinks: &[SinkConfig], metrics: &Arc<Metrics>) -> anyhow::Result<()> {
     for (i, s) in sinks.iter().enumerate() {
         let label = s.label(i);
+        // A file sink is checked without creating its file or directories.
+        if let SinkConfig::File(c) = s {
+            FileSink::check(c).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
+            continue;
+        }
         let mut w =
             Writer::open(s, metrics).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
         w.close();
