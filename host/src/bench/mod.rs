@@ -534,13 +534,7 @@ fn otlp_conn(
     let batch = o.batch.max(1) as u64;
     let body = otlp_body(o, c);
     let path = if o.spans { "/v1/traces" } else { "/v1/logs" };
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_nodelay(true)?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let auth = match &o.ingest_key {
-        Some(k) => format!("Authorization: Bearer {k}\r\n"),
-        None => String::new(),
-    };
+    let (mut s, mut r, auth) = http_connect(o, addr)?;
     let (mut sent, mut failed, mut rtts) = (0u64, 0u64, Vec::new());
     let start = Instant::now();
     // Whole requests only: `-n` is rounded up to a multiple of `--batch`.
@@ -574,6 +568,22 @@ fn otlp_conn(
     Ok((sent, failed, if o.ack { rtts } else { Vec::new() }))
 }
 
+/// A keep-alive connection for HTTP load, its reader, and the `Authorization` header line to
+/// send (empty without `--ingest-key`).
+fn http_connect(
+    o: &BenchOptions,
+    addr: SocketAddr,
+) -> anyhow::Result<(TcpStream, BufReader<TcpStream>, String)> {
+    let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    let r = BufReader::new(s.try_clone()?);
+    let auth = match &o.ingest_key {
+        Some(k) => format!("Authorization: Bearer {k}\r\n"),
+        None => String::new(),
+    };
+    Ok((s, r, auth))
+}
+
 fn http_conn(
     o: &BenchOptions,
     addr: SocketAddr,
@@ -585,13 +595,7 @@ fn http_conn(
     for i in 0..batch {
         body.extend_from_slice(event_line(&o.event_type, o.size, i).as_bytes());
     }
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_nodelay(true)?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let auth = match &o.ingest_key {
-        Some(k) => format!("Authorization: Bearer {k}\r\n"),
-        None => String::new(),
-    };
+    let (mut s, mut r, auth) = http_connect(o, addr)?;
     let (mut sent, mut failed, mut rtts) = (0u64, 0u64, Vec::new());
     let start = Instant::now();
     while sent < n {

@@ -192,12 +192,9 @@ impl Condition {
         if let Some(f) = &self.fast {
             let decode = || {
                 let fields = self.fields.as_deref()?;
-                if !data_is_object(&e.data) {
-                    return None;
-                }
-                let mut de = serde_json::Deserializer::from_slice(&e.data);
-                let map = serde::de::DeserializeSeed::deserialize(Pick(fields), &mut de).ok()?;
-                de.end().ok().map(|()| map)
+                data_is_object(&e.data)
+                    .then(|| pick(&e.data, fields).ok())
+                    .flatten()
             };
             if let Some(b) = f.eval(e, &fast::LazyData::new(&decode)) {
                 return Ok(b);
@@ -210,9 +207,7 @@ impl Condition {
                 // An object: only the fields the expression reads (the rest is skipped, not
                 // built). Anything else is decoded whole so CEL reports it as it would.
                 Some(fields) if data_is_object(&e.data) => {
-                    let mut de = serde_json::Deserializer::from_slice(&e.data);
-                    serde::de::DeserializeSeed::deserialize(Pick(fields), &mut de)
-                        .and_then(|map| de.end().map(|()| serde_json::Value::Object(map)))
+                    pick(&e.data, fields).map(serde_json::Value::Object)
                 }
                 _ => serde_json::from_slice(&e.data),
             }
@@ -329,6 +324,16 @@ fn data_fields(expr: &cel::IdedExpr, out: &mut Vec<String>) -> bool {
 /// Whether the JSON text starts an object.
 fn data_is_object(data: &[u8]) -> bool {
     data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// The object `data` with only the keys in `fields` (sorted) decoded; the rest skipped.
+fn pick(
+    data: &[u8],
+    fields: &[String],
+) -> serde_json::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let map = serde::de::DeserializeSeed::deserialize(Pick(fields), &mut de)?;
+    de.end().map(|()| map)
 }
 
 /// Decodes a JSON object keeping only the named keys (sorted); the other values are skipped.

@@ -18,21 +18,39 @@ use super::{Batch, SinkError};
 use crate::config::{HttpFormat, HttpSinkConfig, WeaveSinkConfig};
 use crate::metrics::{DropReason, Metrics};
 
-fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub(super) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .build()?)
 }
 
-async fn post(req: reqwest::RequestBuilder, what: &str) -> Result<(), SinkError> {
+/// A sink's configured `headers`, checked.
+pub(super) fn header_map(
+    headers: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(
+            reqwest::header::HeaderName::from_bytes(k.as_bytes())?,
+            reqwest::header::HeaderValue::from_str(v)?,
+        );
+    }
+    Ok(map)
+}
+
+/// Sends `req`; the body of a 2xx answer, or the error classified for retry.
+pub(super) async fn post(
+    req: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<bytes::Bytes, SinkError> {
     let resp = req
         .send()
         .await
         .map_err(|e| SinkError::Retryable(format!("{what}: {e}")))?;
     let status = resp.status();
     if status.is_success() {
-        return Ok(());
+        return Ok(resp.bytes().await.unwrap_or_default());
     }
     let body = resp.text().await.unwrap_or_default();
     let body: String = body.chars().take(200).collect();
@@ -54,18 +72,11 @@ pub struct HttpSink {
 
 impl HttpSink {
     pub fn new(cfg: &HttpSinkConfig) -> anyhow::Result<HttpSink> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &cfg.headers {
-            headers.insert(
-                reqwest::header::HeaderName::from_bytes(k.as_bytes())?,
-                reqwest::header::HeaderValue::from_str(v)?,
-            );
-        }
         Ok(HttpSink {
             client: client(cfg.timeout.0)?,
             url: cfg.url.clone(),
             format: cfg.format,
-            headers,
+            headers: header_map(&cfg.headers)?,
         })
     }
 

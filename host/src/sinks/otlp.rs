@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use std::sync::Arc;
 
-use super::{Batch, SinkError};
+use super::{Batch, SinkError, http};
 use crate::config::{OtlpCompression, OtlpSinkConfig};
 use crate::event::Event;
 use crate::metrics::{DropReason, Metrics};
@@ -41,13 +41,6 @@ pub struct OtlpSink {
 
 impl OtlpSink {
     pub fn new(cfg: &OtlpSinkConfig, metrics: Arc<Metrics>) -> anyhow::Result<OtlpSink> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &cfg.headers {
-            headers.insert(
-                reqwest::header::HeaderName::from_bytes(k.as_bytes())?,
-                reqwest::header::HeaderValue::from_str(v)?,
-            );
-        }
         let base = cfg.url.trim_end_matches('/');
         let url = if base.ends_with("/v1/logs") {
             base.to_string()
@@ -55,12 +48,9 @@ impl OtlpSink {
             format!("{base}/v1/logs")
         };
         Ok(OtlpSink {
-            client: reqwest::Client::builder()
-                .timeout(cfg.timeout.0)
-                .pool_idle_timeout(std::time::Duration::from_secs(90))
-                .build()?,
+            client: http::client(cfg.timeout.0)?,
             url,
-            headers,
+            headers: http::header_map(&cfg.headers)?,
             gzip: cfg.compression == OtlpCompression::Gzip,
             metrics,
         })
@@ -88,22 +78,7 @@ impl OtlpSink {
         } else {
             req.body(body)
         };
-        let what = &self.url;
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| SinkError::Retryable(format!("{what}: {e}")))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.unwrap_or_default();
-        if !status.is_success() {
-            let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-            let msg = format!("{what}: HTTP {status}: {text}");
-            return if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
-                Err(SinkError::Retryable(msg))
-            } else {
-                Err(SinkError::Fatal(msg))
-            };
-        }
+        let bytes = http::post(req, &self.url).await?;
         let n = batch.events.len();
         let rejected = ExportLogsServiceResponse::decode(bytes)
             .ok()
@@ -112,7 +87,7 @@ impl OtlpSink {
         if let Some(p) = rejected {
             let r = (p.rejected_log_records as usize).min(n);
             self.metrics.dropped(DropReason::Sink, r as u64);
-            tracing::warn!(url = %what, rejected = r, message = %p.error_message,
+            tracing::warn!(url = %self.url, rejected = r, message = %p.error_message,
                 "the OTLP receiver rejected some log records (counted as dropped, reason sink)");
             return Ok(n - r);
         }
@@ -162,6 +137,7 @@ fn record(e: &Event, observed: u64) -> LogRecord {
             .and_then(|v| v.as_str())
             .filter(|s| s.len() == len * 2)
             .and_then(unhex)
+            .filter(|id| id.len() == len)
             .unwrap_or_default()
     };
     LogRecord {
@@ -227,8 +203,5 @@ fn any(v: serde_json::Value) -> AnyValue {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    const_hex::decode(s).ok()
 }
