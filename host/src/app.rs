@@ -95,6 +95,7 @@ fn build_stages(cfg: &Config) -> anyhow::Result<Stages> {
         .load_set(&cfg.plugins)
         .context("loading plugins")?;
     let tail = Tail::new(cfg, metrics.clone());
+    queue.keep_lost(tail.enabled());
     Ok(Stages {
         metrics,
         queue,

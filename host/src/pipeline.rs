@@ -240,6 +240,11 @@ impl Worker {
         let mut events = chunk.events;
         // With tail sampling on, events with a run id are decided with their run instead.
         let tail = self.tail.enabled();
+        self.queue.keep_lost(tail);
+        if !chunk.lost_before.is_empty() {
+            let released = self.tail.lost(chunk.lost_before);
+            self.forward(st, released).await;
+        }
         self.sampler.apply(&mut events, tail);
         if !tail || events.len() <= TAIL_SLICE {
             let released = self.tail.admit(events);
@@ -256,6 +261,10 @@ impl Worker {
                 let released = self.tail.admit(slice);
                 self.forward(st, released).await;
             }
+        }
+        if !chunk.lost_after.is_empty() {
+            let released = self.tail.lost(chunk.lost_after);
+            self.forward(st, released).await;
         }
         st.batcher.settle(chunk.upto);
     }

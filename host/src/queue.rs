@@ -6,6 +6,12 @@
 //! as `queue_full`. Each admitted event gets a place in a running sequence so that a `flush`
 //! can wait for "everything admitted before me". `close` lets the worker drain what is left and
 //! then see the end.
+//!
+//! With [`Queue::keep_lost`] on (tail sampling), dropped events that belong to a run are not
+//! freed at once: they come out with the chunk they would have been in (`Chunk::lost_before`
+//! and `lost_after`, at most one queue's worth), so that the tail stage can still close a run
+//! whose closing event was dropped, or keep one whose failing event was, instead of holding
+//! it open until `idle`. They stay counted as `queue_full`; the tail never delivers them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,6 +27,10 @@ use crate::metrics::{DropReason, Metrics};
 /// A chunk taken by the worker: the events and the sequence range they covered.
 pub struct Chunk {
     pub events: Vec<Event>,
+    /// Dropped events (of runs) that came before `events`, oldest first.
+    pub lost_before: Vec<Event>,
+    /// Dropped events (of runs) that came after `events` (refused by `drop_newest`).
+    pub lost_after: Vec<Event>,
     /// Every event admitted before this sequence number has now left the queue.
     pub upto: u64,
 }
@@ -29,6 +39,8 @@ struct Inner {
     items: VecDeque<Event>,
     /// Events ever admitted (the sequence number of the next one).
     admitted: u64,
+    /// Dropped events of runs, each with the number of admitted events before it.
+    lost: VecDeque<(u64, Event)>,
 }
 
 /// The bounded in-memory queue between ingest and the pipeline worker.
@@ -38,6 +50,7 @@ pub struct Queue {
     on_full: Mutex<OnFull>,
     ready: Notify,
     closed: AtomicBool,
+    keep_lost: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -48,11 +61,13 @@ impl Queue {
             inner: Mutex::new(Inner {
                 items: VecDeque::with_capacity(capacity.min(1 << 16)),
                 admitted: 0,
+                lost: VecDeque::new(),
             }),
             capacity: AtomicUsize::new(capacity),
             on_full: Mutex::new(on_full),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
+            keep_lost: AtomicBool::new(false),
             metrics,
         }
     }
@@ -64,6 +79,13 @@ impl Queue {
         self.metrics.queue_capacity.set(capacity as i64);
     }
 
+    /// Whether dropped events of runs are handed to the worker (see the module docs).
+    pub fn keep_lost(&self, on: bool) {
+        if self.keep_lost.swap(on, Ordering::Relaxed) != on && !on {
+            self.inner.lock().lost.clear();
+        }
+    }
+
     /// Admits a batch without waiting. Returns how many of the batch's *last* events were
     /// refused (only with `drop_newest`); drops of older queued events are only counted.
     pub fn push(&self, mut events: Vec<Event>) -> usize {
@@ -72,33 +94,46 @@ impl Queue {
         }
         let cap = self.capacity.load(Ordering::Relaxed);
         let on_full = *self.on_full.lock();
+        let keep_lost = self.keep_lost.load(Ordering::Relaxed);
         // Evicted events are freed after the lock is released, not while others wait on it.
         let mut evicted_events: Vec<Event> = Vec::new();
         let (refused, evicted, depth) = {
             let mut q = self.inner.lock();
+            let q = &mut *q;
             let mut refused = 0;
             let mut evicted = 0;
+            let mut lost = |at: u64, e: Event, free: &mut Vec<Event>| {
+                if keep_lost && e.run_id.is_some() && q.lost.len() < cap.max(1024) {
+                    q.lost.push_back((at, e));
+                } else {
+                    free.push(e);
+                }
+            };
             match on_full {
                 OnFull::DropNewest => {
                     let room = cap.saturating_sub(q.items.len());
                     if events.len() > room {
                         refused = events.len() - room;
-                        evicted_events = events.split_off(room);
+                        let at = q.admitted + room as u64;
+                        for e in events.split_off(room) {
+                            lost(at, e, &mut evicted_events);
+                        }
                     }
                 }
                 OnFull::DropOldest => {
-                    if events.len() > cap {
-                        // More than fits at all: only the newest `cap` survive.
-                        let skip = events.len() - cap;
-                        evicted += skip;
-                        events.drain(..skip);
-                        q.admitted += skip as u64;
+                    // Oldest first: the queued events, then the batch's head.
+                    let skip = events.len().saturating_sub(cap);
+                    let over = (q.items.len() + events.len() - skip).saturating_sub(cap);
+                    let head = q.admitted - q.items.len() as u64;
+                    for (i, e) in q.items.drain(..over).enumerate() {
+                        lost(head + i as u64, e, &mut evicted_events);
                     }
-                    let over = (q.items.len() + events.len()).saturating_sub(cap);
-                    if over > 0 {
-                        evicted_events.extend(q.items.drain(..over));
-                        evicted += over;
+                    // More than fits at all: only the newest `cap` of the batch survive.
+                    for (i, e) in events.drain(..skip).enumerate() {
+                        lost(q.admitted + i as u64, e, &mut evicted_events);
                     }
+                    q.admitted += skip as u64;
+                    evicted += over + skip;
                 }
             }
             q.admitted += events.len() as u64;
@@ -139,11 +174,28 @@ impl Queue {
         if q.items.is_empty() {
             return None;
         }
+        let start = q.admitted - q.items.len() as u64;
         let n = max.min(q.items.len());
         let events: Vec<Event> = q.items.drain(..n).collect();
         let upto = q.admitted - q.items.len() as u64;
         self.metrics.queue_depth.set(q.items.len() as i64);
-        Some(Chunk { events, upto })
+        let (mut lost_before, mut lost_after) = (Vec::new(), Vec::new());
+        while let Some((at, _)) = q.lost.front() {
+            let to = if *at <= start {
+                &mut lost_before
+            } else if *at <= upto {
+                &mut lost_after
+            } else {
+                break;
+            };
+            to.push(q.lost.pop_front().unwrap().1);
+        }
+        Some(Chunk {
+            events,
+            lost_before,
+            lost_after,
+            upto,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -206,6 +258,53 @@ mod tests {
         assert_eq!(c.upto, 3);
         assert_eq!(q.admitted(), 3);
         assert_eq!(m.dropped_count(DropReason::QueueFull), 2);
+    }
+
+    fn run_ev(i: usize) -> Event {
+        let line = format!(r#"{{"type":"t","run_id":"r{i}","data":{i}}}"#);
+        match parse_owned(line.as_bytes(), 1024) {
+            Ok(Line::Event(e)) => e,
+            _ => unreachable!(),
+        }
+    }
+
+    fn data(v: &[Event]) -> Vec<String> {
+        v.iter().map(|e| e.data_str().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn dropped_events_of_runs_come_out_in_order_when_asked_for() {
+        let m = Arc::new(Metrics::new());
+        let q = Queue::new(3, OnFull::DropOldest, m.clone());
+        q.keep_lost(true);
+        q.push((0..2).map(run_ev).collect());
+        // 0 and 1 are evicted, then 2 of this batch is skipped (more than fits): all three
+        // come before the chunk, oldest first; an event without a run is only counted.
+        let mut b: Vec<Event> = (2..6).map(run_ev).collect();
+        b.insert(1, ev(99));
+        q.push(b);
+        let c = q.pop(10).await.unwrap();
+        assert_eq!(data(&c.lost_before), ["0", "1", "2"]);
+        assert!(c.lost_after.is_empty());
+        assert_eq!(data(&c.events), ["3", "4", "5"]);
+        assert_eq!(m.dropped_count(DropReason::QueueFull), 4);
+
+        let q = Queue::new(3, OnFull::DropNewest, m.clone());
+        q.keep_lost(true);
+        q.push((0..2).map(run_ev).collect());
+        q.push((2..5).map(run_ev).collect());
+        // 3 and 4 were refused after 2: they come after the chunk that ends with 2.
+        let c = q.pop(2).await.unwrap();
+        assert!(c.lost_before.is_empty() && c.lost_after.is_empty());
+        let c = q.pop(2).await.unwrap();
+        assert_eq!(data(&c.events), ["2"]);
+        assert_eq!(data(&c.lost_after), ["3", "4"]);
+
+        // Off: nothing is kept.
+        let q = Queue::new(1, OnFull::DropOldest, m);
+        q.push((0..3).map(run_ev).collect());
+        let c = q.pop(10).await.unwrap();
+        assert!(c.lost_before.is_empty());
     }
 
     #[tokio::test]

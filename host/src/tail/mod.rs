@@ -154,6 +154,8 @@ struct OpenRun {
     types: TypeCounts,
     /// When the closing event arrived (for the decision latency).
     closing: Option<std::time::Instant>,
+    /// Events of the run the queue dropped (`queue_full`), seen by [`Tail::lost`].
+    lost: u64,
 }
 
 /// Bookkeeping per open run beyond its id and events: the run itself, its map entry, its age
@@ -229,6 +231,7 @@ impl OpenRun {
             types: self.types.to_map(),
             spilled_events: Some(self.spilled_events),
             spilled_bytes: Some(self.spilled_bytes),
+            lost_events: (self.lost > 0).then_some(self.lost),
         }
     }
 }
@@ -503,6 +506,41 @@ impl Tail {
         out
     }
 
+    /// Events of runs the queue dropped (already counted `queue_full`; never delivered): a
+    /// dropped event that matches a `keep` policy still marks its open run, and one that
+    /// matches `end_when` still closes it. Without this a run that lost its closing event
+    /// would stay open until `idle`, holding memory while the daemon is already behind.
+    pub fn lost(&self, events: Vec<Event>) -> Released {
+        let mut out = Released::default();
+        if events.is_empty() {
+            return out;
+        }
+        let m = &*self.inner.metrics;
+        let mut st = self.inner.state.lock();
+        self.apply_pending(&mut st, &mut out);
+        if !st.cfg.enabled {
+            return out;
+        }
+        for e in events {
+            let Some(run) = e.run_id.as_ref() else {
+                continue;
+            };
+            let State { open, policies, .. } = &mut *st;
+            let Some(r) = open.get_mut(run) else { continue };
+            r.lost += 1;
+            if r.matched != Some(0) {
+                policies.evaluate(&e, &mut r.matched, m);
+            }
+            if policies.end_when.matches(&e, m) {
+                r.closing = Some(e.received);
+                let run = run.clone();
+                self.decide(&mut st, &run, Close::End, &mut out);
+            }
+        }
+        self.publish(&st);
+        out
+    }
+
     /// Holds `e` in its run; decides the run when `e` closes it or makes it too big.
     fn hold(&self, st: &mut State, run: Arc<str>, e: Event, now: Instant, out: &mut Released) {
         let m = &*self.inner.metrics;
@@ -530,6 +568,7 @@ impl Tail {
                 matched: None,
                 types: TypeCounts::default(),
                 closing: None,
+                lost: 0,
             };
             st.open.insert(run.clone(), r);
         }

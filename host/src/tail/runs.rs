@@ -74,6 +74,9 @@ pub struct RunSummary {
     pub spilled_events: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spilled_bytes: Option<u64>,
+    /// Open runs only, when some: events of it the queue dropped (`queue_full`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_events: Option<u64>,
 }
 
 /// An event kept for the view: its own copy of the data (not a slice of a receive buffer) and
@@ -382,6 +385,7 @@ fn summary(id: &str, r: &Recent) -> RunSummary {
         last_ts_ns: r.last_ts_ns,
         types: r.types.to_map(),
         spilled_events: None,
+        lost_events: None,
         spilled_bytes: None,
     }
 }

@@ -143,6 +143,34 @@ async fn late_events_follow_the_decision() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_run_whose_closing_or_failing_event_the_queue_dropped_is_still_decided() {
+    let (t, m) = tail(ON);
+    let mut a = run("a", 2, "failed");
+    let a_end = a.pop().unwrap();
+    let mut b = run("b", 2, "passed");
+    let b_end = b.pop().unwrap();
+    a.append(&mut b);
+    assert!(t.admit(a).events.is_empty());
+    assert_eq!(m.tail_open_runs.get(), 2);
+    assert_eq!(t.get("a", 10).unwrap().0.lost_events, None);
+    // The queue dropped both closing events (one of them the failing one): both runs close
+    // now, not at `idle`; the failed one is kept with what is left of it.
+    let out = t.lost(vec![a_end, b_end, ev("gone", "test_end", "{}")]);
+    assert_eq!(m.tail_open_runs.get(), 0);
+    assert_eq!(out.events.len(), 2);
+    assert!(out.events.iter().all(|e| e.run_id.as_deref() == Some("a")));
+    assert!(out.events.iter().all(|e| kept_by(e) == Some("failed")));
+    assert_eq!(decisions(&m, "kept", "failed"), 1);
+    assert_eq!(decisions(&m, "dropped", "rate"), 1);
+    // Lost events are counted by the queue, not again here: only b's two held events.
+    assert_eq!(m.dropped_count(DropReason::SampledOut), 2);
+    // A dropped event of a run that stays open is remembered in its summary.
+    t.admit(vec![ev("c", "step", "{}")]);
+    assert!(t.lost(vec![ev("c", "step", "{}")]).events.is_empty());
+    assert_eq!(t.get("c", 10).unwrap().0.lost_events, Some(1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_and_max_duration_close_runs() {
     let (t, m) = tail("enabled: true\nelse_rate: 1.0\nidle: 10s\nmax_duration: 25s\nspill: null\n");
     assert!(t.admit(vec![ev("idle", "step", "1")]).events.is_empty());
