@@ -66,7 +66,18 @@ pub struct Sampler {
 
 /// FNV-1a: fixed, so the same run id gives the same decision in every process.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a_from(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// [`fnv1a`] of `prefix` followed by `bytes`, without joining them.
+pub(crate) fn fnv1a_prefixed(prefix: u8, bytes: &[u8]) -> u64 {
+    fnv1a_from(
+        (0xcbf2_9ce4_8422_2325u64 ^ prefix as u64).wrapping_mul(0x0100_0000_01b3),
+        bytes,
+    )
+}
+
+fn fnv1a_from(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
@@ -292,6 +303,12 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_prefixed_hash_is_the_hash_of_the_joined_bytes() {
+        assert_eq!(fnv1a_prefixed(0x5a, b"run-1"), fnv1a(b"\x5arun-1"));
+        assert_eq!(fnv1a_prefixed(0, b""), fnv1a(&[0]));
+    }
     use super::*;
     use crate::event::{Line, parse_owned};
 

@@ -65,6 +65,10 @@ enum Close {
     Off,
 }
 
+/// Lines written to the spill per system call, at most (a spill of many small runs is one
+/// write per this many bytes, not one per run).
+const SPILL_WRITE_BYTES: usize = 1 << 20;
+
 /// Events the tail stage hands on, in order, and where each whole kept run lies in them.
 #[derive(Default, Debug)]
 pub struct Released {
@@ -344,10 +348,7 @@ impl Decisions {
 
 /// The key of a run in [`Decisions`]: a second, independent hash beside the sampling one.
 fn decision_key(run_id: &str) -> u64 {
-    let mut b = Vec::with_capacity(run_id.len() + 1);
-    b.push(0x5a);
-    b.extend_from_slice(run_id.as_bytes());
-    fnv1a(&b)
+    crate::sampler::fnv1a_prefixed(0x5a, run_id.as_bytes())
 }
 
 /// Whether a run that no policy kept is kept at `rate`: the native sampler's hash, so a run
@@ -375,6 +376,28 @@ struct State {
     spill_warned: Option<Instant>,
     decisions: Decisions,
     forced: Vec<Arc<str>>,
+    names: Names,
+    /// `tail_decisions_total` by (kept, by), looked up once.
+    counters: HashMap<(bool, Arc<str>), prometheus::IntCounter>,
+}
+
+/// The `by` and `kept_by` names that are not policies, allocated once.
+struct Names {
+    rate: Arc<str>,
+    early: Arc<str>,
+    shutdown: Arc<str>,
+    forced: Arc<str>,
+}
+
+impl Default for Names {
+    fn default() -> Names {
+        Names {
+            rate: Arc::from("rate"),
+            early: Arc::from("early"),
+            shutdown: Arc::from("shutdown"),
+            forced: Arc::from("forced"),
+        }
+    }
 }
 
 struct Inner {
@@ -432,6 +455,8 @@ impl Tail {
                     spill_retry: None,
                     spill_warned: None,
                     forced: Vec::new(),
+                    names: Names::default(),
+                    counters: HashMap::default(),
                 }),
                 runs: Mutex::new(RunsView::new(bounds(cfg))),
                 redact: RwLock::new(cfg.control.redact_fields.as_slice().into()),
@@ -544,14 +569,23 @@ impl Tail {
     /// Holds `e` in its run; decides the run when `e` closes it or makes it too big.
     fn hold(&self, st: &mut State, run: Arc<str>, e: Event, now: Instant, out: &mut Released) {
         let m = &*self.inner.metrics;
-        if !st.open.contains_key(&run) {
-            st.seq += 1;
-            let seq = st.seq;
-            let deadline = now + st.cfg.idle.0.min(st.cfg.max_duration.0);
-            st.deadlines.push(Reverse((deadline, seq)));
-            st.by_age.insert(seq, run.clone());
-            let r = OpenRun {
-                seq,
+        let State {
+            open,
+            policies,
+            mem,
+            cfg,
+            seq,
+            deadlines,
+            by_age,
+            ..
+        } = st;
+        let r = open.entry(run.clone()).or_insert_with(|| {
+            *seq += 1;
+            let deadline = now + cfg.idle.0.min(cfg.max_duration.0);
+            deadlines.push(Reverse((deadline, *seq)));
+            by_age.insert(*seq, run.clone());
+            OpenRun {
+                seq: *seq,
                 held: Vec::new(),
                 data: Vec::new(),
                 attr_bytes: 0,
@@ -569,17 +603,8 @@ impl Tail {
                 types: TypeCounts::default(),
                 closing: None,
                 lost: 0,
-            };
-            st.open.insert(run.clone(), r);
-        }
-        let State {
-            open,
-            policies,
-            mem,
-            cfg,
-            ..
-        } = st;
-        let Some(r) = open.get_mut(&run) else { return };
+            }
+        });
         if r.matched != Some(0) {
             policies.evaluate(&e, &mut r.matched, m);
         }
@@ -625,43 +650,77 @@ impl Tail {
         }
     }
 
+    /// Spills the largest open runs until memory is down to `target`, writing many runs per
+    /// system call (at most [`SPILL_WRITE_BYTES`] of lines at a time).
     fn spill_largest(&self, st: &mut State, target: usize, now: Instant) {
-        let mut cands: Vec<(usize, Arc<str>)> = st
+        let mut cands: Vec<(usize, u64)> = st
             .open
-            .iter()
-            .filter(|(_, r)| !r.held.is_empty())
-            .map(|(id, r)| (r.spillable(), id.clone()))
+            .values()
+            .filter(|r| !r.held.is_empty())
+            .map(|r| (r.spillable(), r.seq))
             .collect();
-        cands.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
+        cands.sort_unstable_by_key(|a| Reverse(a.0));
+        let mut cands = cands.into_iter();
+        let mut lines: Vec<u8> = Vec::new();
+        let mut group: Vec<(Arc<str>, u32, u32)> = Vec::new();
+        while st.mem > target {
+            // A group: runs until their bytes would bring memory to the target, or a write's
+            // worth of lines.
+            let mut pending = 0usize;
+            for (size, seq) in cands.by_ref() {
+                let Some(id) = st.by_age.get(&seq).cloned() else {
+                    continue;
+                };
+                let Some(r) = st.open.get(&id) else { continue };
+                let start = lines.len();
+                let mut at = 0usize;
+                for h in &r.held {
+                    let end = at + h.len as usize;
+                    crate::event::write_native_parts(
+                        &mut lines,
+                        &h.kind,
+                        h.ts_ns,
+                        Some(&id),
+                        &h.attributes,
+                        &r.data[at..end],
+                    );
+                    at = end;
+                }
+                let len = (lines.len() - start) as u32;
+                group.push((id, len, r.held.len() as u32));
+                pending += size;
+                if lines.len() >= SPILL_WRITE_BYTES || st.mem.saturating_sub(pending) <= target {
+                    break;
+                }
+            }
+            if group.is_empty() || !self.spill_group(st, &lines, &mut group, now) {
+                return;
+            }
+            lines.clear();
+        }
+    }
+
+    /// Writes one group of runs' lines; on success their in-memory events go. False when the
+    /// spill refused (full, or an I/O error: then it is not tried again for a while).
+    fn spill_group(
+        &self,
+        st: &mut State,
+        lines: &[u8],
+        group: &mut Vec<(Arc<str>, u32, u32)>,
+        now: Instant,
+    ) -> bool {
         let m = &self.inner.metrics;
-        for (_, id) in cands {
-            if st.mem <= target {
-                break;
-            }
-            let State {
-                open, spill, mem, ..
-            } = &mut *st;
-            let (Some(r), Some(store)) = (open.get_mut(&id), spill.as_mut()) else {
-                break;
-            };
-            let mut lines = Vec::with_capacity(r.data.len() + r.held.len() * 64);
-            let mut at = 0usize;
-            for h in &r.held {
-                let end = at + h.len as usize;
-                crate::event::write_native_parts(
-                    &mut lines,
-                    &h.kind,
-                    h.ts_ns,
-                    Some(&id),
-                    &h.attributes,
-                    &r.data[at..end],
-                );
-                at = end;
-            }
-            match store.write(&lines, r.held.len() as u32) {
-                Ok(ext) => {
-                    m.tail_spilled_events.inc_by(r.held.len() as u64);
-                    r.spilled_events += r.held.len() as u64;
+        let parts: Vec<(u32, u32)> = group.iter().map(|(_, l, c)| (*l, *c)).collect();
+        let Some(store) = st.spill.as_mut() else {
+            return false;
+        };
+        match store.write_many(lines, &parts) {
+            Ok(exts) => {
+                let State { open, mem, .. } = &mut *st;
+                for ((id, _, count), ext) in group.drain(..).zip(exts) {
+                    let Some(r) = open.get_mut(&id) else { continue };
+                    m.tail_spilled_events.inc_by(count as u64);
+                    r.spilled_events += count as u64;
                     r.spilled_bytes += ext.bytes();
                     r.extents.push(ext);
                     r.held = Vec::new();
@@ -671,21 +730,23 @@ impl Tail {
                     r.mem = r.footprint(id.len());
                     *mem = *mem + r.mem - before;
                 }
-                Err(e) => {
-                    let full = matches!(e, SpillError::Full { .. });
-                    if !full {
-                        m.tail_spill_errors.with_label_values(&["write"]).inc();
-                        st.spill_retry = Some(now + std::time::Duration::from_secs(10));
-                    }
-                    if st
-                        .spill_warned
-                        .is_none_or(|t| now.duration_since(t).as_secs() >= 60)
-                    {
-                        st.spill_warned = Some(now);
-                        tracing::warn!(error = %e, "tail sampling cannot spill: deciding the oldest open runs early");
-                    }
-                    break;
+                true
+            }
+            Err(e) => {
+                group.clear();
+                let full = matches!(e, SpillError::Full { .. });
+                if !full {
+                    m.tail_spill_errors.with_label_values(&["write"]).inc();
+                    st.spill_retry = Some(now + std::time::Duration::from_secs(10));
                 }
+                if st
+                    .spill_warned
+                    .is_none_or(|t| now.duration_since(t).as_secs() >= 60)
+                {
+                    st.spill_warned = Some(now);
+                    tracing::warn!(error = %e, "tail sampling cannot spill: deciding the oldest open runs early");
+                }
+                false
             }
         }
     }
@@ -703,23 +764,28 @@ impl Tail {
             .matched
             .and_then(|i| st.policies.keep.get(i))
             .map(|p| p.0.clone());
+        let n = &st.names;
         let kept_by: Option<Arc<str>> = match how {
-            Close::Forced => Some(Arc::from("forced")),
-            _ => policy.or_else(|| rate_keeps(id, st.cfg.else_rate).then(|| Arc::from("rate"))),
+            Close::Forced => Some(n.forced.clone()),
+            _ => policy.or_else(|| rate_keeps(id, st.cfg.else_rate).then(|| n.rate.clone())),
         };
         let by: Arc<str> = match (how, &kept_by) {
-            (Close::Early, _) => Arc::from("early"),
-            (Close::Shutdown, _) => Arc::from("shutdown"),
-            (Close::Forced, _) => Arc::from("forced"),
+            (Close::Early, _) => n.early.clone(),
+            (Close::Shutdown, _) => n.shutdown.clone(),
+            (Close::Forced, _) => n.forced.clone(),
             (_, Some(k)) => k.clone(),
-            (_, None) => Arc::from("rate"),
+            (_, None) => n.rate.clone(),
         };
         let attr: Option<Arc<str>> = match (how, kept_by) {
             (Close::Early, Some(k)) => Some(Arc::from(format!("{k}/early"))),
             (_, k) => k,
         };
-        m.tail_decisions
-            .with_label_values(&[if attr.is_some() { "kept" } else { "dropped" }, &by])
+        st.counters
+            .entry((attr.is_some(), by))
+            .or_insert_with_key(|(kept, by)| {
+                m.tail_decisions
+                    .with_label_values(&[if *kept { "kept" } else { "dropped" }, by])
+            })
             .inc();
         if how == Close::Early {
             inner
@@ -840,6 +906,7 @@ impl Tail {
             let old_names: Vec<Arc<str>> =
                 st.policies.keep.iter().map(|(n, _)| n.clone()).collect();
             st.policies = Policies::new(&new);
+            st.counters.clear();
             let State { open, policies, .. } = &mut *st;
             let m = &*self.inner.metrics;
             for (id, r) in open.iter_mut() {

@@ -28,7 +28,11 @@ pub struct TypeCounts(Vec<(Arc<str>, u64)>);
 
 impl TypeCounts {
     pub fn add(&mut self, kind: &Arc<str>, n: u64) {
-        if let Some(c) = self.0.iter_mut().find(|(k, _)| k == kind) {
+        if let Some(c) = self
+            .0
+            .iter_mut()
+            .find(|(k, _)| Arc::ptr_eq(k, kind) || k == kind)
+        {
             c.1 += n;
         } else if self.0.len() < MAX_TYPES_PER_RUN {
             self.0.push((kind.clone(), n));

@@ -129,8 +129,23 @@ impl SpillStore {
 
     /// Appends `lines` (`count` events) and says where they went.
     pub fn write(&mut self, lines: &[u8], count: u32) -> Result<Extent, SpillError> {
+        let len = u32::try_from(lines.len()).map_err(|_| SpillError::Full {
+            used: self.disk_bytes(),
+            max: self.max_bytes,
+        })?;
+        let mut v = self.write_many(lines, &[(len, count)])?;
+        v.pop().ok_or_else(|| SpillError::Io("no extent".into()))
+    }
+
+    /// Appends the parts of several runs in one write: `lines` is their lines one after the
+    /// other, `parts` each one's (bytes, events). Gives one [`Extent`] per part, in order.
+    pub fn write_many(
+        &mut self,
+        lines: &[u8],
+        parts: &[(u32, u32)],
+    ) -> Result<Vec<Extent>, SpillError> {
         let used = self.disk_bytes();
-        if used + lines.len() as u64 > self.max_bytes || lines.len() > u32::MAX as usize {
+        if used + lines.len() as u64 > self.max_bytes {
             return Err(SpillError::Full {
                 used,
                 max: self.max_bytes,
@@ -160,12 +175,20 @@ impl SpillStore {
         }
         seg.len.fetch_add(lines.len() as u64, Ordering::Relaxed);
         self.disk.fetch_add(lines.len() as u64, Ordering::Relaxed);
-        Ok(Extent {
-            seg,
-            offset,
-            len: lines.len() as u32,
-            count,
-        })
+        let mut at = offset;
+        Ok(parts
+            .iter()
+            .map(|&(len, count)| {
+                let e = Extent {
+                    seg: seg.clone(),
+                    offset: at,
+                    len,
+                    count,
+                };
+                at += len as u64;
+                e
+            })
+            .collect())
     }
 
     fn open_segment(&mut self) -> Result<Segment, SpillError> {
