@@ -21,11 +21,11 @@ install_component() { # crate name, destination
   cp "$src" "$2.$$"
   mv "$2.$$" "$2"
 }
-for p in redact error-alert drop-debug; do
+for p in redact error-alert drop-debug webhook-alert; do
   install_component "$p" "dist/$p.wasm"
   if [ -f "$p/$p.yml" ]; then cp "$p/$p.yml" "dist/$p.yml"; fi
 done
-for p in misbehave emitter; do
+for p in misbehave emitter http-poster fs-probe; do
   install_component "$p" "dist/fixtures/$p.wasm"
 done
 echo "plugins built into $here/dist"
