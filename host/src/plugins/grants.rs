@@ -247,6 +247,30 @@ type ResponseIo = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 type SendFuture =
     Box<dyn Future<Output = Result<(http::Response<WasiBody>, ResponseIo), HttpError>> + Send>;
 
+/// Counts one admitted request once: by how it ended, or as `timeout` if it is dropped first
+/// (its call ended and took the instance, or the store, with it).
+struct Tally {
+    counters: Option<HttpCounters>,
+    counted: bool,
+}
+
+impl Tally {
+    fn count(&mut self, pick: fn(&HttpCounters) -> &prometheus::IntCounter) {
+        if let Some(c) = &self.counters
+            && !self.counted
+        {
+            pick(c).inc();
+        }
+        self.counted = true;
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.count(|c| &c.timeout);
+    }
+}
+
 impl WasiHttpHooks for HttpHooks {
     fn send_request(
         &mut self,
@@ -254,17 +278,15 @@ impl WasiHttpHooks for HttpHooks {
         options: Option<RequestOptions>,
         _fut: ResponseIo,
     ) -> SendFuture {
-        let counters = self.counters.clone();
-        let count = move |pick: fn(&HttpCounters) -> &prometheus::IntCounter| {
-            if let Some(c) = &counters {
-                pick(c).inc();
-            }
+        let mut tally = Tally {
+            counters: self.counters.clone(),
+            counted: false,
         };
         let target = request_authority(request.uri());
         if !target.as_ref().is_some_and(|a| self.allowed.contains(a)) {
             let authority = request.uri().authority().map(|a| a.as_str()).unwrap_or("");
             tracing::debug!(plugin = %self.plugin, authority, "HTTP request denied: the authority is not in grants.http");
-            count(|c| &c.denied);
+            tally.count(|c| &c.denied);
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         let plugin = self.plugin.clone();
@@ -273,17 +295,17 @@ impl WasiHttpHooks for HttpHooks {
             let sent = wasmtime_wasi_http::default_send_request(request, options);
             match tokio::time::timeout_at(deadline, sent).await {
                 Err(_) => {
-                    count(|c| &c.timeout);
+                    tally.count(|c| &c.timeout);
                     tracing::debug!(plugin = %plugin, "HTTP request cut at the end of the plugin call");
                     Err(HttpError::HttpResponseTimeout)
                 }
                 Ok(Err(e)) => {
-                    count(|c| &c.error);
+                    tally.count(|c| &c.error);
                     tracing::debug!(plugin = %plugin, error = %e, "HTTP request failed");
                     Err(e)
                 }
                 Ok(Ok((response, io))) => {
-                    count(|c| &c.ok);
+                    tally.count(|c| &c.ok);
                     // The connection (and so the response body) ends with the call too, even
                     // if the guest keeps the response for later.
                     let io = async move {
