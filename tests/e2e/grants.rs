@@ -7,6 +7,9 @@
 //! the `fs-probe` fixture shows that a `dirs` grant is read-only unless it says otherwise and
 //! that only granted variables are visible.
 //!
+//! And a project made with `outrigger plugin new NAME --lang rust --http` builds, says in
+//! `plugin check` that it needs `grants.http`, and posts to a local server with the grant.
+//!
 //! The fixtures come from `plugins/dist/fixtures/` (`plugins/build.sh` builds them).
 
 use std::io::Read as _;
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{BIN, Daemon, Recorder, eventually, rewrite_config};
-use crate::wasm::{dist, install};
+use crate::wasm::{build_outside_http, dist, install};
 
 /// Copies fixtures into the daemon's plugins dir: `(fixture file name, plugin name)`.
 fn install_fixtures(d: &Daemon, files: &[(&str, &str)]) {
@@ -377,4 +380,70 @@ fn granted_paths_are_checked_like_the_rest_of_the_config() {
     ));
     let (code, text) = check();
     assert_eq!(code, Some(0), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_made_with_plugin_new_http_posts_with_its_grant() {
+    let outside = tempfile::tempdir().unwrap();
+    let wasm = build_outside_http(outside.path(), "my-hook");
+    let out = Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(&wasm)
+        .output()
+        .expect("plugin check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "world:   handler",
+        "grants:  needs http (plugins.chain[].grants)",
+        "needs grants.http: [\"host:port\"]",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("wasi:filesystem") && !text.contains("wasi:sockets"),
+        "{text}"
+    );
+
+    let server = Recorder::start(|_| 200).await;
+    let addr = server.addr;
+    let mut d = Daemon::prepare(&format!(
+        r#"
+plugins:
+  chain:
+    - {{name: my-hook, timeout: 1s, grants: {{http: ["{addr}"]}}}}
+"#
+    ));
+    std::fs::copy(&wasm, d.path("plugins/my-hook.wasm")).unwrap();
+    // The project's own config, pointed at the test's server.
+    let yml = std::fs::read_to_string(outside.path().join("my-hook/my-hook.yml")).unwrap();
+    assert!(yml.contains("url: http://127.0.0.1:9000/events"), "{yml}");
+    std::fs::write(
+        d.path("plugins/my-hook.yml"),
+        yml.replace("127.0.0.1:9000", &addr.to_string()),
+    )
+    .unwrap();
+    d.launch();
+    d.wait_ready().await;
+    d.send(&[
+        r#"{"type":"job","data":{"n":1}}"#,
+        r#"{"type":"job","data":{"n":2}}"#,
+    ])
+    .await;
+    d.wait_metric(
+        "outrigger_plugin_counter_total",
+        "name=\"posted\",plugin=\"my-hook\"",
+        2.0,
+    )
+    .await;
+    d.wait_metric(
+        "outrigger_plugin_http_requests_total",
+        "plugin=\"my-hook\",result=\"ok\"",
+        2.0,
+    )
+    .await;
+    let mut bodies: Vec<String> = server.bodies().into_iter().map(|(_, b)| b).collect();
+    bodies.sort();
+    assert_eq!(bodies, [r#"{"n":1}"#, r#"{"n":2}"#]);
+    assert!(d.stop().success());
 }
