@@ -85,9 +85,7 @@ impl Need {
     }
 }
 
-/// A component imports what its grants do not allow: the reason it is not loaded. Unlike other
-/// load failures, a plugin refused for this never keeps an earlier version running (that
-/// version was loaded under grants the config no longer gives).
+/// A component imports what its grants do not allow: the reason it is not loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NotGranted(pub String);

@@ -10,7 +10,7 @@
 //! to load, with the reason. A failure of one plugin never fails the set. Loading again (hot
 //! reload) reuses the compiled component and the health of every file whose bytes did not
 //! change; a plugin whose new file or config cannot be loaded keeps its previous version
-//! running, unless the reason is its grants.
+//! running, unless its grants changed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::bindings::{HandlerPre, SamplerPre};
-use super::grants::{self, NotGranted, PluginGrants};
+use super::grants::{self, PluginGrants};
 use super::imports::{PluginCtx, State};
 use super::runtime::{self, CompileInfo, Runtime};
 use super::{AnomalyFn, PluginError};
@@ -86,6 +86,8 @@ pub struct Plugin {
     pub optional: bool,
     /// The config passed to `init`, as JSON text.
     pub config_json: String,
+    /// `plugins.chain[].grants` as the plugin was loaded with them.
+    pub grants: Grants,
     pub ctx: Arc<PluginCtx>,
     pub health: Arc<Health>,
     pub m_calls: prometheus::IntCounter,
@@ -443,11 +445,16 @@ impl PluginHost {
                         .reloads
                         .with_label_values(&["plugin", "error"])
                         .inc();
-                    // Refused for its grants: what runs now was loaded under grants the config
-                    // no longer gives, so it stops too.
-                    let previous = match err.downcast_ref::<NotGranted>() {
-                        Some(_) => None,
-                        None => self.inner.loaded.lock().get(&name).cloned(),
+                    // The previous version keeps running only under the grants it was loaded
+                    // with: a config that changed them (a revoked grant) stops it too.
+                    let grants = entry.map(|e| e.grants.clone()).unwrap_or_default();
+                    let previous = self.inner.loaded.lock().get(&name).cloned();
+                    let previous = match previous {
+                        Some(p) if p.grants != grants => {
+                            tracing::warn!(plugin = %name, "its grants changed: the previous version stops too");
+                            None
+                        }
+                        p => p,
                     };
                     match previous {
                         Some(prev) => {
@@ -553,6 +560,7 @@ impl PluginHost {
             types: e.types.map(|t| t.into_iter().collect()),
             optional: e.optional.unwrap_or(false),
             config_json,
+            grants: e.grants.clone(),
             health,
         };
         m.plugin_quarantined
@@ -665,7 +673,7 @@ pub fn inspect(runtime: &Runtime, component: &Component) -> Inspection {
 }
 
 /// Compiles (or loads from cache) a component, checks its imports against `grants` (a refusal
-/// is a [`NotGranted`] error) and links it, with `wasi:http` when `grants.http` is set,
+/// is a [`grants::NotGranted`] error) and links it, with `wasi:http` when `grants.http` is set,
 /// checking it against its world.
 pub fn compile(
     runtime: &Runtime,

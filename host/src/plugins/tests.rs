@@ -614,10 +614,32 @@ async fn grants_decide_what_loads_and_a_revoked_grant_is_not_kept() {
         assert!(Arc::ptr_eq(&p.compiled, &before.compiled), "{}", p.name);
     }
 
+    // A broken new file under the same grants: the previous version keeps running.
+    let probe_file = f.dir.path().join("probe.wasm");
+    let good = std::fs::read(&probe_file).unwrap();
+    std::fs::write(&probe_file, b"not wasm").unwrap();
+    let set = f.load(&granted);
+    let state = |set: &PluginSet, name: &str| {
+        set.status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| (s.state, s.last_error.unwrap_or_default()))
+            .unwrap()
+    };
+    assert_eq!(state(&set, "probe").0, PluginState::KeptPrevious);
+    std::fs::write(&probe_file, good).unwrap();
+    assert_eq!(state(&f.load(&granted), "probe").0, PluginState::Active);
+
     // Revoked: refused again, and the version loaded under the grant is not kept.
     let set = f.load("chain: [{name: probe}]");
     assert!(set.is_empty(), "{:?}", set.status());
-    assert!(set.status().iter().all(|s| s.state == PluginState::Failed));
+    let (st, err) = state(&set, "probe");
+    assert_eq!(st, PluginState::Failed);
+    assert!(
+        err.ends_with("which needs grants.dirs: [{host: DIR, guest: /PATH}]"),
+        "{err}"
+    );
+    assert_eq!(state(&set, "poster").0, PluginState::Failed);
 }
 
 #[tokio::test]
