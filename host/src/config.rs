@@ -3,7 +3,8 @@
 //! In: YAML text (or nothing, for the built-in defaults) and the process environment. Out: a
 //! validated [`Config`], or a [`ConfigError`] naming the key path and, where it can be found,
 //! the file line. Unknown keys are refused. Durations (`500ms`, `1s`, `2m`) and sizes
-//! (`10MiB`, `64KB`) are parsed here. Pure functions; no I/O but reading the file.
+//! (`10MiB`, `64KB`) are parsed here. Pure functions; no I/O but reading the file and checking
+//! that the directories granted to plugins exist.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -625,6 +626,102 @@ pub struct ChainEntry {
     pub timeout: Option<Dur>,
     #[serde(default)]
     pub on_error: Option<OnError>,
+    /// What the plugin may reach beyond its sandbox: none of it without a grant.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// `plugins.chain[].grants`: the network, environment and files one plugin may use. Without
+/// grants a plugin has none of them (no sockets of any kind, no variables, no preopens).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grants {
+    /// Authorities (`host:port`) the plugin may send `wasi:http` requests to; a request to any
+    /// other is refused with `HTTP-request-denied`. A non-empty list links `wasi:http`.
+    pub http: Vec<String>,
+    /// Environment variables the plugin sees, with the daemon's values (absent when unset).
+    pub env: Vec<String>,
+    /// Host directories preopened for the plugin.
+    pub dirs: Vec<DirGrant>,
+}
+
+impl Grants {
+    /// True when nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        self.http.is_empty() && self.env.is_empty() && self.dirs.is_empty()
+    }
+}
+
+/// `plugins.chain[].grants.dirs[]`: a host directory preopened at `guest` in the plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// The directory on the host (relative paths are from the daemon's working directory).
+    pub host: PathBuf,
+    /// Where the plugin sees it: an absolute path such as `/data`.
+    pub guest: String,
+    /// `true` (the default): files can be read, nothing can be written, created or removed.
+    #[serde(default = "yes")]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A granted HTTP authority: lower-case host (IPv6 in brackets) and port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Authority {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl FromStr for Authority {
+    type Err = String;
+
+    /// `host:port` exactly: a DNS name, an IPv4 address or a bracketed IPv6 address, and a port
+    /// from 1 to 65535. No scheme, user, path or wildcard.
+    fn from_str(s: &str) -> Result<Authority, String> {
+        let bad =
+            |why: &str| format!("`{s}` is not host:port ({why}; e.g. `hooks.example.com:443`)");
+        if s.contains("://") {
+            return Err(bad("no scheme"));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| bad("the port is missing"))?;
+        let port: u16 = match port.parse() {
+            Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
+            _ => return Err(bad("the port must be a number from 1 to 65535")),
+        };
+        let host = host.to_ascii_lowercase();
+        let ok = if let Some(inner) = host.strip_prefix('[') {
+            inner
+                .strip_suffix(']')
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        } else {
+            let labels_ok = host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+            !host.is_empty() && host.len() <= 253 && labels_ok
+        };
+        if !ok {
+            return Err(bad(
+                "the host must be a DNS name, an IPv4 address or an IPv6 address in brackets",
+            ));
+        }
+        Ok(Authority { host, port })
+    }
 }
 
 /// `batch`: when the batcher cuts (events, bytes, interval).
@@ -1186,6 +1283,11 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
         }
         for idx in parts {
             let n: usize = idx.trim_end_matches(']').parse().ok()?;
+            // A flow sequence (`key: [a, b]`) written on the key's line: the item is there too.
+            let rest = lines.get(line).and_then(|l| l.get(col..)).unwrap_or("");
+            if rest.trim_start().starts_with('[') {
+                continue;
+            }
             let (mut seen, mut hit, mut item_indent) = (0, None, None);
             for (l, raw) in lines.iter().enumerate().skip(line + 1) {
                 if !significant(raw) {
@@ -1380,6 +1482,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 format!("`{}` is listed twice", c.name),
             ));
         }
+        validate_grants(&c.grants, &format!("plugins.chain[{i}].grants"))?;
     }
     if cfg.sinks.is_empty() {
         return Err(err("sinks", "at least one sink is needed"));
@@ -1477,6 +1580,67 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.log.level) {
         return Err(err("log.level", format!("not a log filter: {e}")));
+    }
+    Ok(())
+}
+
+/// Checks one plugin's grants: authorities, variable names, and directories that exist at
+/// absolute guest paths. `at` is the key path of the `grants` mapping.
+fn validate_grants(g: &Grants, at: &str) -> Result<(), ConfigError> {
+    let err = |path: String, message: String| ConfigError {
+        file: None,
+        path,
+        line: None,
+        message,
+    };
+    for (j, a) in g.http.iter().enumerate() {
+        a.parse::<Authority>()
+            .map_err(|m| err(format!("{at}.http[{j}]"), m))?;
+    }
+    for (j, name) in g.env.iter().enumerate() {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(err(
+                format!("{at}.env[{j}]"),
+                format!("`{name}` is not an environment variable name (non-empty, no `=`)"),
+            ));
+        }
+    }
+    let mut guests = std::collections::HashSet::new();
+    for (j, d) in g.dirs.iter().enumerate() {
+        let guest = Path::new(&d.guest);
+        let dotted = guest
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+        if !guest.is_absolute() || dotted {
+            return Err(err(
+                format!("{at}.dirs[{j}].guest"),
+                format!(
+                    "`{}` must be an absolute path without `..` (where the plugin sees the directory, e.g. /data)",
+                    d.guest
+                ),
+            ));
+        }
+        if !guests.insert(guest.components().collect::<PathBuf>()) {
+            return Err(err(
+                format!("{at}.dirs[{j}].guest"),
+                format!("`{}` is granted twice", d.guest),
+            ));
+        }
+        match std::fs::metadata(&d.host) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(err(
+                    format!("{at}.dirs[{j}].host"),
+                    format!("{} is not a directory", d.host.display()),
+                ));
+            }
+            Err(e) => {
+                return Err(err(
+                    format!("{at}.dirs[{j}].host"),
+                    format!("{}: {e}", d.host.display()),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -1748,5 +1912,103 @@ sinks:
         assert_eq!(e.path, "control.listen");
         let cfg = parse("control: {api_key: \"\"}\n").unwrap();
         assert_eq!(validate(&cfg).unwrap_err().path, "control.api_key");
+    }
+
+    #[test]
+    fn grants_parse_and_default_to_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "plugins:\n  chain:\n    - name: a\n    - name: b\n      grants:\n        http: [\"Hooks.Example.com:443\", \"127.0.0.1:8080\", \"[::1]:9\"]\n        env: [HOME]\n        dirs:\n          - {{host: \"{}\", guest: /data}}\n          - {{host: \"{}\", guest: /out, read_only: false}}\n",
+            dir.path().display(),
+            dir.path().display()
+        );
+        let cfg = parse(&text).unwrap();
+        validate(&cfg).unwrap();
+        assert!(cfg.plugins.chain[0].grants.is_empty());
+        let g = &cfg.plugins.chain[1].grants;
+        assert_eq!(g.env, ["HOME"]);
+        assert!(g.dirs[0].read_only, "read_only defaults to true");
+        assert!(!g.dirs[1].read_only);
+        let a: Vec<Authority> = g.http.iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(a[0].to_string(), "hooks.example.com:443");
+        assert_eq!(a[2].host, "[::1]");
+    }
+
+    #[test]
+    fn bad_grants_name_the_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let d = dir.path().display();
+        let f = file.display();
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                "http: [\"http://x:80\"]".into(),
+                "grants.http[0]",
+                "no scheme",
+            ),
+            (
+                "http: [\"x\"]".into(),
+                "grants.http[0]",
+                "the port is missing",
+            ),
+            (
+                "http: [\"a:1\", \"x:0\"]".into(),
+                "grants.http[1]",
+                "1 to 65535",
+            ),
+            (
+                "http: [\"x:80/path\"]".into(),
+                "grants.http[0]",
+                "1 to 65535",
+            ),
+            ("http: [\"*.x:80\"]".into(), "grants.http[0]", "DNS name"),
+            ("http: [\"[nope]:80\"]".into(), "grants.http[0]", "IPv6"),
+            (
+                "env: [\"A=B\"]".into(),
+                "grants.env[0]",
+                "not an environment variable",
+            ),
+            (
+                format!("dirs: [{{host: \"{d}\", guest: data}}]"),
+                "grants.dirs[0].guest",
+                "absolute",
+            ),
+            (
+                format!("dirs: [{{host: \"{d}\", guest: /a/../b}}]"),
+                "grants.dirs[0].guest",
+                "without `..`",
+            ),
+            (
+                format!("dirs: [{{host: \"{d}\", guest: /a}}, {{host: \"{d}\", guest: /a/}}]"),
+                "grants.dirs[1].guest",
+                "granted twice",
+            ),
+            (
+                format!("dirs: [{{host: \"{d}/missing\", guest: /a}}]"),
+                "grants.dirs[0].host",
+                "No such file",
+            ),
+            (
+                format!("dirs: [{{host: \"{f}\", guest: /a}}]"),
+                "grants.dirs[0].host",
+                "not a directory",
+            ),
+        ];
+        for (grants, key, says) in cases {
+            let text =
+                format!("plugins:\n  chain:\n    - name: p\n      grants:\n        {grants}\n");
+            let cfg = parse(&text).unwrap_or_else(|e| panic!("{grants}: {e}"));
+            let e = validate(&cfg).unwrap_err();
+            assert_eq!(e.path, format!("plugins.chain[0].{key}"), "{grants}: {e}");
+            assert!(e.message.contains(says), "{grants}: {e}");
+            assert_eq!(line_of(&text, &e.path), Some(5), "{grants}: {}", e.path);
+        }
+        let e = parse("plugins:\n  chain:\n    - name: p\n      grants: {net: [x]}\n").unwrap_err();
+        assert!(e.to_string().contains("net"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = parse("plugins:\n  chain:\n    - name: p\n      grants: {dirs: [{host: /tmp}]}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("guest"), "{e}");
     }
 }

@@ -202,6 +202,9 @@ enum PluginCommand {
         /// Parent directory of the new project.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// A handler that POSTs through wasi:http (Rust only; needs a grants.http entry).
+        #[arg(long)]
+        http: bool,
     },
 }
 
@@ -307,9 +310,15 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Plugin {
-            command: PluginCommand::New { name, lang, dir },
+            command:
+                PluginCommand::New {
+                    name,
+                    lang,
+                    dir,
+                    http,
+                },
         } => {
-            outrigger::plugins::scaffold::new_project(&name, &lang, &dir)?;
+            outrigger::plugins::scaffold::new_project(&name, &lang, &dir, http)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub plugin_quarantined: IntGaugeVec,
     pub plugin_counter: IntCounterVec,
     pub plugin_gauge: GaugeVec,
+    /// `wasi:http` requests of plugins granted `http`, by result: ok, denied, error, timeout.
+    pub plugin_http_requests: IntCounterVec,
     pub sampling_rate: GaugeVec,
     pub sampling_boost_active: IntGaugeVec,
     pub reloads: IntCounterVec,
@@ -220,6 +222,14 @@ impl Metrics {
                 &["plugin", "name"],
             )
             .expect("valid metric"),
+            plugin_http_requests: IntCounterVec::new(
+                opts(
+                    "plugin_http_requests_total",
+                    "HTTP requests plugins sent through wasi:http, by result (ok, denied, error, timeout)",
+                ),
+                &["plugin", "result"],
+            )
+            .expect("valid metric"),
             sampling_rate: GaugeVec::new(
                 opts("sampling_rate", "Configured sampling rate per event type"),
                 &["type"],
@@ -327,6 +337,7 @@ impl Metrics {
             Box::new(m.plugin_quarantined.clone()),
             Box::new(m.plugin_counter.clone()),
             Box::new(m.plugin_gauge.clone()),
+            Box::new(m.plugin_http_requests.clone()),
             Box::new(m.sampling_rate.clone()),
             Box::new(m.sampling_boost_active.clone()),
             Box::new(m.reloads.clone()),

@@ -82,6 +82,7 @@ async fn start_with_args(extra: &str, args: &[String]) -> Daemon {
         config,
         log,
         api_key: cfg["control"]["api_key"].as_str().map(str::to_string),
+        env: Vec::new(),
     };
     d.wait_ready().await;
     d

@@ -52,6 +52,8 @@ pub struct Daemon {
     pub config: PathBuf,
     pub log: PathBuf,
     pub api_key: Option<String>,
+    /// Extra environment variables for the daemon process (set before `launch`).
+    pub env: Vec<(String, String)>,
 }
 
 /// Polls `f` until it returns true or `timeout` passes; returns whether it became true.
@@ -140,6 +142,7 @@ log: {{level: "info,outrigger=debug"}}
             config,
             log,
             api_key,
+            env: Vec::new(),
         }
     }
 
@@ -157,6 +160,7 @@ log: {{level: "info,outrigger=debug"}}
             .env_remove("OUTRIGGER_CONFIG")
             .env_remove("OUTRIGGER_API_KEY")
             .env_remove("OUTRIGGER_INGEST_KEY")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))

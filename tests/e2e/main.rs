@@ -6,6 +6,7 @@ mod clients;
 mod control;
 mod deploy;
 mod exec;
+mod grants;
 mod harness;
 mod ingest;
 mod languages;

@@ -89,6 +89,16 @@ pub fn install(dir: &Path, files: &[(&str, &str)]) {
 /// component. `parent` must be outside the repository. Builds are serialised; the cargo target
 /// dir is shared under the repository's `target/` so repeated runs are incremental.
 pub fn build_outside(parent: &Path, name: &str, lib_rs: Option<&str>) -> PathBuf {
+    build_project(parent, name, &[], lib_rs)
+}
+
+/// As [`build_outside`], for the template `outrigger plugin new NAME --lang rust --http`
+/// (a handler that POSTs through `wasi:http`; `parent/NAME/NAME.yml` is its config).
+pub fn build_outside_http(parent: &Path, name: &str) -> PathBuf {
+    build_project(parent, name, &["--http"], None)
+}
+
+fn build_project(parent: &Path, name: &str, flags: &[&str], lib_rs: Option<&str>) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     assert!(
@@ -97,7 +107,9 @@ pub fn build_outside(parent: &Path, name: &str, lib_rs: Option<&str>) -> PathBuf
         parent.display()
     );
     let out = Command::new(crate::harness::BIN)
-        .args(["plugin", "new", name, "--lang", "rust", "--dir"])
+        .args(["plugin", "new", name, "--lang", "rust"])
+        .args(flags)
+        .arg("--dir")
         .arg(parent)
         .output()
         .expect("run outrigger plugin new");

@@ -17,15 +17,17 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::chain::Chain;
+use super::grants::{Need, check_imports};
 use super::load::{PluginHost, inspect, link};
 use super::runtime::{Runtime, hex};
-use crate::config::PluginsConfig;
+use crate::config::{DirGrant, Grants, PluginsConfig};
 use crate::event::{self, Event, Line};
 use crate::metrics::Metrics;
 
-/// Inspects a component: size, hash, compile time, exports, imports and world. Returns false
-/// (after printing why) when it is not a component or does not implement a world of
-/// `outrigger:plugin@0.1.0`; errors only when the file cannot be read.
+/// Inspects a component: size, hash, compile time, exports, imports (each with the grant it
+/// needs, or "always available", or "not grantable") and world. Returns false (after printing
+/// why) when it is not a component, imports what no grant allows, or does not implement a world
+/// of `outrigger:plugin@0.1.0`; errors only when the file cannot be read.
 pub fn check(path: &Path) -> anyhow::Result<bool> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     println!("file:    {}", path.display());
@@ -44,10 +46,51 @@ pub fn check(path: &Path) -> anyhow::Result<bool> {
     let ins = inspect(&runtime, &component);
     println!("exports: {}", ins.exports.join(", "));
     println!("imports:");
+    let width = ins.imports.iter().map(|i| i.len()).max().unwrap_or(0);
+    let mut needed = Vec::new();
     for i in &ins.imports {
-        println!("  {i}");
+        let need = Need::of(i);
+        let env = if i.starts_with("wasi:cli/environment") {
+            " (holds only the grants.env variables)"
+        } else {
+            ""
+        };
+        println!("  {i:width$}  {}{env}", need.describe());
+        if !needed.contains(&need) {
+            needed.push(need);
+        }
     }
-    match link(&runtime, &component) {
+    let grants: Vec<&str> = needed
+        .iter()
+        .filter_map(|n| match n {
+            Need::Http => Some("http"),
+            Need::Dirs => Some("dirs"),
+            _ => None,
+        })
+        .collect();
+    if grants.is_empty() {
+        println!("grants:  none needed");
+    } else {
+        println!(
+            "grants:  needs {} (plugins.chain[].grants)",
+            grants.join(" and ")
+        );
+    }
+    // The most a config could grant: what is still refused can never load.
+    let everything = Grants {
+        http: vec!["any:1".into()],
+        env: Vec::new(),
+        dirs: vec![DirGrant {
+            host: PathBuf::new(),
+            guest: "/".into(),
+            read_only: true,
+        }],
+    };
+    if let Err(e) = check_imports(ins.imports.iter().map(String::as_str), &everything) {
+        println!("result:  can never be loaded: {e}");
+        return Ok(false);
+    }
+    match link(&runtime, &component, needed.contains(&Need::Http)) {
         Ok(world) => {
             println!("world:   {} (outrigger:plugin@0.1.0)", world.name());
             Ok(true)

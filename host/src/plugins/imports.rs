@@ -4,7 +4,8 @@
 //! `now-ns`) and the guest's stdout/stderr bytes. Out: tracing records tagged with the plugin,
 //! Prometheus metrics with a `plugin` label, anomaly reports to the native sampler, and emitted
 //! events collected in the store until the chain takes them after the call. Also the
-//! [`Limits`] that cap a store's linear memory. A store lives as long as its instance.
+//! [`Limits`] that cap a store's linear memory, and the WASI and `wasi:http` contexts a store
+//! gets from the plugin's grants. A store lives as long as its instance.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -12,14 +13,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{self, Level};
+use super::grants::{HttpHooks, PluginGrants};
 use super::{AnomalyFn, BadOutput};
 use crate::event::{Event, MAX_TYPE_BYTES};
 use crate::metrics::Metrics;
@@ -36,16 +40,24 @@ pub struct PluginCtx {
     pub name: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub anomaly: AnomalyFn,
+    /// What the plugin may reach beyond its sandbox (`plugins.chain[].grants`).
+    pub grants: PluginGrants,
     /// Counter and gauge names created so far (bounded by [`MAX_METRIC_NAMES`]).
     metric_names: Mutex<std::collections::HashSet<String>>,
 }
 
 impl PluginCtx {
-    pub fn new(name: Arc<str>, metrics: Arc<Metrics>, anomaly: AnomalyFn) -> PluginCtx {
+    pub fn new(
+        name: Arc<str>,
+        metrics: Arc<Metrics>,
+        anomaly: AnomalyFn,
+        grants: PluginGrants,
+    ) -> PluginCtx {
         PluginCtx {
             name,
             metrics,
             anomaly,
+            grants,
             metric_names: Mutex::new(Default::default()),
         }
     }
@@ -117,6 +129,8 @@ impl wasmtime::ResourceLimiter for Limits {
 /// The data of one plugin instance's store.
 pub struct State {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: HttpHooks,
     table: ResourceTable,
     pub limits: Limits,
     pub ctx: Arc<PluginCtx>,
@@ -130,17 +144,22 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(ctx: Arc<PluginCtx>, max_memory_bytes: usize) -> State {
-        // No preopened directories, no environment, no arguments; no sockets of any kind.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(LogStream::new(ctx.name.clone(), "stdout"))
+    /// A new store's data. WASI gets no arguments and no sockets of any kind (`wasi:sockets`
+    /// is refused at load too); only the granted variables and directories. Fails when a
+    /// granted directory cannot be opened.
+    pub fn new(ctx: Arc<PluginCtx>, max_memory_bytes: usize) -> anyhow::Result<State> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(LogStream::new(ctx.name.clone(), "stdout"))
             .stderr(LogStream::new(ctx.name.clone(), "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        State {
-            wasi,
+            .allow_ip_name_lookup(false);
+        ctx.grants.apply(&mut wasi).context("applying the grants")?;
+        let hooks = ctx.grants.hooks();
+        Ok(State {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            hooks,
             table: ResourceTable::new(),
             limits: Limits::new(max_memory_bytes),
             ctx,
@@ -148,7 +167,12 @@ impl State {
             emit_cap: 0,
             anomalies: Vec::new(),
             counters: HashMap::new(),
-        }
+        })
+    }
+
+    /// Sets when the call about to start must be over: `wasi:http` requests it sends end then.
+    pub fn set_deadline(&mut self, at: Instant) {
+        self.hooks.set_deadline(at);
     }
 }
 
@@ -157,6 +181,17 @@ impl WasiView for State {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+/// Linked only for plugins granted `http`; the hooks check every request.
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
         }
     }
 }

@@ -5,10 +5,11 @@
 //! (budget `fuel_per_event × batch length` spent), `memory` (a growth past `memory_mb` was
 //! refused), `timeout` (the epoch deadline trapped a guest running in wasm, or the call was
 //! still waiting in a host call such as a WASI sleep when `timeout` passed and was dropped),
-//! `trap`, `bad_output`, or `init`. An instance that failed is never called again: the caller
-//! drops it (and its store) and instantiates a new one.
+//! `trap`, `bad_output`, or `init` (also when a granted directory cannot be opened). A
+//! `wasi:http` request sent during a call is cut at the call's deadline. An instance that failed
+//! is never called again: the caller drops it (and its store) and instantiates a new one.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
@@ -47,13 +48,13 @@ pub struct Live {
 impl Live {
     /// Instantiates the plugin in a new store and calls `init` with its config.
     pub async fn new(plugin: &Plugin) -> Result<Live, PluginError> {
-        let mut store = Store::new(
-            &plugin.runtime.engine,
-            State::new(plugin.ctx.clone(), plugin.settings.memory_bytes),
-        );
+        let state = State::new(plugin.ctx.clone(), plugin.settings.memory_bytes)
+            .map_err(|e| PluginError::new(ErrorKind::Init, format!("{e:#}")))?;
+        let mut store = Store::new(&plugin.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         let timeout = (plugin.settings.timeout * INIT_TIMEOUT_FACTOR).max(INIT_MIN_TIMEOUT);
+        store.data_mut().set_deadline(Instant::now() + timeout);
         let fuel = plugin.settings.fuel_per_event.saturating_mul(INIT_EVENTS);
         let _ticking = plugin.runtime.ticking();
         arm(&mut store, fuel, timeout)?;
@@ -118,6 +119,8 @@ impl Live {
             return (Err(e), 0);
         }
         let state = self.store.data_mut();
+        // A `wasi:http` request the call sends ends with it, connection included.
+        state.set_deadline(Instant::now() + timeout);
         state.emitted.clear();
         state.emit_cap = events.len().saturating_mul(10).saturating_add(1000);
         let call = async {

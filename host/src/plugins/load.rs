@@ -2,13 +2,15 @@
 //! [`PluginSet`].
 //!
 //! In: `plugins.dir` (every `*.wasm`, name = file stem, `NAME.yml` beside it as its config),
-//! `plugins.defaults` and `plugins.chain` (order, overrides, `types` routing, `enabled`).
+//! `plugins.defaults` and `plugins.chain` (order, overrides, `types` routing, `enabled`,
+//! `grants`: a component importing what it was not granted is refused, see [`super::grants`]).
 //! Out: an `Arc<PluginSet>`: the plugins in call order (samplers first, then handlers; within
 //! each, chain order, then the others by name), each with its compiled component, settings and
 //! shared health (call counts, consecutive failures, quarantine), plus the plugins that failed
 //! to load, with the reason. A failure of one plugin never fails the set. Loading again (hot
 //! reload) reuses the compiled component and the health of every file whose bytes did not
-//! change.
+//! change; a plugin whose new file or config cannot be loaded keeps its previous version
+//! running, unless its grants changed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,10 +24,11 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::bindings::{HandlerPre, SamplerPre};
+use super::grants::{self, PluginGrants};
 use super::imports::{PluginCtx, State};
 use super::runtime::{self, CompileInfo, Runtime};
 use super::{AnomalyFn, PluginError};
-use crate::config::{ChainEntry, OnError, PluginsConfig};
+use crate::config::{ChainEntry, Grants, OnError, PluginsConfig};
 use crate::metrics::Metrics;
 
 /// The world a component implements, with its pre-instantiated form.
@@ -43,11 +46,19 @@ impl World {
     }
 }
 
-/// A compiled component, shareable across plugin sets (hot reload reuses it by hash).
+/// A compiled component, shareable across plugin sets (hot reload reuses it by hash and
+/// linker).
 pub struct Compiled {
     pub world: World,
     pub info: CompileInfo,
+    /// What the component imports (`wasi:cli/environment@0.2.6`, …).
+    pub imports: Vec<String>,
+    /// Linked with `wasi:http` (for a plugin granted `http`).
+    pub http: bool,
 }
+
+/// Compiled components are reused by file hash and by linker (with or without `wasi:http`).
+type CompiledKey = ([u8; 32], bool);
 
 /// Limits and error policy of one plugin (defaults with its chain overrides applied).
 #[derive(Clone, Debug)]
@@ -75,6 +86,8 @@ pub struct Plugin {
     pub optional: bool,
     /// The config passed to `init`, as JSON text.
     pub config_json: String,
+    /// `plugins.chain[].grants` as the plugin was loaded with them.
+    pub grants: Grants,
     pub ctx: Arc<PluginCtx>,
     pub health: Arc<Health>,
     pub m_calls: prometheus::IntCounter,
@@ -321,8 +334,8 @@ struct HostInner {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     anomaly: AnomalyFn,
-    /// Components of the last loaded set, by file hash, for reuse on reload.
-    compiled: Mutex<HashMap<[u8; 32], Arc<Compiled>>>,
+    /// Components of the last loaded set, by file hash and linker, for reuse on reload.
+    compiled: Mutex<HashMap<CompiledKey, Arc<Compiled>>>,
     /// Health of the last loaded set, by plugin name and file hash.
     health: Mutex<HashMap<HealthKey, Arc<Health>>>,
     /// The plugins of the last loaded set, by name: a reload that cannot load a plugin's new
@@ -421,7 +434,7 @@ impl PluginHost {
                         .with_label_values(&["plugin", "ok"])
                         .inc();
                     plugin.health.inner.lock().newer_refused = false;
-                    compiled.insert(sha, plugin.compiled.clone());
+                    compiled.insert((sha, plugin.compiled.http), plugin.compiled.clone());
                     health.insert((name.clone(), sha), plugin.health.clone());
                     plugins.push(Arc::new(plugin));
                 }
@@ -432,7 +445,17 @@ impl PluginHost {
                         .reloads
                         .with_label_values(&["plugin", "error"])
                         .inc();
+                    // The previous version keeps running only under the grants it was loaded
+                    // with: a config that changed them (a revoked grant) stops it too.
+                    let grants = entry.map(|e| e.grants.clone()).unwrap_or_default();
                     let previous = self.inner.loaded.lock().get(&name).cloned();
+                    let previous = match previous {
+                        Some(p) if p.grants != grants => {
+                            tracing::warn!(plugin = %name, "its grants changed: the previous version stops too");
+                            None
+                        }
+                        p => p,
+                    };
                     match previous {
                         Some(prev) => {
                             tracing::error!(plugin = %name, path = %path.display(), error = %msg, "new version not loaded: the previous one keeps running");
@@ -443,7 +466,7 @@ impl PluginHost {
                                     Some(format!("reload refused, previous version kept: {msg}"));
                             }
                             if let Ok(sha) = hex_to_sha(&prev.sha256) {
-                                compiled.insert(sha, prev.compiled.clone());
+                                compiled.insert((sha, prev.compiled.http), prev.compiled.clone());
                                 health.insert((name.clone(), sha), prev.health.clone());
                             }
                             plugins.push(prev);
@@ -485,13 +508,18 @@ impl PluginHost {
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let fail = |e: anyhow::Error| (e, Some(sha), size);
         let config_json = plugin_config(entry, path).map_err(fail)?;
-        let existing = self.inner.compiled.lock().get(&sha).cloned();
+        let e = entry.cloned().unwrap_or_default();
+        let http = !e.grants.http.is_empty();
+        let existing = self.inner.compiled.lock().get(&(sha, http)).cloned();
         let compiled = match existing {
-            Some(c) => c,
-            None => Arc::new(compile(&self.inner.runtime, &bytes, &sha).map_err(fail)?),
+            Some(c) => {
+                grants::check_imports(c.imports.iter().map(String::as_str), &e.grants)
+                    .map_err(|n| fail(anyhow::Error::new(n)))?;
+                c
+            }
+            None => Arc::new(compile(&self.inner.runtime, &bytes, &sha, &e.grants).map_err(fail)?),
         };
         let d = &cfg.defaults;
-        let e = entry.cloned().unwrap_or_default();
         let settings = Settings {
             fuel_per_event: e.fuel_per_event.unwrap_or(d.fuel_per_event).max(1),
             memory_bytes: (e.memory_mb.unwrap_or(d.memory_mb).max(1) as usize)
@@ -516,6 +544,7 @@ impl PluginHost {
                 name.clone(),
                 m.clone(),
                 self.inner.anomaly.clone(),
+                PluginGrants::new(name.clone(), &e.grants, m),
             )),
             m_calls: m.plugin_calls.with_label_values(&[&*name]),
             m_fuel: m.plugin_fuel_consumed.with_label_values(&[&*name]),
@@ -531,6 +560,7 @@ impl PluginHost {
             types: e.types.map(|t| t.into_iter().collect()),
             optional: e.optional.unwrap_or(false),
             config_json,
+            grants: e.grants.clone(),
             health,
         };
         m.plugin_quarantined
@@ -642,23 +672,43 @@ pub fn inspect(runtime: &Runtime, component: &Component) -> Inspection {
     }
 }
 
-/// Compiles (or loads from cache) and links a component, checking it against its world.
-pub fn compile(runtime: &Runtime, bytes: &[u8], sha: &[u8; 32]) -> anyhow::Result<Compiled> {
+/// Compiles (or loads from cache) a component, checks its imports against `grants` (a refusal
+/// is a [`grants::NotGranted`] error) and links it, with `wasi:http` when `grants.http` is set,
+/// checking it against its world.
+pub fn compile(
+    runtime: &Runtime,
+    bytes: &[u8],
+    sha: &[u8; 32],
+    grants: &Grants,
+) -> anyhow::Result<Compiled> {
     let (component, info) = runtime.component(bytes, sha).context("compiling")?;
-    let world = link(runtime, &component)?;
-    Ok(Compiled { world, info })
+    let imports = inspect(runtime, &component).imports;
+    grants::check_imports(imports.iter().map(String::as_str), grants)?;
+    let http = !grants.http.is_empty();
+    let world = link(runtime, &component, http)?;
+    Ok(Compiled {
+        world,
+        info,
+        imports,
+        http,
+    })
 }
 
-/// Pre-instantiates `component` against the host's imports and its world's exports.
-pub fn link(runtime: &Runtime, component: &Component) -> anyhow::Result<World> {
+/// Pre-instantiates `component` against the host's imports (with `wasi:http` if `http`) and
+/// its world's exports.
+pub fn link(runtime: &Runtime, component: &Component, http: bool) -> anyhow::Result<World> {
     let found = inspect(runtime, component)
         .world
         .map_err(anyhow::Error::msg)?;
-    let pre = runtime
-        .linker
+    let linker = if http {
+        &runtime.http_linker
+    } else {
+        &runtime.linker
+    };
+    let pre = linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)
-        .context("linking its imports (only outrigger:plugin/host and WASI p2 are offered)")?;
+        .context("linking its imports (only outrigger:plugin, WASI p2 and, with grants.http, wasi:http are offered)")?;
     Ok(match found {
         "handler" => World::Handler(
             HandlerPre::new(pre)

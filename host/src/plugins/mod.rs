@@ -8,8 +8,10 @@
 //!
 //! Map (only this module touches wasmtime; only [`bindings`] calls `bindgen!`):
 //! - [`bindings`]: Rust types for `wit/outrigger.wit` (`outrigger:plugin@0.1.0`).
-//! - [`runtime`]: engine config (fuel, epochs), the epoch ticker, the linker (WASI p2 without
-//!   filesystem, network or environment; the `host` interface), the precompiled-component cache.
+//! - [`runtime`]: engine config (fuel, epochs), the epoch ticker, the linkers (WASI p2 and the
+//!   `host` interface; the same plus `wasi:http`), the precompiled-component cache.
+//! - [`grants`]: `plugins.chain[].grants`: the import check at load, the environment and
+//!   preopens of a store, the `wasi:http` hooks (allowed authorities, counting, deadline).
 //! - [`imports`]: store data, the host functions, guest stdout/stderr into the log, memory limits.
 //! - [`load`]: [`PluginHost`] loads a directory into a [`PluginSet`]: order, overrides,
 //!   configs, health and quarantine state shared by all workers.
@@ -27,6 +29,7 @@
 mod bindings;
 mod chain;
 pub mod cli;
+mod grants;
 mod imports;
 mod instance;
 mod load;

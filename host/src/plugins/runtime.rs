@@ -27,10 +27,13 @@ pub const TICK: Duration = Duration::from_millis(5);
 /// The wasmtime version, part of the cache key (the engine hash covers the rest).
 const WASMTIME_VERSION: &str = "48.0.8";
 
-/// Engine, linker and ticker; shared (`Arc`) by the host and every plugin set it loaded.
+/// Engine, linkers and ticker; shared (`Arc`) by the host and every plugin set it loaded.
 pub struct Runtime {
     pub engine: Engine,
+    /// WASI p2 and the `host` interface: what every plugin gets.
     pub linker: Linker<State>,
+    /// The same plus `wasi:http` (`outgoing-handler` and `types`): for plugins granted `http`.
+    pub http_linker: Linker<State>,
     cache_dir: Option<PathBuf>,
     /// sha256 of the engine's compatibility hash and the wasmtime version.
     engine_key: [u8; 32],
@@ -45,9 +48,10 @@ pub struct CompileInfo {
 }
 
 impl Runtime {
-    /// Builds the engine (fuel, epochs, component model), links WASI p2 (no filesystem,
-    /// network or environment is granted per store) and the `host` interface, and starts the
-    /// ticker. `cache_dir`: `None` disables the on-disk cache.
+    /// Builds the engine (fuel, epochs, component model), links WASI p2 (filesystem,
+    /// environment and network exist per store only as its plugin's grants say) and the `host`
+    /// interface, once more with `wasi:http`, and starts the ticker. `cache_dir`: `None`
+    /// disables the on-disk cache.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
         let mut config = Config::new();
         config
@@ -65,6 +69,10 @@ impl Runtime {
         bindings::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("linking the host interface")?;
+        let mut http_linker = linker.clone();
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
         let mut key = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut key);
         key.0.update(WASMTIME_VERSION.as_bytes());
@@ -74,6 +82,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            http_linker,
             cache_dir,
             engine_key,
             ticker,

@@ -558,3 +558,174 @@ fn check_accepts_components_and_names_mismatches() {
     assert!(!cli::check(&junk).unwrap());
     assert!(cli::check(&dir.path().join("absent.wasm")).is_err());
 }
+
+/// `plugins/dist/fixtures/NAME.wasm`, which `plugins/build.sh` builds (the grant fixtures).
+fn grant_fixture(name: &str) -> String {
+    let rel = format!("fixtures/{name}.wasm");
+    assert!(
+        dist().join(&rel).is_file(),
+        "plugins/dist/{rel} is missing: plugins/build.sh builds it"
+    );
+    rel
+}
+
+#[tokio::test]
+async fn grants_decide_what_loads_and_a_revoked_grant_is_not_kept() {
+    let http = grant_fixture("http-poster");
+    let fs = grant_fixture("fs-probe");
+    let f = Fixture::new(&[(http.as_str(), "poster"), (fs.as_str(), "probe")]);
+    let set = f.load("{}");
+    assert!(set.is_empty());
+    let st = set.status();
+    let err = |name: &str| {
+        st.iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.last_error.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        err("poster").starts_with("imports wasi:http/types@")
+            && err("poster").ends_with(r#"which needs grants.http: ["host:port"]"#),
+        "{}",
+        err("poster")
+    );
+    assert!(
+        err("probe").ends_with("which needs grants.dirs: [{host: DIR, guest: /PATH}]"),
+        "{}",
+        err("probe")
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let granted = format!(
+        "chain: [{{name: poster, config: {{url: \"http://127.0.0.1:9/x\"}}, grants: {{http: [\"127.0.0.1:9\"]}}}}, \
+         {{name: probe, grants: {{dirs: [{{host: \"{}\", guest: /data}}]}}}}]",
+        data.path().display()
+    );
+    let set = f.load(&granted);
+    assert_eq!(set.len(), 2, "{:?}", set.status());
+    let poster = set.plugins.iter().find(|p| &*p.name == "poster").unwrap();
+    assert!(poster.compiled.http, "linked with wasi:http");
+    let probe = set.plugins.iter().find(|p| &*p.name == "probe").unwrap();
+    assert!(!probe.compiled.http, "dirs alone do not link wasi:http");
+    // Reloading with the same grants reuses both components.
+    let again = f.load(&granted);
+    for p in &again.plugins {
+        let before = set.plugins.iter().find(|q| q.name == p.name).unwrap();
+        assert!(Arc::ptr_eq(&p.compiled, &before.compiled), "{}", p.name);
+    }
+
+    // A broken new file under the same grants: the previous version keeps running.
+    let probe_file = f.dir.path().join("probe.wasm");
+    let good = std::fs::read(&probe_file).unwrap();
+    std::fs::write(&probe_file, b"not wasm").unwrap();
+    let set = f.load(&granted);
+    let state = |set: &PluginSet, name: &str| {
+        set.status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| (s.state, s.last_error.unwrap_or_default()))
+            .unwrap()
+    };
+    assert_eq!(state(&set, "probe").0, PluginState::KeptPrevious);
+    std::fs::write(&probe_file, good).unwrap();
+    assert_eq!(state(&f.load(&granted), "probe").0, PluginState::Active);
+
+    // Revoked: refused again, and the version loaded under the grant is not kept.
+    let set = f.load("chain: [{name: probe}]");
+    assert!(set.is_empty(), "{:?}", set.status());
+    let (st, err) = state(&set, "probe");
+    assert_eq!(st, PluginState::Failed);
+    assert!(
+        err.ends_with("which needs grants.dirs: [{host: DIR, guest: /PATH}]"),
+        "{err}"
+    );
+    assert_eq!(state(&set, "poster").0, PluginState::Failed);
+}
+
+#[tokio::test]
+async fn a_denied_request_fails_in_the_guest_and_is_counted() {
+    let http = grant_fixture("http-poster");
+    let f = Fixture::new(&[(http.as_str(), "poster")]);
+    let set = f.load(
+        "chain: [{name: poster, config: {url: \"http://127.0.0.1:9/x\"}, grants: {http: [\"127.0.0.1:10\"]}}]",
+    );
+    let mut chain = Chain::new(set).await;
+    let out = chain.run(vec![ev(r#"{"type":"a","data":{}}"#)]).await;
+    assert_eq!(out.len(), 1, "the plugin keeps the event");
+    let m = |result: &str| {
+        f.metric(
+            "outrigger_plugin_http_requests_total",
+            &[("plugin", "poster"), ("result", result)],
+        )
+    };
+    assert_eq!(m("denied"), 1.0);
+    assert_eq!(m("ok") + m("error") + m("timeout"), 0.0);
+    assert_eq!(
+        f.metric(
+            "outrigger_plugin_counter_total",
+            &[("plugin", "poster"), ("name", "http_err")]
+        ),
+        1.0
+    );
+}
+
+/// What a call of a plugin granted `http` costs when it POSTs once to a server on the same
+/// machine (a new connection per request: the host keeps none open between calls), next to the
+/// same plugin denied by its grant (no connection) and to `redact` on one event (no request).
+/// Printed, never asserted (`cargo test -p outrigger --lib http_granted_call_cost --
+/// --nocapture`); docs/plugins.md quotes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_granted_call_cost() {
+    let http = grant_fixture("http-poster");
+    // Reads the whole body before answering, as a real endpoint does (answering first races
+    // the rest of the upload: the server may close while the client still writes).
+    let app = axum::Router::new().fallback(axum::routing::post(|body: String| async move {
+        format!("{} bytes", body.len())
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let f = Fixture::new(&[
+        (http.as_str(), "granted"),
+        (http.as_str(), "denied"),
+        ("redact.wasm", "redact"),
+    ]);
+    std::fs::copy(dist().join("redact.yml"), f.dir.path().join("redact.yml")).unwrap();
+    let cfg = f.config(&format!(
+        "chain: [{{name: granted, timeout: 5s, config: {{url: \"http://{addr}/hook\"}}, grants: {{http: [\"{addr}\"]}}}}, \
+         {{name: denied, timeout: 5s, config: {{url: \"http://127.0.0.1:9/hook\"}}, grants: {{http: [\"{addr}\"]}}}}]"
+    ));
+    const CALLS: u32 = 300;
+    let mut report = Vec::new();
+    for name in ["granted", "denied", "redact"] {
+        let file = f.dir.path().join(format!("{name}.wasm"));
+        let set = Arc::new(f.host.load_files(&cfg, vec![(name.to_string(), file)]));
+        assert_eq!(set.len(), 1, "{:?}", set.status());
+        let mut chain = Chain::new(set).await;
+        let one = || vec![ev(r#"{"type":"login","data":{"user":"u","password":"p"}}"#)];
+        for _ in 0..30 {
+            chain.run(one()).await;
+        }
+        let start = Instant::now();
+        for _ in 0..CALLS {
+            assert_eq!(chain.run(one()).await.len(), 1);
+        }
+        report.push((name, start.elapsed() / CALLS));
+    }
+    let requests = |result: &str| {
+        f.metric(
+            "outrigger_plugin_http_requests_total",
+            &[("plugin", "granted"), ("result", result)],
+        )
+    };
+    let results: Vec<(&str, f64)> = ["ok", "error", "timeout", "denied"]
+        .into_iter()
+        .map(|r| (r, requests(r)))
+        .collect();
+    println!("http_granted_call_cost: granted requests by result: {results:?}");
+    assert_eq!(results[0].1, f64::from(CALLS + 30), "{results:?}");
+    for (name, per_call) in report {
+        println!("http_granted_call_cost: {name}: {per_call:?} per call of one event");
+    }
+}

@@ -4,7 +4,8 @@ Outrigger calls `init` once per instance with the plugin's config (JSON text, fr
 beside the .wasm or `plugins.chain[].config`); raising `Err("why")` there refuses the plugin.
 Then `on_batch` gets whole batches: return one verdict per event, in order:
 `types.Verdict_Keep()`, `types.Verdict_Drop()` or `types.Verdict_Replace(event)`. Module
-globals survive between batches of the same instance.
+globals survive between batches of the same instance. Log with `host.log`: the component is
+built with `--stub-wasi` (see build.sh), so `print` would trap.
 """
 
 import wit_world
