@@ -184,6 +184,9 @@ enum Command {
         events: PathBuf,
         #[arg(long = "plugin", short = 'p', required = true)]
         plugins: Vec<PathBuf>,
+        /// Run this component as the shadow of the last --plugin and print how they differ.
+        #[arg(long, value_name = "NEW.wasm")]
+        against: Option<PathBuf>,
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
@@ -205,6 +208,12 @@ enum PluginCommand {
         /// A handler that POSTs through wasi:http (Rust only; needs a grants.http entry).
         #[arg(long)]
         http: bool,
+    },
+    /// Make a running daemon's shadow of NAME (`NAME.shadow.wasm`) the live version.
+    Promote {
+        name: String,
+        #[command(flatten)]
+        control: outrigger::cli::ControlArgs,
     },
 }
 
@@ -321,6 +330,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             outrigger::plugins::scaffold::new_project(&name, &lang, &dir, http)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plugin {
+            command: PluginCommand::Promote { name, control },
+        } => outrigger::cli::promote(&control.client()?, &name).await,
         Command::Bench {
             config,
             socket,
@@ -416,6 +428,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Replay {
             events,
             plugins,
+            against,
             config,
         } => {
             let (cfg, _) = load_config(config.as_deref())?;
@@ -423,6 +436,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             outrigger::plugins::cli::replay(
                 &events,
                 &plugins,
+                against.as_deref(),
                 &cfg.plugins,
                 Arc::new(Metrics::new()),
             )

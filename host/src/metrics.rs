@@ -73,6 +73,8 @@ pub struct Metrics {
     pub plugin_fuel_consumed: IntCounterVec,
     pub plugin_call_duration: HistogramVec,
     pub plugin_recycled: IntCounterVec,
+    /// `plugin_shadow_diffs_total{plugin}`: events on which NAME's shadow answered otherwise.
+    pub plugin_shadow_diffs: IntCounterVec,
     pub plugin_quarantined: IntGaugeVec,
     pub plugin_counter: IntCounterVec,
     pub plugin_gauge: GaugeVec,
@@ -207,6 +209,14 @@ impl Metrics {
                 &["plugin"],
             )
             .expect("valid metric"),
+            plugin_shadow_diffs: IntCounterVec::new(
+                opts(
+                    "plugin_shadow_diffs_total",
+                    "Events on which a plugin's shadow answered differently from the plugin",
+                ),
+                &["plugin"],
+            )
+            .expect("valid metric"),
             plugin_quarantined: IntGaugeVec::new(
                 opts("plugin_quarantined", "1 while a plugin is quarantined"),
                 &["plugin"],
@@ -334,6 +344,7 @@ impl Metrics {
             Box::new(m.plugin_fuel_consumed.clone()),
             Box::new(m.plugin_call_duration.clone()),
             Box::new(m.plugin_recycled.clone()),
+            Box::new(m.plugin_shadow_diffs.clone()),
             Box::new(m.plugin_quarantined.clone()),
             Box::new(m.plugin_counter.clone()),
             Box::new(m.plugin_gauge.clone()),

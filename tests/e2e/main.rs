@@ -15,5 +15,6 @@ mod otlp;
 mod pipeline;
 mod plugins;
 mod reload;
+mod shadow;
 mod tail;
 mod wasm;

@@ -33,6 +33,9 @@ pub fn dist() -> &'static Path {
             "drop-debug.wasm",
             "fixtures/misbehave.wasm",
             "fixtures/emitter.wasm",
+            "webhook-alert.wasm",
+            "fixtures/http-poster.wasm",
+            "fixtures/fs-probe.wasm",
         ];
         for f in expected {
             let _ = std::fs::remove_file(dist.join(f));

@@ -127,6 +127,19 @@ impl ControlClient {
         anyhow::bail!("{what}: {status}: {message}{hint}")
     }
 
+    /// POSTs with an empty body and returns the JSON answer.
+    pub async fn post_json(&self, path: &str, what: &str) -> anyhow::Result<Value> {
+        let r = self.http.post(format!("{}{path}", self.base));
+        let r = match &self.api_key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        };
+        let resp = self.send(r, what).await?;
+        resp.json()
+            .await
+            .with_context(|| format!("{what}: the answer is not JSON"))
+    }
+
     async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.get(path), &format!("GET {path}"))
             .await?
@@ -348,6 +361,31 @@ pub fn render_status(addr: &str, health: &Value, stats: &Value) -> String {
         stats["tail"]["subscribers"]
     );
     o
+}
+
+/// `outrigger plugin promote NAME`: the shadow of NAME becomes the live version
+/// (`POST /v1/plugins/{name}/promote`).
+pub async fn promote(client: &ControlClient, name: &str) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/plugins/{}/promote", urlencoding_path(name));
+    let v = client.post_json(&path, "promote").await?;
+    println!(
+        "{name}: its shadow is live now (the previous version is kept as {}); {}",
+        v["previous"].as_str().unwrap_or("?"),
+        v["summary"].as_str().unwrap_or("reloaded")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A plugin name as one path segment (names are file stems: escape what a URL cannot hold).
+fn urlencoding_path(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `outrigger runs`: the daemon's runs, most recent first (`GET /v1/runs`).

@@ -89,6 +89,7 @@ pub fn router_until(state: Arc<ControlState>, stop: CancellationToken) -> Router
         .route("/health", get(health_route))
         .route("/stats", get(stats))
         .route("/plugins", get(plugins))
+        .route("/plugins/{name}/promote", post(promote))
         .route("/reload", post(reload))
         .route("/sampling", get(get_sampling).put(put_sampling))
         .route("/anomaly", post(anomaly))
@@ -308,6 +309,12 @@ async fn plugins(State(st): State<Arc<ControlState>>) -> Response {
 }
 
 async fn reload(State(st): State<Arc<ControlState>>) -> Result<Response, ApiError> {
+    let summary = run_reload(&st).await?;
+    Ok(Json(serde_json::json!({"result": "ok", "summary": summary})).into_response())
+}
+
+/// Asks the reloader to reload everything and waits for its answer.
+async fn run_reload(st: &ControlState) -> Result<String, ApiError> {
     let (tx, rx) = oneshot::channel();
     st.reload.send(tx).await.map_err(|_| {
         ApiError(
@@ -316,15 +323,49 @@ async fn reload(State(st): State<Arc<ControlState>>) -> Result<Response, ApiErro
         )
     })?;
     match rx.await {
-        Ok(Ok(summary)) => {
-            Ok(Json(serde_json::json!({"result": "ok", "summary": summary})).into_response())
-        }
+        Ok(Ok(summary)) => Ok(summary),
         Ok(Err(e)) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e)),
         Err(_) => Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "reload was abandoned".into(),
         )),
     }
+}
+
+/// `POST /v1/plugins/{name}/promote`: the shadow's file (and its `NAME.shadow.yml`, if any)
+/// replaces NAME's, the old ones kept as `NAME.wasm.prev` (`NAME.yml.prev`), and the plugins
+/// are reloaded; the pipeline swaps chains between batches, so every event goes through one
+/// version or the other. NAME.wasm is replaced by a rename: it never goes missing.
+async fn promote(
+    State(st): State<Arc<ControlState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let set = st.routing.borrow().plugins.clone();
+    let not_found = |m: String| ApiError(StatusCode::NOT_FOUND, m);
+    let live = set
+        .plugin(&name)
+        .cloned()
+        .ok_or_else(|| not_found(format!("no plugin {name} is loaded")))?;
+    let shadow = set
+        .shadow_path(&name)
+        .ok_or_else(|| not_found(format!("{name} has no shadow ({name}.shadow.wasm)")))?;
+    if set.shadow_of(&name).is_none() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("the shadow of {name} is not loaded: see GET /v1/plugins for why"),
+        ));
+    }
+    let previous = crate::plugins::promote_files(&live.path, &shadow)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    tracing::info!(plugin = %name, previous = %previous.display(), "shadow promoted: reloading");
+    let summary = run_reload(&st).await?;
+    Ok(Json(serde_json::json!({
+        "result": "ok",
+        "promoted": name,
+        "previous": previous,
+        "summary": summary,
+    }))
+    .into_response())
 }
 
 async fn get_sampling(State(st): State<Arc<ControlState>>) -> Response {

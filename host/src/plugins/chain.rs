@@ -8,7 +8,11 @@
 //! hot path); a failed instance is dropped and a new one made on the next batch, and so is one
 //! whose linear memory grew past half the room `init` left it (`plugin_recycled_total`).
 //! Quarantined plugins, and optional ones while the daemon is over budget, are bypassed: their
-//! batches pass unchanged. The chain ends when the worker drops it.
+//! batches pass unchanged. A plugin's shadow (`NAME.shadow.wasm`) is called after it on the
+//! same events, when it is not quarantined and the daemon is not over budget (shadows are
+//! skipped first); its answers are compared with the live ones ([`super::shadow`]) and
+//! discarded, and its failures count against the shadow alone. The chain ends when the worker
+//! drops it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +21,7 @@ use super::bindings;
 use super::imports::from_guest;
 use super::instance::{EventRef, Live, Output, to_guest};
 use super::load::{Plugin, PluginSet};
+use super::shadow::{Answer, Shown};
 use super::{ErrorKind, PluginError};
 use crate::config::OnError;
 use crate::event::Event;
@@ -41,6 +46,7 @@ struct Slot {
     plugin: Arc<Plugin>,
     live: Option<Live>,
     stats: SlotStats,
+    shadow: Option<Box<Slot>>,
 }
 
 /// The plugins of one pipeline worker, with their live instances.
@@ -60,6 +66,14 @@ impl Chain {
                 plugin: plugin.clone(),
                 live: None,
                 stats: SlotStats::default(),
+                shadow: set.shadow_of(&plugin.name).map(|p| {
+                    Box::new(Slot {
+                        plugin: p,
+                        live: None,
+                        stats: SlotStats::default(),
+                        shadow: None,
+                    })
+                }),
             };
             if !plugin.quarantined()
                 && let Err(e) = slot.ensure_live().await
@@ -109,7 +123,7 @@ impl Chain {
                 slot.stats.bypassed += events.len() as u64;
                 continue;
             }
-            events = slot.run(events).await;
+            events = slot.run(events, self.skip_optional).await;
         }
         events
     }
@@ -132,8 +146,8 @@ impl Slot {
         self.live = None;
     }
 
-    /// One plugin over one batch.
-    async fn run(&mut self, events: Vec<Event>) -> Vec<Event> {
+    /// One plugin over one batch (and its shadow, unless `skip_shadow`).
+    async fn run(&mut self, events: Vec<Event>, skip_shadow: bool) -> Vec<Event> {
         let plugin = self.plugin.clone();
         // Routing: which events this plugin sees (`types`); the others pass by in place.
         let routed: Option<Vec<bool>> = plugin
@@ -151,7 +165,12 @@ impl Slot {
             Some(r) => to_guest(events.iter().zip(r).filter(|(_, x)| **x).map(|(e, _)| e)),
             None => to_guest(events.iter()),
         };
+        let start = Instant::now();
         let result = self.call(&plugin, &input).await;
+        let took = start.elapsed();
+        if let Some(sh) = self.shadow.as_deref_mut() {
+            sh.shadow_run(&input, &result, took, skip_shadow).await;
+        }
         let metrics = &plugin.ctx.metrics;
         match result {
             Ok((output, emitted)) => {
@@ -181,6 +200,61 @@ impl Slot {
                     }
                 }
             }
+        }
+    }
+
+    /// This slot is a shadow: runs it on the live plugin's input and compares its answers with
+    /// `live`'s; what it answers and emits goes nowhere.
+    async fn shadow_run(
+        &mut self,
+        input: &[EventRef<'_>],
+        live: &Result<(Checked, Vec<Event>), PluginError>,
+        live_took: std::time::Duration,
+        skip: bool,
+    ) {
+        let plugin = self.plugin.clone();
+        if skip || plugin.quarantined() {
+            plugin.health.shadow.lock().skipped += 1;
+            self.stats.bypassed += input.len() as u64;
+            return;
+        }
+        let start = Instant::now();
+        let result = self.call(&plugin, input).await;
+        let took = start.elapsed();
+        let (shadow, shadow_emitted) = match result {
+            Ok(r) => {
+                plugin.succeeded();
+                r
+            }
+            Err(e) => {
+                self.fail(&e);
+                self.stats.failed_batches += 1;
+                plugin.health.shadow.lock().errors += 1;
+                return;
+            }
+        };
+        let Ok((live, live_emitted)) = live else {
+            plugin.health.shadow.lock().live_errors += 1;
+            return;
+        };
+        let shown: Vec<Shown<'_>> = input.iter().map(EventRef::shown).collect();
+        let differing = plugin.health.shadow.lock().compare(
+            &shown,
+            &answers(live),
+            &answers(&shadow),
+            live_emitted.len(),
+            shadow_emitted.len(),
+            live_took,
+            took,
+        );
+        if differing > 0 {
+            let base = plugin.name.trim_end_matches(super::load::SHADOW_SUFFIX);
+            plugin
+                .ctx
+                .metrics
+                .plugin_shadow_diffs
+                .with_label_values(&[base])
+                .inc_by(differing);
         }
     }
 
@@ -226,6 +300,21 @@ enum Verdict {
     Drop,
     /// The new event; `received` is taken from the event it replaces.
     Replace(bindings::Event),
+}
+
+/// The checked answers in a form that compares (for shadows).
+fn answers(c: &Checked) -> Vec<Answer> {
+    match c {
+        Checked::Decisions(d) => d.iter().map(|k| Answer::of_decision(*k)).collect(),
+        Checked::Verdicts(v) => v
+            .iter()
+            .map(|v| match v {
+                Verdict::Keep => Answer::Keep,
+                Verdict::Drop => Answer::Drop,
+                Verdict::Replace(e) => Answer::of_replacement(e),
+            })
+            .collect(),
+    }
 }
 
 fn check(output: Output, n: usize) -> Result<Checked, PluginError> {

@@ -104,10 +104,13 @@ pub fn check(path: &Path) -> anyhow::Result<bool> {
 
 /// Runs `plugins` (in the given order, samplers first) over the events in `events` (NDJSON,
 /// native or Weave lines), in batches of [`REPLAY_BATCH`]. Prints the resulting events as
-/// native NDJSON on stdout and a summary of what each plugin did on stderr.
+/// native NDJSON on stdout and a summary of what each plugin did on stderr. With `against`,
+/// that component runs as the shadow of the last plugin and the comparison of the two is
+/// printed too (the events written are the live plugins').
 pub async fn replay(
     events: &Path,
     plugins: &[PathBuf],
+    against: Option<&Path>,
     cfg: &PluginsConfig,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
@@ -128,12 +131,26 @@ pub async fn replay(
             .with_context(|| format!("plugin file name {}", p.display()))?;
         files.push((name.to_string(), p.clone()));
     }
-    let set = Arc::new(host.load_files(cfg, files));
+    let last = files.last().map(|(n, _)| n.clone()).unwrap_or_default();
+    let set = Arc::new(match against {
+        Some(shadow) => host.load_files_with_shadow(cfg, files, shadow),
+        None => host.load_files(cfg, files),
+    });
     for st in set.status() {
         if st.world == "unknown" {
             anyhow::bail!("plugin {}: {}", st.name, st.last_error.unwrap_or_default());
         }
+        if let Some(sh) = &st.shadow
+            && sh.status.world == "unknown"
+        {
+            anyhow::bail!(
+                "--against {}: {}",
+                sh.status.path.display(),
+                sh.status.last_error.clone().unwrap_or_default()
+            );
+        }
     }
+    let shadow = set.shadow_of(&last);
     let mut chain = Chain::new(set).await;
     let file =
         std::fs::File::open(events).with_context(|| format!("opening {}", events.display()))?;
@@ -195,6 +212,10 @@ pub async fn replay(
             s.recycled,
             errors.join(", ")
         );
+    }
+    if let (Some(sh), Some(path)) = (&shadow, against) {
+        let report = sh.health.shadow.lock().clone();
+        eprint!("{}", report.render(&last, &path.display().to_string()));
     }
     for (what, n) in anomalies.lock().iter() {
         eprintln!("  anomaly reported: {what} x{n}");

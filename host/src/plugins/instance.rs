@@ -217,6 +217,16 @@ pub struct EventRef<'a> {
     payload: &'a str,
 }
 
+impl<'a> EventRef<'a> {
+    /// Type and data, for a shadow's examples.
+    pub fn shown(&self) -> super::shadow::Shown<'a> {
+        super::shadow::Shown {
+            kind: self.kind,
+            data: self.payload,
+        }
+    }
+}
+
 /// Borrows pipeline events as WIT events for a call (one allocation per batch).
 pub fn to_guest<'a>(events: impl Iterator<Item = &'a crate::event::Event>) -> Vec<EventRef<'a>> {
     events

@@ -27,6 +27,7 @@ use super::bindings::{HandlerPre, SamplerPre};
 use super::grants::{self, PluginGrants};
 use super::imports::{PluginCtx, State};
 use super::runtime::{self, CompileInfo, Runtime};
+use super::shadow::ShadowReport;
 use super::{AnomalyFn, PluginError};
 use crate::config::{ChainEntry, Grants, OnError, PluginsConfig};
 use crate::metrics::Metrics;
@@ -202,6 +203,7 @@ impl Plugin {
             optional: self.optional,
             compile_ms: Some(self.compiled.info.took.as_secs_f64() * 1e3),
             from_cache: Some(self.compiled.info.from_cache),
+            shadow: None,
         }
     }
 }
@@ -235,6 +237,8 @@ pub struct Health {
     /// Set while a quarantine may be running; `inner.until` says until when.
     quarantined: AtomicBool,
     inner: Mutex<HealthInner>,
+    /// For a shadow: how it compared with the live plugin.
+    pub shadow: Mutex<ShadowReport>,
 }
 
 #[derive(Default)]
@@ -286,20 +290,71 @@ pub struct PluginStatus {
     pub optional: bool,
     pub compile_ms: Option<f64>,
     pub from_cache: Option<bool>,
+    /// Its shadow (`NAME.shadow.wasm`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Box<ShadowStatus>>,
+}
+
+/// A shadow as `GET /v1/plugins` shows it under its live plugin: its own status and how its
+/// answers compared.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ShadowStatus {
+    #[serde(flatten)]
+    pub status: PluginStatus,
+    pub comparison: ShadowReport,
 }
 
 /// An immutable set of loaded plugins in call order.
 pub struct PluginSet {
     pub(crate) plugins: Vec<Arc<Plugin>>,
     failed: Vec<PluginStatus>,
+    /// Shadows by the live plugin's name: loaded, or why not.
+    shadows: HashMap<String, Result<Arc<Plugin>, PluginStatus>>,
 }
 
 impl PluginSet {
-    /// Every plugin, loaded or not, in call order (failed ones last).
+    /// Every plugin, loaded or not, in call order (failed ones last), each with its shadow.
     pub fn status(&self) -> Vec<PluginStatus> {
-        let mut out: Vec<PluginStatus> = self.plugins.iter().map(|p| p.status()).collect();
+        let mut out: Vec<PluginStatus> = self
+            .plugins
+            .iter()
+            .map(|p| {
+                let mut st = p.status();
+                st.shadow = self.shadows.get(&*p.name).map(|s| {
+                    Box::new(match s {
+                        Ok(sh) => ShadowStatus {
+                            status: sh.status(),
+                            comparison: sh.health.shadow.lock().clone(),
+                        },
+                        Err(failed) => ShadowStatus {
+                            status: failed.clone(),
+                            comparison: ShadowReport::default(),
+                        },
+                    })
+                });
+                st
+            })
+            .collect();
         out.extend(self.failed.iter().cloned());
         out
+    }
+
+    /// The loaded shadow of the plugin `name`.
+    pub fn shadow_of(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.shadows.get(name)?.as_ref().ok().cloned()
+    }
+
+    /// The live plugin `name` (for promoting its shadow).
+    pub fn plugin(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.iter().find(|p| &*p.name == name)
+    }
+
+    /// The file of the shadow of `name`, loaded or not.
+    pub fn shadow_path(&self, name: &str) -> Option<PathBuf> {
+        Some(match self.shadows.get(name)? {
+            Ok(p) => p.path.clone(),
+            Err(st) => st.path.clone(),
+        })
     }
 
     /// True when no plugin is loaded (batches pass through untouched).
@@ -317,6 +372,7 @@ impl PluginSet {
         PluginSet {
             plugins: Vec::new(),
             failed: Vec::new(),
+            shadows: HashMap::new(),
         }
     }
 }
@@ -369,7 +425,9 @@ impl PluginHost {
     /// `reloads_total{target="plugin",result="error"}` and listed with its reason in the set's
     /// status.
     pub fn load_set(&self, cfg: &PluginsConfig) -> anyhow::Result<Arc<PluginSet>> {
-        let files = wasm_files(&cfg.dir)?;
+        let (files, shadows): (Vec<_>, Vec<_>) = wasm_files(&cfg.dir)?
+            .into_iter()
+            .partition(|(n, _)| !n.ends_with(SHADOW_SUFFIX));
         let names: HashSet<String> = files.iter().map(|(n, _)| n.clone()).collect();
         let mut ordered: Vec<(String, PathBuf)> = Vec::new();
         let mut missing = Vec::new();
@@ -387,7 +445,12 @@ impl PluginHost {
                 ordered.push(f);
             }
         }
+        // What the previous set compiled, so that a shadow that did not change is not compiled
+        // again and keeps its comparison (`load_files` keeps only what the new set uses).
+        let old_compiled = self.inner.compiled.lock().clone();
+        let old_health = self.inner.health.lock().clone();
         let mut set = self.load_files(cfg, ordered);
+        self.load_shadows(cfg, &mut set, shadows, old_compiled, old_health);
         for name in missing {
             let path = cfg.dir.join(format!("{name}.wasm"));
             let err = format!("named in plugins.chain but there is no {}", path.display());
@@ -419,7 +482,7 @@ impl PluginHost {
                 tracing::debug!(plugin = %name, "plugin disabled in plugins.chain");
                 continue;
             }
-            match self.load_one(cfg, entry, &name, &path) {
+            match self.load_one(cfg, entry, &name, &path, None) {
                 Ok((plugin, sha)) => {
                     tracing::info!(
                         plugin = %name,
@@ -490,7 +553,113 @@ impl PluginHost {
             .collect();
         // Samplers run before handlers; the sort is stable, so order within each is kept.
         plugins.sort_by_key(|p| !p.is_sampler());
-        PluginSet { plugins, failed }
+        PluginSet {
+            plugins,
+            failed,
+            shadows: HashMap::new(),
+        }
+    }
+
+    /// `files` as [`PluginHost::load_files`] does, with `shadow` as the shadow of the last of
+    /// them (`outrigger replay --against`).
+    pub(crate) fn load_files_with_shadow(
+        &self,
+        cfg: &PluginsConfig,
+        files: Vec<(String, PathBuf)>,
+        shadow: &Path,
+    ) -> PluginSet {
+        let last = files.last().map(|(n, _)| n.clone());
+        let mut set = self.load_files(cfg, files);
+        if let Some(name) = last {
+            let shadows = vec![(format!("{name}{SHADOW_SUFFIX}"), shadow.to_path_buf())];
+            self.load_shadows(cfg, &mut set, shadows, HashMap::new(), HashMap::new());
+        }
+        set
+    }
+
+    /// Loads `NAME.shadow.wasm` files next to the loaded `NAME`s: same world, settings, routing
+    /// and chain entry as NAME; the config of NAME's chain entry, else `NAME.shadow.yml`, else
+    /// NAME's `NAME.yml`. Each shadow is named `NAME.shadow`; `shadows` holds (that, path). A shadow cannot act: its anomaly reports are ignored, its HTTP
+    /// requests are denied and its directories are read-only, whatever NAME is granted.
+    fn load_shadows(
+        &self,
+        cfg: &PluginsConfig,
+        set: &mut PluginSet,
+        shadows: Vec<(String, PathBuf)>,
+        old_compiled: HashMap<CompiledKey, Arc<Compiled>>,
+        old_health: HashMap<HealthKey, Arc<Health>>,
+    ) {
+        if shadows.is_empty() {
+            return;
+        }
+        {
+            let mut c = self.inner.compiled.lock();
+            for (k, v) in old_compiled {
+                c.entry(k).or_insert(v);
+            }
+            let mut h = self.inner.health.lock();
+            for (k, v) in old_health {
+                h.entry(k).or_insert(v);
+            }
+        }
+        for (name, path) in shadows {
+            let base = name.trim_end_matches(SHADOW_SUFFIX).to_string();
+            let Some(live) = set.plugin(&base).cloned() else {
+                let err = format!(
+                    "a shadow of {base}, which is not loaded (it needs {base}.wasm beside it)"
+                );
+                tracing::warn!(plugin = %name, "{err}");
+                set.failed.push(failed_status(&name, &path, None, err));
+                continue;
+            };
+            let entry = cfg.chain.iter().find(|c| c.name == base);
+            let loaded = self
+                .load_one(cfg, entry, &name, &path, Some(&live.path))
+                .and_then(|(p, sha)| {
+                    if p.is_sampler() == live.is_sampler() {
+                        Ok(p)
+                    } else {
+                        Err((
+                            anyhow::anyhow!(
+                                "a shadow must be the same kind of plugin: {name} is a {}, {base} a {}",
+                                p.compiled.world.name(),
+                                live.compiled.world.name()
+                            ),
+                            Some(sha),
+                            p.size,
+                        ))
+                    }
+                });
+            match loaded {
+                Ok(p) => {
+                    tracing::info!(plugin = %base, shadow = %name, "shadow loaded: it runs on the same batches, with no effect");
+                    set.shadows.insert(base, Ok(Arc::new(p)));
+                }
+                Err((err, sha, size)) => {
+                    let msg = format!("{err:#}");
+                    tracing::error!(plugin = %name, path = %path.display(), error = %msg, "shadow not loaded");
+                    let mut st = failed_status(&name, &path, sha.as_ref(), msg);
+                    st.size = size;
+                    set.shadows.insert(base, Err(st));
+                }
+            }
+        }
+        // Keep only what the set uses, shadows included.
+        let used: Vec<&Arc<Plugin>> = set
+            .plugins
+            .iter()
+            .chain(set.shadows.values().filter_map(|s| s.as_ref().ok()))
+            .collect();
+        let mut compiled = HashMap::new();
+        let mut health = HashMap::new();
+        for p in used {
+            if let Ok(sha) = hex_to_sha(&p.sha256) {
+                compiled.insert((sha, p.compiled.http), p.compiled.clone());
+                health.insert((p.name.to_string(), sha), p.health.clone());
+            }
+        }
+        *self.inner.compiled.lock() = compiled;
+        *self.inner.health.lock() = health;
     }
 
     #[allow(clippy::type_complexity)]
@@ -500,14 +669,21 @@ impl PluginHost {
         entry: Option<&ChainEntry>,
         name: &str,
         path: &Path,
+        shadow_of: Option<&Path>,
     ) -> Result<(Plugin, [u8; 32]), (anyhow::Error, Option<[u8; 32]>, u64)> {
+        let shadow = shadow_of.is_some();
         let bytes = std::fs::read(path)
             .with_context(|| format!("reading {}", path.display()))
             .map_err(|e| (e, None, 0))?;
         let size = bytes.len() as u64;
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let fail = |e: anyhow::Error| (e, Some(sha), size);
-        let config_json = plugin_config(entry, path).map_err(fail)?;
+        let config_json = if let Some(live) = shadow_of {
+            shadow_config(entry, path, live)
+        } else {
+            plugin_config(entry, path)
+        }
+        .map_err(fail)?;
         let e = entry.cloned().unwrap_or_default();
         let http = !e.grants.http.is_empty();
         let existing = self.inner.compiled.lock().get(&(sha, http)).cloned();
@@ -539,12 +715,25 @@ impl PluginHost {
             .unwrap_or_default();
         let name: Arc<str> = Arc::from(name);
         let m = &self.inner.metrics;
+        let (anomaly, acts) = if shadow {
+            // A shadow cannot act: no anomaly reaches the sampler, no request leaves (every
+            // one is denied), no granted directory can be written.
+            let mut g = e.grants.clone();
+            g.http.clear();
+            for d in &mut g.dirs {
+                d.read_only = true;
+            }
+            let ignore: AnomalyFn = Arc::new(|_: &str, _: &str| {});
+            (ignore, g)
+        } else {
+            (self.inner.anomaly.clone(), e.grants.clone())
+        };
         let plugin = Plugin {
             ctx: Arc::new(PluginCtx::new(
                 name.clone(),
                 m.clone(),
-                self.inner.anomaly.clone(),
-                PluginGrants::new(name.clone(), &e.grants, m),
+                anomaly,
+                PluginGrants::new(name.clone(), &acts, m),
             )),
             m_calls: m.plugin_calls.with_label_values(&[&*name]),
             m_fuel: m.plugin_fuel_consumed.with_label_values(&[&*name]),
@@ -588,7 +777,20 @@ fn failed_status(name: &str, path: &Path, sha: Option<&[u8; 32]>, err: String) -
         optional: false,
         compile_ms: None,
         from_cache: None,
+        shadow: None,
     }
+}
+
+/// The file stem suffix of a shadow: `NAME.shadow.wasm` shadows `NAME.wasm`.
+pub const SHADOW_SUFFIX: &str = ".shadow";
+
+/// A shadow's config: the chain entry's, else the `.yml` beside the shadow's file, else the
+/// live plugin's.
+fn shadow_config(entry: Option<&ChainEntry>, wasm: &Path, live: &Path) -> anyhow::Result<String> {
+    if entry.and_then(|e| e.config.as_ref()).is_some() || wasm.with_extension("yml").exists() {
+        return plugin_config(entry, wasm);
+    }
+    plugin_config(entry, live)
 }
 
 /// `*.wasm` files in `dir` as (name, path), sorted by name. A missing directory has none.

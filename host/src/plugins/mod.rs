@@ -35,6 +35,7 @@ mod instance;
 mod load;
 mod runtime;
 pub mod scaffold;
+pub mod shadow;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +43,7 @@ use std::sync::Arc;
 
 pub use chain::{Chain, SlotStats};
 pub use load::{PluginHost, PluginSet, PluginState, PluginStatus};
+pub use shadow::promote_files;
 
 /// Called when a plugin reports an anomaly: `(event type, reason)`.
 pub type AnomalyFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
