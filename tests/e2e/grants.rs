@@ -447,3 +447,76 @@ plugins:
     assert_eq!(bodies, [r#"{"n":1}"#, r#"{"n":2}"#]);
     assert!(d.stop().success());
 }
+
+/// The `webhook-alert` example: one alert per failed event to a real local server; with the
+/// server gone the pipeline keeps flowing and the failures are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_alert_posts_one_alert_per_failed_event_and_survives_a_dead_endpoint() {
+    let server = Recorder::start(|_| 200).await;
+    let up = server.addr.to_string();
+    // An address nothing listens on: bound, then closed.
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut d = Daemon::prepare(&format!(
+        r#"
+plugins:
+  defaults: {{timeout: 2s}}
+  chain:
+    - {{name: alert, config: {{url: "http://{up}/alert", timeout_ms: 500}}, grants: {{http: ["{up}"]}}}}
+    - {{name: dead, config: {{url: "http://{down}/alert", timeout_ms: 500}}, grants: {{http: ["{down}"]}}}}
+"#
+    ));
+    install(
+        &d.path("plugins"),
+        &[
+            ("webhook-alert.wasm", "alert"),
+            ("webhook-alert.wasm", "dead"),
+        ],
+    );
+    d.launch();
+    d.wait_ready().await;
+    let lines: Vec<String> = (0..10)
+        .map(|i| {
+            let status = if i % 3 == 0 { "failed" } else { "passed" };
+            format!(r#"{{"type":"test_end","run_id":"r{i}","data":{{"name":"t{i}","status":"{status}"}}}}"#)
+        })
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    for a in d.send(&lines).await {
+        assert_eq!(a, r#"{"success":true}"#);
+    }
+    let counters = "outrigger_plugin_counter_total";
+    d.wait_metric(counters, "name=\"alerts_sent\",plugin=\"alert\"", 4.0)
+        .await;
+    d.wait_metric(counters, "name=\"alerts_failed\",plugin=\"dead\"", 1.0)
+        .await;
+    let ok = eventually(Duration::from_secs(10), async || d.events().len() >= 10).await;
+    assert!(ok, "the pipeline kept flowing: {} events", d.events().len());
+    let bodies = server.bodies();
+    assert_eq!(bodies.len(), 4, "one alert per failed event: {bodies:?}");
+    for (_, b) in &bodies {
+        let v: Value = serde_json::from_str(b).unwrap();
+        assert_eq!(v["status"], "failed", "{v}");
+        assert_eq!(v["type"], "test_end");
+    }
+    let mut runs: Vec<String> = bodies
+        .iter()
+        .map(|(_, b)| serde_json::from_str::<Value>(b).unwrap()["run_id"].to_string())
+        .collect();
+    runs.sort();
+    assert_eq!(runs, [r#""r0""#, r#""r3""#, r#""r6""#, r#""r9""#]);
+    assert!(
+        d.metric(
+            "outrigger_plugin_http_requests_total",
+            "plugin=\"dead\",result=\"error\""
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(d.metric("outrigger_events_dropped_total", "").await, 0.0);
+    assert!(d.stop().success());
+    assert_eq!(d.events().len(), 10, "every event delivered once");
+}
