@@ -95,7 +95,7 @@ fn build_stages(cfg: &Config) -> anyhow::Result<Stages> {
         .load_set(&cfg.plugins)
         .context("loading plugins")?;
     let tail = Tail::new(cfg, metrics.clone());
-    queue.keep_lost(tail.enabled());
+    queue.set_lost_filter(tail.lost_filter());
     Ok(Stages {
         metrics,
         queue,

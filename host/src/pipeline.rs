@@ -240,7 +240,7 @@ impl Worker {
         let mut events = chunk.events;
         // With tail sampling on, events with a run id are decided with their run instead.
         let tail = self.tail.enabled();
-        self.queue.keep_lost(tail);
+        self.queue.set_lost_filter(self.tail.lost_filter());
         if !chunk.lost_before.is_empty() {
             let released = self.tail.lost(chunk.lost_before);
             self.forward(st, released).await;

@@ -7,11 +7,12 @@
 //! can wait for "everything admitted before me". `close` lets the worker drain what is left and
 //! then see the end.
 //!
-//! With [`Queue::keep_lost`] on (tail sampling), dropped events that belong to a run are not
-//! freed at once: they come out with the chunk they would have been in (`Chunk::lost_before`
-//! and `lost_after`, at most one queue's worth), so that the tail stage can still close a run
-//! whose closing event was dropped, or keep one whose failing event was, instead of holding
-//! it open until `idle`. They stay counted as `queue_full`; the tail never delivers them.
+//! With a [`LostFilter`] set ([`Queue::set_lost_filter`], by tail sampling), each dropped event
+//! is shown to the filter (on the ingest thread that dropped it, outside the queue's lock);
+//! what it says matters (a run's closing event, one that matched a keep policy) comes out as
+//! a small [`Lost`] mark with the chunk it would have been in (`Chunk::lost_before` and
+//! `lost_after`, at most one queue's worth), so that the tail stage can still close or keep
+//! the run instead of holding it open until `idle`. The events stay counted as `queue_full`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,13 +25,29 @@ use crate::config::OnFull;
 use crate::event::Event;
 use crate::metrics::{DropReason, Metrics};
 
+/// What the tail needs to know of a dropped event of a run.
+#[derive(Debug)]
+pub struct Lost {
+    pub run: Arc<str>,
+    /// The first `keep` policy it matched, by name.
+    pub policy: Option<Arc<str>>,
+    /// It matched `end_when`.
+    pub ends: bool,
+    pub received: std::time::Instant,
+}
+
+/// Says which dropped events matter, and what of them (see the module docs).
+pub trait LostFilter: Send + Sync {
+    fn classify(&self, e: &Event) -> Option<Lost>;
+}
+
 /// A chunk taken by the worker: the events and the sequence range they covered.
 pub struct Chunk {
     pub events: Vec<Event>,
-    /// Dropped events (of runs) that came before `events`, oldest first.
-    pub lost_before: Vec<Event>,
-    /// Dropped events (of runs) that came after `events` (refused by `drop_newest`).
-    pub lost_after: Vec<Event>,
+    /// Marks of dropped events that came before `events`, oldest first.
+    pub lost_before: Vec<Lost>,
+    /// Marks of dropped events that came after `events` (refused by `drop_newest`).
+    pub lost_after: Vec<Lost>,
     /// Every event admitted before this sequence number has now left the queue.
     pub upto: u64,
 }
@@ -39,8 +56,8 @@ struct Inner {
     items: VecDeque<Event>,
     /// Events ever admitted (the sequence number of the next one).
     admitted: u64,
-    /// Dropped events of runs, each with the number of admitted events before it.
-    lost: VecDeque<(u64, Event)>,
+    /// Marks of dropped events, each with the number of admitted events before it.
+    lost: VecDeque<(u64, Lost)>,
 }
 
 /// The bounded in-memory queue between ingest and the pipeline worker.
@@ -50,7 +67,7 @@ pub struct Queue {
     on_full: Mutex<OnFull>,
     ready: Notify,
     closed: AtomicBool,
-    keep_lost: AtomicBool,
+    lost_filter: parking_lot::RwLock<Option<Arc<dyn LostFilter>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -67,7 +84,7 @@ impl Queue {
             on_full: Mutex::new(on_full),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
-            keep_lost: AtomicBool::new(false),
+            lost_filter: parking_lot::RwLock::new(None),
             metrics,
         }
     }
@@ -79,9 +96,19 @@ impl Queue {
         self.metrics.queue_capacity.set(capacity as i64);
     }
 
-    /// Whether dropped events of runs are handed to the worker (see the module docs).
-    pub fn keep_lost(&self, on: bool) {
-        if self.keep_lost.swap(on, Ordering::Relaxed) != on && !on {
+    /// Sets (or, with `None`, removes) the filter that dropped events are shown to.
+    pub fn set_lost_filter(&self, f: Option<Arc<dyn LostFilter>>) {
+        let same = match (&*self.lost_filter.read(), &f) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let off = f.is_none();
+        *self.lost_filter.write() = f;
+        if off {
             self.inner.lock().lost.clear();
         }
     }
@@ -94,21 +121,15 @@ impl Queue {
         }
         let cap = self.capacity.load(Ordering::Relaxed);
         let on_full = *self.on_full.lock();
-        let keep_lost = self.keep_lost.load(Ordering::Relaxed);
-        // Evicted events are freed after the lock is released, not while others wait on it.
-        let mut evicted_events: Vec<Event> = Vec::new();
+        let filter = self.lost_filter.read().clone();
+        // Evicted events are freed (and shown to the filter) after the lock is released, not
+        // while others wait on it; with a filter, each with its place in the sequence.
+        let mut evicted_events: Vec<(u64, Event)> = Vec::new();
         let (refused, evicted, depth) = {
             let mut q = self.inner.lock();
             let q = &mut *q;
             let mut refused = 0;
             let mut evicted = 0;
-            let mut lost = |at: u64, e: Event, free: &mut Vec<Event>| {
-                if keep_lost && e.run_id.is_some() && q.lost.len() < cap.max(1024) {
-                    q.lost.push_back((at, e));
-                } else {
-                    free.push(e);
-                }
-            };
             match on_full {
                 OnFull::DropNewest => {
                     let room = cap.saturating_sub(q.items.len());
@@ -116,7 +137,7 @@ impl Queue {
                         refused = events.len() - room;
                         let at = q.admitted + room as u64;
                         for e in events.split_off(room) {
-                            lost(at, e, &mut evicted_events);
+                            evicted_events.push((at, e));
                         }
                     }
                 }
@@ -126,11 +147,11 @@ impl Queue {
                     let over = (q.items.len() + events.len() - skip).saturating_sub(cap);
                     let head = q.admitted - q.items.len() as u64;
                     for (i, e) in q.items.drain(..over).enumerate() {
-                        lost(head + i as u64, e, &mut evicted_events);
+                        evicted_events.push((head + i as u64, e));
                     }
                     // More than fits at all: only the newest `cap` of the batch survive.
                     for (i, e) in events.drain(..skip).enumerate() {
-                        lost(q.admitted + i as u64, e, &mut evicted_events);
+                        evicted_events.push((q.admitted + i as u64, e));
                     }
                     q.admitted += skip as u64;
                     evicted += over + skip;
@@ -144,7 +165,21 @@ impl Queue {
             .dropped(DropReason::QueueFull, (refused + evicted) as u64);
         self.metrics.queue_depth.set(depth as i64);
         self.ready.notify_one();
-        drop(evicted_events);
+        if let Some(f) = filter {
+            let marks: Vec<(u64, Lost)> = evicted_events
+                .iter()
+                .filter(|(_, e)| e.run_id.is_some())
+                .filter_map(|(at, e)| Some((*at, f.classify(e)?)))
+                .collect();
+            drop(evicted_events);
+            if !marks.is_empty() {
+                let mut q = self.inner.lock();
+                let room = cap.max(1024).saturating_sub(q.lost.len());
+                q.lost.extend(marks.into_iter().take(room));
+            }
+        } else {
+            drop(evicted_events);
+        }
         refused
     }
 
@@ -272,11 +307,28 @@ mod tests {
         v.iter().map(|e| e.data_str().to_string()).collect()
     }
 
+    /// Marks every dropped event of a run as closing it.
+    struct Every;
+    impl LostFilter for Every {
+        fn classify(&self, e: &Event) -> Option<Lost> {
+            Some(Lost {
+                run: e.run_id.clone()?,
+                policy: None,
+                ends: true,
+                received: e.received,
+            })
+        }
+    }
+
+    fn runs(v: &[Lost]) -> Vec<String> {
+        v.iter().map(|l| l.run.to_string()).collect()
+    }
+
     #[tokio::test]
-    async fn dropped_events_of_runs_come_out_in_order_when_asked_for() {
+    async fn marks_of_dropped_events_come_out_in_order_when_asked_for() {
         let m = Arc::new(Metrics::new());
         let q = Queue::new(3, OnFull::DropOldest, m.clone());
-        q.keep_lost(true);
+        q.set_lost_filter(Some(Arc::new(Every)));
         q.push((0..2).map(run_ev).collect());
         // 0 and 1 are evicted, then 2 of this batch is skipped (more than fits): all three
         // come before the chunk, oldest first; an event without a run is only counted.
@@ -284,13 +336,13 @@ mod tests {
         b.insert(1, ev(99));
         q.push(b);
         let c = q.pop(10).await.unwrap();
-        assert_eq!(data(&c.lost_before), ["0", "1", "2"]);
+        assert_eq!(runs(&c.lost_before), ["r0", "r1", "r2"]);
         assert!(c.lost_after.is_empty());
         assert_eq!(data(&c.events), ["3", "4", "5"]);
         assert_eq!(m.dropped_count(DropReason::QueueFull), 4);
 
         let q = Queue::new(3, OnFull::DropNewest, m.clone());
-        q.keep_lost(true);
+        q.set_lost_filter(Some(Arc::new(Every)));
         q.push((0..2).map(run_ev).collect());
         q.push((2..5).map(run_ev).collect());
         // 3 and 4 were refused after 2: they come after the chunk that ends with 2.
@@ -298,9 +350,9 @@ mod tests {
         assert!(c.lost_before.is_empty() && c.lost_after.is_empty());
         let c = q.pop(2).await.unwrap();
         assert_eq!(data(&c.events), ["2"]);
-        assert_eq!(data(&c.lost_after), ["3", "4"]);
+        assert_eq!(runs(&c.lost_after), ["r3", "r4"]);
 
-        // Off: nothing is kept.
+        // Without a filter nothing is kept.
         let q = Queue::new(1, OnFull::DropOldest, m);
         q.push((0..3).map(run_ev).collect());
         let c = q.pop(10).await.unwrap();

@@ -42,6 +42,7 @@ use crate::condition::Condition;
 use crate::config::{Config, TailConfig};
 use crate::event::{Event, Line};
 use crate::metrics::{DropReason, Metrics};
+use crate::queue::{Lost, LostFilter};
 use crate::reload::Reconfigure;
 use crate::sampler::{fnv1a, unit};
 use runs::{RunSummary, RunsBounds, RunsView, Stored, TypeCounts};
@@ -248,6 +249,49 @@ fn attr_heap(a: &Vec<(String, String)>) -> usize {
             .sum::<usize>()
 }
 
+/// The tail's policies as the queue's [`LostFilter`]: a dropped event of a run that closes it
+/// or matches a keep policy becomes a [`Lost`] mark; the others need nothing.
+pub struct LostMarks {
+    end_when: Condition,
+    keep: Vec<(Arc<str>, Condition)>,
+    metrics: Arc<Metrics>,
+}
+
+impl LostMarks {
+    fn new(cfg: &TailConfig, metrics: &Arc<Metrics>) -> Option<Arc<LostMarks>> {
+        cfg.enabled.then(|| {
+            Arc::new(LostMarks {
+                end_when: cfg.end_when.clone(),
+                keep: cfg
+                    .keep
+                    .iter()
+                    .map(|p| (Arc::from(p.name.as_str()), p.when.clone()))
+                    .collect(),
+                metrics: metrics.clone(),
+            })
+        })
+    }
+}
+
+impl LostFilter for LostMarks {
+    fn classify(&self, e: &Event) -> Option<Lost> {
+        let run = e.run_id.clone()?;
+        let m = &*self.metrics;
+        let ends = self.end_when.matches(e, m, "sampling.tail.end_when");
+        let policy = self
+            .keep
+            .iter()
+            .find(|(_, c)| c.matches(e, m, "sampling.tail.keep"))
+            .map(|(n, _)| n.clone());
+        (ends || policy.is_some()).then_some(Lost {
+            run,
+            policy,
+            ends,
+            received: e.received,
+        })
+    }
+}
+
 /// A condition and, when it reads only the type, its answers per type.
 struct Compiled {
     cond: Condition,
@@ -402,6 +446,8 @@ impl Default for Names {
 
 struct Inner {
     state: Mutex<State>,
+    /// The policies, for the queue to classify dropped events with (see [`Tail::lost`]).
+    lost: RwLock<Option<Arc<LostMarks>>>,
     runs: Mutex<RunsView>,
     redact: RwLock<Arc<[String]>>,
     wake: Notify,
@@ -459,6 +505,7 @@ impl Tail {
                     counters: HashMap::default(),
                 }),
                 runs: Mutex::new(RunsView::new(bounds(cfg))),
+                lost: RwLock::new(LostMarks::new(t, &metrics)),
                 redact: RwLock::new(cfg.control.redact_fields.as_slice().into()),
                 wake: Notify::new(),
                 metrics,
@@ -531,39 +578,49 @@ impl Tail {
         out
     }
 
-    /// Events of runs the queue dropped (already counted `queue_full`; never delivered): a
-    /// dropped event that matches a `keep` policy still marks its open run, and one that
-    /// matches `end_when` still closes it. Without this a run that lost its closing event
-    /// would stay open until `idle`, holding memory while the daemon is already behind.
-    pub fn lost(&self, events: Vec<Event>) -> Released {
+    /// Marks of events the queue dropped (already counted `queue_full`; never delivered): a
+    /// dropped event that matched a `keep` policy still marks its open run, and one that
+    /// matched `end_when` still closes it. Without this a run that lost its closing event
+    /// would stay open until `idle`, holding memory while the daemon is already behind. The
+    /// conditions were evaluated by the ingest thread that dropped the event ([`LostMarks`]).
+    pub fn lost(&self, marks: Vec<Lost>) -> Released {
         let mut out = Released::default();
-        if events.is_empty() {
+        if marks.is_empty() {
             return out;
         }
-        let m = &*self.inner.metrics;
         let mut st = self.inner.state.lock();
         self.apply_pending(&mut st, &mut out);
         if !st.cfg.enabled {
             return out;
         }
-        for e in events {
-            let Some(run) = e.run_id.as_ref() else {
+        for l in marks {
+            let State { open, policies, .. } = &mut *st;
+            let Some(r) = open.get_mut(&l.run) else {
                 continue;
             };
-            let State { open, policies, .. } = &mut *st;
-            let Some(r) = open.get_mut(run) else { continue };
             r.lost += 1;
-            if r.matched != Some(0) {
-                policies.evaluate(&e, &mut r.matched, m);
+            if let Some(p) = &l.policy
+                && let Some(i) = policies.keep.iter().position(|(n, _)| n == p)
+                && r.matched.is_none_or(|m| i < m)
+            {
+                r.matched = Some(i);
             }
-            if policies.end_when.matches(&e, m) {
-                r.closing = Some(e.received);
-                let run = run.clone();
-                self.decide(&mut st, &run, Close::End, &mut out);
+            if l.ends {
+                r.closing = Some(l.received);
+                self.decide(&mut st, &l.run, Close::End, &mut out);
             }
         }
         self.publish(&st);
         out
+    }
+
+    /// What the queue should show dropped events to (`None` while tail sampling is off).
+    pub fn lost_filter(&self) -> Option<Arc<dyn LostFilter>> {
+        self.inner
+            .lost
+            .read()
+            .clone()
+            .map(|f| f as Arc<dyn LostFilter>)
     }
 
     /// Holds `e` in its run; decides the run when `e` closes it or makes it too big.
@@ -963,6 +1020,7 @@ impl Tail {
             st.deadlines = entries.into();
         }
         self.inner.enabled.store(st.cfg.enabled, Ordering::Relaxed);
+        *self.inner.lost.write() = LostMarks::new(&st.cfg, &self.inner.metrics);
         self.enforce(st, Instant::now(), out);
     }
 

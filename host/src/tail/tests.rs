@@ -155,7 +155,16 @@ async fn a_run_whose_closing_or_failing_event_the_queue_dropped_is_still_decided
     assert_eq!(t.get("a", 10).unwrap().0.lost_events, None);
     // The queue dropped both closing events (one of them the failing one): both runs close
     // now, not at `idle`; the failed one is kept with what is left of it.
-    let out = t.lost(vec![a_end, b_end, ev("gone", "test_end", "{}")]);
+    let f = t.lost_filter().expect("a filter while tail sampling is on");
+    let marks: Vec<Lost> = [a_end, b_end, ev("gone", "test_end", "{}")]
+        .iter()
+        .map(|e| f.classify(e).expect("a closing event is marked"))
+        .collect();
+    assert!(
+        f.classify(&ev("a", "step", "{}")).is_none(),
+        "a plain step needs no mark"
+    );
+    let out = t.lost(marks);
     assert_eq!(m.tail_open_runs.get(), 0);
     assert_eq!(out.events.len(), 2);
     assert!(out.events.iter().all(|e| e.run_id.as_deref() == Some("a")));
@@ -164,10 +173,17 @@ async fn a_run_whose_closing_or_failing_event_the_queue_dropped_is_still_decided
     assert_eq!(decisions(&m, "dropped", "rate"), 1);
     // Lost events are counted by the queue, not again here: only b's two held events.
     assert_eq!(m.dropped_count(DropReason::SampledOut), 2);
-    // A dropped event of a run that stays open is remembered in its summary.
+    // A dropped failing step of a run that stays open marks it, and is in its summary.
     t.admit(vec![ev("c", "step", "{}")]);
-    assert!(t.lost(vec![ev("c", "step", "{}")]).events.is_empty());
+    let failed = f
+        .classify(&ev("c", "step", r#"{"status":"failed"}"#))
+        .unwrap();
+    assert_eq!(failed.policy.as_deref(), Some("failed"));
+    assert!(t.lost(vec![failed]).events.is_empty());
     assert_eq!(t.get("c", 10).unwrap().0.lost_events, Some(1));
+    let out = t.admit(vec![ev("c", "test_end", "{}")]);
+    assert_eq!(out.events.len(), 2);
+    assert_eq!(kept_by(&out.events[0]), Some("failed"));
 }
 
 #[tokio::test(start_paused = true)]
