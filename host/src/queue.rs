@@ -11,7 +11,7 @@
 //! is shown to the filter (on the ingest thread that dropped it, outside the queue's lock);
 //! what it says matters (a run's closing event, one that matched a keep policy) comes out as
 //! a small [`Lost`] mark with the chunk it would have been in (`Chunk::lost_before` and
-//! `lost_after`, at most one queue's worth), so that the tail stage can still close or keep
+//! `lost_after`, at most four queues' worth of marks), so that the tail stage can still close or keep
 //! the run instead of holding it open until `idle`. The events stay counted as `queue_full`.
 
 use std::collections::VecDeque;
@@ -174,7 +174,7 @@ impl Queue {
             drop(evicted_events);
             if !marks.is_empty() {
                 let mut q = self.inner.lock();
-                let room = cap.max(1024).saturating_sub(q.lost.len());
+                let room = (cap * 4).max(4096).saturating_sub(q.lost.len());
                 q.lost.extend(marks.into_iter().take(room));
             }
         } else {
