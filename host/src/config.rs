@@ -49,8 +49,17 @@ impl fmt::Display for ConfigError {
 pub struct Dur(pub Duration);
 
 impl From<Dur> for String {
+    /// In milliseconds when whole, else in the largest unit that keeps it exact (reload compares
+    /// configs by their serialized form, so `500us` must not become `0ms`).
     fn from(d: Dur) -> String {
-        format!("{}ms", d.0.as_millis())
+        let ns = d.0.as_nanos();
+        if ns.is_multiple_of(1_000_000) {
+            format!("{}ms", ns / 1_000_000)
+        } else if ns.is_multiple_of(1_000) {
+            format!("{}us", ns / 1_000)
+        } else {
+            format!("{ns}ns")
+        }
     }
 }
 
@@ -78,7 +87,9 @@ impl FromStr for Dur {
                 ));
             }
         };
-        Ok(Dur(Duration::from_secs_f64(secs)))
+        Duration::try_from_secs_f64(secs)
+            .map(Dur)
+            .map_err(|_| format!("`{s}` is too long a duration"))
     }
 }
 
@@ -579,7 +590,11 @@ impl Default for PluginsConfig {
 pub struct PluginDefaults {
     pub fuel_per_event: u64,
     pub memory_mb: u64,
+    /// Wall-clock bound of one call, whatever its length: the floor of the scaled bound.
     pub timeout: Dur,
+    /// Wall-clock allowance per event a call is given: a call over N events may run for
+    /// `max(timeout, timeout_per_event × N)`. 0 turns the per-event part off.
+    pub timeout_per_event: Dur,
     pub on_error: OnError,
     /// Failures in a row before a plugin is quarantined.
     pub quarantine_after: u32,
@@ -594,6 +609,7 @@ impl Default for PluginDefaults {
             fuel_per_event: 1_000_000,
             memory_mb: 64,
             timeout: Dur(Duration::from_millis(100)),
+            timeout_per_event: Dur(Duration::from_millis(1)),
             on_error: OnError::Pass,
             quarantine_after: 3,
             quarantine_initial: Dur(Duration::from_secs(1)),
@@ -624,6 +640,8 @@ pub struct ChainEntry {
     pub memory_mb: Option<u64>,
     #[serde(default)]
     pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub timeout_per_event: Option<Dur>,
     #[serde(default)]
     pub on_error: Option<OnError>,
     /// What the plugin may reach beyond its sandbox: none of it without a grant.
@@ -1482,6 +1500,12 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 format!("`{}` is listed twice", c.name),
             ));
         }
+        if c.timeout.is_some_and(|t| t.0.is_zero()) {
+            return Err(err(
+                format!("plugins.chain[{i}].timeout"),
+                "must be more than 0",
+            ));
+        }
         validate_grants(&c.grants, &format!("plugins.chain[{i}].grants"))?;
     }
     if cfg.sinks.is_empty() {
@@ -2010,5 +2034,37 @@ sinks:
         let e = parse("plugins:\n  chain:\n    - name: p\n      grants: {dirs: [{host: /tmp}]}\n")
             .unwrap_err();
         assert!(e.to_string().contains("guest"), "{e}");
+    }
+
+    #[test]
+    fn plugin_timeouts_parse_default_and_validate() {
+        let d = PluginDefaults::default();
+        assert_eq!(d.timeout.0, Duration::from_millis(100));
+        assert_eq!(d.timeout_per_event.0, Duration::from_millis(1));
+        let text = "plugins:\n  defaults: {timeout: 5ms, timeout_per_event: 250us}\n  chain:\n    - {name: p, timeout_per_event: 0}\n";
+        let cfg = parse(text).unwrap();
+        validate(&cfg).unwrap();
+        assert_eq!(
+            cfg.plugins.defaults.timeout_per_event.0,
+            Duration::from_micros(250)
+        );
+        assert_eq!(
+            cfg.plugins.chain[0].timeout_per_event,
+            Some(Dur(Duration::ZERO))
+        );
+        // Serialized exactly (reload compares plugin configs by their serialized form).
+        assert_eq!(String::from(Dur(Duration::from_micros(250))), "250us");
+        assert_eq!(String::from(Dur(Duration::from_millis(5))), "5ms");
+        assert_eq!(String::from(Dur(Duration::from_nanos(1500))), "1500ns");
+        let e = parse("plugins:\n  defaults:\n    timeout_per_event: soon\n").unwrap_err();
+        assert_eq!(e.path, "plugins.defaults.timeout_per_event");
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = parse("plugins:\n  defaults:\n    timeout_per_event: 99999999999999999999999h\n")
+            .unwrap_err();
+        assert!(e.message.contains("too long"), "{e}");
+        let text = "plugins:\n  chain:\n    - name: p\n      timeout: 0ms\n";
+        let e = validate(&parse(text).unwrap()).unwrap_err();
+        assert_eq!(e.path, "plugins.chain[0].timeout");
+        assert_eq!(line_of(text, &e.path), Some(4), "{e}");
     }
 }

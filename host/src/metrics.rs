@@ -75,6 +75,8 @@ pub struct Metrics {
     pub plugin_recycled: IntCounterVec,
     /// `plugin_shadow_diffs_total{plugin}`: events on which NAME's shadow answered otherwise.
     pub plugin_shadow_diffs: IntCounterVec,
+    /// Batches that timed out and were run again in halves, by result: passed, failed.
+    pub plugin_split_retries: IntCounterVec,
     pub plugin_quarantined: IntGaugeVec,
     pub plugin_counter: IntCounterVec,
     pub plugin_gauge: GaugeVec,
@@ -217,6 +219,14 @@ impl Metrics {
                 &["plugin"],
             )
             .expect("valid metric"),
+            plugin_split_retries: IntCounterVec::new(
+                opts(
+                    "plugin_split_retries_total",
+                    "Plugin batches that timed out and were run again in halves, by result",
+                ),
+                &["plugin", "result"],
+            )
+            .expect("valid metric"),
             plugin_quarantined: IntGaugeVec::new(
                 opts("plugin_quarantined", "1 while a plugin is quarantined"),
                 &["plugin"],
@@ -345,6 +355,7 @@ impl Metrics {
             Box::new(m.plugin_call_duration.clone()),
             Box::new(m.plugin_recycled.clone()),
             Box::new(m.plugin_shadow_diffs.clone()),
+            Box::new(m.plugin_split_retries.clone()),
             Box::new(m.plugin_quarantined.clone()),
             Box::new(m.plugin_counter.clone()),
             Box::new(m.plugin_gauge.clone()),

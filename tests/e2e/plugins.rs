@@ -465,3 +465,65 @@ fn replay_prints_resulting_events_and_a_summary() {
         "{stderr}"
     );
 }
+
+/// `timeout_per_event`: a call's wall-clock bound grows with its batch, so a plugin whose cost
+/// is per event passes a large batch that a flat `timeout` would fail; with the per-event part
+/// off, the batch times out, is retried in halves, and (the halves too slow as well) counts one
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_bound_scales_with_the_batch() {
+    for (per_event, passes) in [("5ms", true), ("0ms", false)] {
+        let plugins = tempfile::tempdir().unwrap();
+        install(plugins.path(), &[("fixtures/misbehave.wasm", "slow")]);
+        std::fs::write(
+            plugins.path().join("slow.yml"),
+            "mode: busy\nms_per_event: 2\n",
+        )
+        .unwrap();
+        let d = daemon_with(
+            plugins.path(),
+            &format!(
+                "plugins: {{defaults: {{timeout: 20ms, timeout_per_event: {per_event}, quarantine_after: 100}}}}"
+            ),
+        )
+        .await;
+        let mut body = String::new();
+        for i in 0..30 {
+            body.push_str(&format!(r#"{{"type":"job","data":{{"i":{i}}}}}"#));
+            body.push('\n');
+        }
+        d.send_noack(body.as_bytes()).await;
+        let ok = eventually(Duration::from_secs(20), async || d.events().len() >= 30).await;
+        assert!(ok, "{} events; log:\n{}", d.events().len(), d.log_text());
+        let events = d.events();
+        let tagged = events
+            .iter()
+            .filter(|e| e["attributes"]["seen_by"] == "misbehave")
+            .count();
+        let timeouts = d
+            .metric(
+                "outrigger_plugin_errors_total",
+                "kind=\"timeout\",plugin=\"slow\"",
+            )
+            .await;
+        if passes {
+            assert_eq!(timeouts, 0.0, "timeout_per_event {per_event}");
+            assert_eq!(tagged, 30, "every event handled");
+        } else {
+            assert!(timeouts >= 1.0, "timeout_per_event {per_event}");
+            assert!(
+                d.metric(
+                    "outrigger_plugin_split_retries_total",
+                    "plugin=\"slow\",result=\"failed\""
+                )
+                .await
+                    >= 1.0
+            );
+            assert_eq!(
+                events.len(),
+                30,
+                "on_error pass: the batch goes on unchanged"
+            );
+        }
+    }
+}

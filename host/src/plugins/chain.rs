@@ -258,8 +258,62 @@ impl Slot {
         }
     }
 
-    /// Calls the live instance (making one if needed) and checks the output's shape.
+    /// Calls the plugin over `input` (see [`Slot::call_once`]). A batch of more than one event
+    /// that runs out of time is run again in two halves, in order, each once on a new instance
+    /// with the bound of its own length, before the timeout counts: a busy machine does not
+    /// fail a batch that passes in smaller pieces. One level only, so that a plugin that spins
+    /// costs at most its bound plus the first half's before its error (one, for the batch)
+    /// counts; the second half is not tried when the first fails. The halves' results are
+    /// joined as one call's: verdicts in input order, emitted events of the first half first.
+    /// Not for a plugin that can act outside its sandbox (`http`, or a writable directory):
+    /// the retry would repeat what the timed-out call already sent or wrote.
     async fn call(
+        &mut self,
+        plugin: &Plugin,
+        input: &[EventRef<'_>],
+    ) -> Result<(Checked, Vec<Event>), PluginError> {
+        let first = match self.call_once(plugin, input).await {
+            Err(e) if e.kind == ErrorKind::Timeout && input.len() > 1 && !acts_outside(plugin) => e,
+            other => return other,
+        };
+        // A failed instance is never called again.
+        self.live = None;
+        let retries = &plugin.ctx.metrics.plugin_split_retries;
+        let (a, b) = input.split_at(input.len() / 2);
+        let mut joined: Option<(Checked, Vec<Event>)> = None;
+        for half in [a, b] {
+            match self.call_once(plugin, half).await {
+                Ok((checked, emitted)) => {
+                    joined = Some(match joined {
+                        None => (checked, emitted),
+                        Some((c, mut e)) => {
+                            e.extend(emitted);
+                            (join(c, checked)?, e)
+                        }
+                    });
+                }
+                Err(e) => {
+                    retries.with_label_values(&[&*plugin.name, "failed"]).inc();
+                    tracing::debug!(plugin = %plugin.name, events = input.len(), half = half.len(), "batch timed out, and so did a half of it");
+                    return Err(PluginError::new(
+                        e.kind,
+                        format!(
+                            "{} (the batch of {} events: {}; retried in halves)",
+                            e.message,
+                            input.len(),
+                            first.message
+                        ),
+                    ));
+                }
+            }
+        }
+        retries.with_label_values(&[&*plugin.name, "passed"]).inc();
+        tracing::debug!(plugin = %plugin.name, events = input.len(), "batch timed out and passed in halves");
+        joined.ok_or_else(|| PluginError::new(ErrorKind::Trap, "no halves".into()))
+    }
+
+    /// Calls the live instance (making one if needed) and checks the output's shape.
+    async fn call_once(
         &mut self,
         plugin: &Plugin,
         input: &[EventRef<'_>],
@@ -286,6 +340,31 @@ impl Slot {
             plugin.m_recycled.inc();
         }
         Ok((checked, emitted))
+    }
+}
+
+/// True when the plugin may have effects outside its sandbox: requests, or writes to a granted
+/// directory.
+fn acts_outside(plugin: &Plugin) -> bool {
+    let g = &plugin.grants;
+    !g.http.is_empty() || g.dirs.iter().any(|d| !d.read_only)
+}
+
+/// The checked outputs of two consecutive pieces of a batch, as one.
+fn join(a: Checked, b: Checked) -> Result<Checked, PluginError> {
+    match (a, b) {
+        (Checked::Verdicts(mut a), Checked::Verdicts(b)) => {
+            a.extend(b);
+            Ok(Checked::Verdicts(a))
+        }
+        (Checked::Decisions(mut a), Checked::Decisions(b)) => {
+            a.extend(b);
+            Ok(Checked::Decisions(a))
+        }
+        _ => Err(PluginError::new(
+            ErrorKind::BadOutput,
+            "verdicts and sampler decisions in one batch".into(),
+        )),
     }
 }
 

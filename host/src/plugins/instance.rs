@@ -4,7 +4,9 @@
 //! decisions) and the events it emitted, or a [`PluginError`] naming what went wrong: `fuel`
 //! (budget `fuel_per_event × batch length` spent), `memory` (a growth past `memory_mb` was
 //! refused), `timeout` (the epoch deadline trapped a guest running in wasm, or the call was
-//! still waiting in a host call such as a WASI sleep when `timeout` passed and was dropped),
+//! still waiting in a host call such as a WASI sleep when its bound passed and was dropped; the
+//! bound is `max(timeout, timeout_per_event × batch length)`, see
+//! [`Settings::call_timeout`](super::load::Settings::call_timeout)),
 //! `trap`, `bad_output`, or `init` (also when a granted directory cannot be opened). A
 //! `wasi:http` request sent during a call is cut at the call's deadline. An instance that failed
 //! is never called again: the caller drops it (and its store) and instantiates a new one.
@@ -53,8 +55,12 @@ impl Live {
         let mut store = Store::new(&plugin.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        let timeout = (plugin.settings.timeout * INIT_TIMEOUT_FACTOR).max(INIT_MIN_TIMEOUT);
-        store.data_mut().set_deadline(Instant::now() + timeout);
+        let timeout = plugin
+            .settings
+            .timeout
+            .saturating_mul(INIT_TIMEOUT_FACTOR)
+            .max(INIT_MIN_TIMEOUT);
+        store.data_mut().set_deadline(deadline_after(timeout));
         let fuel = plugin.settings.fuel_per_event.saturating_mul(INIT_EVENTS);
         let _ticking = plugin.runtime.ticking();
         arm(&mut store, fuel, timeout)?;
@@ -113,14 +119,15 @@ impl Live {
     ) -> (Result<(Output, Vec<crate::event::Event>), PluginError>, u64) {
         let n = events.len() as u64;
         let fuel = plugin.settings.fuel_per_event.saturating_mul(n.max(1));
-        let timeout = plugin.settings.timeout;
+        // One bound for the epoch deadline, the tokio timeout and the `wasi:http` deadline.
+        let timeout = plugin.settings.call_timeout(events.len());
         let _ticking = plugin.runtime.ticking();
         if let Err(e) = arm(&mut self.store, fuel, timeout) {
             return (Err(e), 0);
         }
         let state = self.store.data_mut();
         // A `wasi:http` request the call sends ends with it, connection included.
-        state.set_deadline(Instant::now() + timeout);
+        state.set_deadline(deadline_after(timeout));
         state.emitted.clear();
         state.emit_cap = events.len().saturating_mul(10).saturating_add(1000);
         let call = async {
@@ -165,10 +172,22 @@ fn arm(store: &mut Store<State>, fuel: u64, timeout: Duration) -> Result<(), Plu
     store
         .set_fuel(fuel)
         .map_err(|e| PluginError::new(ErrorKind::Trap, format!("setting fuel: {e}")))?;
-    let ticks = timeout.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64;
+    let ticks = timeout
+        .as_nanos()
+        .div_ceil(TICK.as_nanos())
+        .clamp(1, u64::MAX as u128) as u64;
     // One extra tick: the current epoch period may be almost over.
-    store.set_epoch_deadline(ticks + 1);
+    store.set_epoch_deadline(ticks.saturating_add(1));
     Ok(())
+}
+
+/// `now + timeout`, or a year from now when `timeout` is too long for an `Instant` (a
+/// per-event bound saturates rather than overflow).
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// Names what a failed call ran into.

@@ -66,11 +66,28 @@ type CompiledKey = ([u8; 32], bool);
 pub struct Settings {
     pub fuel_per_event: u64,
     pub memory_bytes: usize,
+    /// The least wall-clock time a call gets, however short its batch.
     pub timeout: Duration,
+    /// Wall-clock time a call gets per event it is given (0: none beyond `timeout`).
+    pub timeout_per_event: Duration,
     pub on_error: OnError,
     pub quarantine_after: u32,
     pub quarantine_initial: Duration,
     pub quarantine_max: Duration,
+}
+
+impl Settings {
+    /// The wall-clock bound of one call over `events` events: `timeout`, or
+    /// `timeout_per_event × events` when that is longer (saturating), so that time scales with
+    /// the batch as fuel does.
+    pub fn call_timeout(&self, events: usize) -> Duration {
+        let per_event = self
+            .timeout_per_event
+            .as_nanos()
+            .saturating_mul(events as u128)
+            .min(u64::MAX as u128) as u64;
+        self.timeout.max(Duration::from_nanos(per_event))
+    }
 }
 
 /// One loaded plugin.
@@ -701,6 +718,10 @@ impl PluginHost {
             memory_bytes: (e.memory_mb.unwrap_or(d.memory_mb).max(1) as usize)
                 .saturating_mul(1 << 20),
             timeout: e.timeout.map(|t| t.0).unwrap_or(d.timeout.0),
+            timeout_per_event: e
+                .timeout_per_event
+                .map(|t| t.0)
+                .unwrap_or(d.timeout_per_event.0),
             on_error: e.on_error.unwrap_or(d.on_error),
             quarantine_after: d.quarantine_after,
             quarantine_initial: d.quarantine_initial.0,

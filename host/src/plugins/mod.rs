@@ -55,7 +55,7 @@ pub enum ErrorKind {
     Fuel,
     /// Linear memory would have grown past `memory_mb`.
     Memory,
-    /// The call ran past `timeout`.
+    /// The call ran past its bound, `max(timeout, timeout_per_event × batch length)`.
     Timeout,
     /// The guest trapped (a panic, `unreachable`, an out-of-bounds access …).
     Trap,
