@@ -35,14 +35,6 @@ pub enum Answer {
 }
 
 impl Answer {
-    pub fn of_verdict(v: &bindings::Verdict) -> Answer {
-        match v {
-            bindings::Verdict::Keep => Answer::Keep,
-            bindings::Verdict::Drop => Answer::Drop,
-            bindings::Verdict::Replace(e) => Answer::Replace(describe(e)),
-        }
-    }
-
     pub fn of_replacement(e: &bindings::Event) -> Answer {
         Answer::Replace(describe(e))
     }
@@ -297,9 +289,9 @@ mod tests {
             attributes: vec![],
             payload: p.into(),
         };
-        let a = Answer::of_verdict(&bindings::Verdict::Replace(e(r#"{"a":1}"#)));
-        let b = Answer::of_verdict(&bindings::Verdict::Replace(e(r#"{"a": 1}"#)));
-        let c = Answer::of_verdict(&bindings::Verdict::Replace(e(r#"{"a":2}"#)));
+        let a = Answer::of_replacement(&e(r#"{"a":1}"#));
+        let b = Answer::of_replacement(&e(r#"{"a": 1}"#));
+        let c = Answer::of_replacement(&e(r#"{"a":2}"#));
         assert_eq!(a, b, "the same JSON, spaced differently");
         assert_ne!(a, c);
         assert_eq!(cut(&"é".repeat(300)).chars().count(), 129);
