@@ -4,13 +4,15 @@
 //! of a shared receive buffer. Out: an [`Event`] whose `data` is still the bytes that arrived (a
 //! `Bytes` slice of that buffer, never re-encoded), or a control line (`hello`, `flush`), or a
 //! [`LineError`] that names what is wrong. [`Event::write_native`] turns an event back into a
-//! native line for the sinks. Nothing here does I/O or keeps state.
+//! native line for the sinks. [`assign_ids`] gives each accepted event its stable [`Event::id`]
+//! (a per-process random prefix and a counter); nothing else here does I/O or keeps state.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -24,6 +26,10 @@ pub const MAX_TYPE_BYTES: usize = 256;
 /// One observed event as it flows through the pipeline.
 #[derive(Clone, Debug)]
 pub struct Event {
+    /// The event's id: given once when the event is accepted (or kept from the sender's `id`)
+    /// and the same through retries, spools, spills and replays, so that a sink (`Nats-Msg-Id`)
+    /// or a consumer can deduplicate. `0` until assigned. On the wire, `"id"`: 32 hex digits.
+    pub id: u128,
     /// The event type (`type` on the wire, `kind` in WIT). Shared: types repeat.
     pub kind: Arc<str>,
     /// Unix time in nanoseconds; filled at ingest when the sender gave none.
@@ -61,6 +67,8 @@ pub enum LineError {
     TooLong(usize, usize),
     #[error("empty line")]
     Empty,
+    #[error("\"id\" must be a string of 1 to 32 hex digits, not all zero")]
+    Id,
 }
 
 static NULL: &[u8] = b"null";
@@ -85,6 +93,8 @@ struct WireLine<'a> {
     ts: Option<&'a RawValue>,
     #[serde(default)]
     ts_ns: Option<u64>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
     #[serde(default)]
     attributes: Option<Attributes>,
     #[serde(borrow, default)]
@@ -219,7 +229,12 @@ pub fn parse_line_with(
         (None, Some(ns)) => ns,
         _ => now_ns(),
     };
+    let id = match wire.id {
+        None => 0,
+        Some(hex) => parse_id(&hex).ok_or(LineError::Id)?,
+    };
     Ok(Line::Event(Event {
+        id,
         kind: match interner.as_deref_mut() {
             Some(i) => i.get(&kind),
             None => Arc::from(&*kind),
@@ -233,6 +248,48 @@ pub fn parse_line_with(
         data,
         received: Instant::now(),
     }))
+}
+
+/// The id prefix of this process: random (std's per-process hash keys) mixed with the start
+/// time, so that daemons and restarts never share ids.
+static ID_PREFIX: LazyLock<u64> = LazyLock::new(|| {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    let prefix = random ^ now_ns().rotate_left(32);
+    prefix.max(1)
+});
+static ID_NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// Gives every event of `events` that has no id yet a new one (one atomic step per call).
+pub fn assign_ids(events: &mut [Event]) {
+    let missing = events.iter().filter(|e| e.id == 0).count() as u64;
+    if missing == 0 {
+        return;
+    }
+    let mut next = ID_NEXT.fetch_add(missing, Ordering::Relaxed);
+    let prefix = (*ID_PREFIX as u128) << 64;
+    for e in events.iter_mut().filter(|e| e.id == 0) {
+        e.id = prefix | next as u128;
+        next += 1;
+    }
+}
+
+/// A new event id.
+pub fn new_id() -> u128 {
+    ((*ID_PREFIX as u128) << 64) | ID_NEXT.fetch_add(1, Ordering::Relaxed) as u128
+}
+
+/// An id as written on the wire: 32 lower-case hex digits.
+pub fn format_id(id: u128) -> String {
+    format!("{id:032x}")
+}
+
+/// Reads an id written as 1 to 32 hex digits; zero is not an id.
+pub fn parse_id(hex: &str) -> Option<u128> {
+    if hex.is_empty() || hex.len() > 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u128::from_str_radix(hex, 16).ok().filter(|id| *id != 0)
 }
 
 /// Unix seconds as written (`1732290000.123`) to nanoseconds, exactly for plain decimals
@@ -278,6 +335,7 @@ impl Event {
             Bytes::from(serde_json::to_vec(&data).unwrap_or_else(|_| NULL.to_vec()))
         };
         Event {
+            id: 0,
             kind: kind.into(),
             ts_ns,
             run_id: run_id.map(Arc::from),
@@ -295,6 +353,7 @@ impl Event {
     /// An estimate of the encoded size, for the batcher's `max_bytes`.
     pub fn encoded_len(&self) -> usize {
         64 + self.kind.len()
+            + if self.id != 0 { 40 } else { 0 }
             + self.data.len()
             + self.run_id.as_ref().map_or(0, |r| r.len() + 12)
             + self
@@ -308,6 +367,7 @@ impl Event {
     pub fn write_native(&self, out: &mut Vec<u8>) {
         write_native_parts(
             out,
+            self.id,
             &self.kind,
             self.ts_ns,
             self.run_id.as_deref(),
@@ -318,9 +378,10 @@ impl Event {
 }
 
 /// Appends one native NDJSON line (with its newline) from an event's parts; `data` must be
-/// JSON text.
+/// JSON text. An `id` of 0 (not assigned) is left out.
 pub fn write_native_parts(
     out: &mut Vec<u8>,
+    id: u128,
     kind: &str,
     ts_ns: u64,
     run_id: Option<&str>,
@@ -329,6 +390,9 @@ pub fn write_native_parts(
 ) {
     out.extend_from_slice(b"{\"type\":");
     write_json_str(out, kind);
+    if id != 0 {
+        write_id(out, id);
+    }
     out.extend_from_slice(b",\"ts_ns\":");
     out.extend_from_slice(itoa_u64(ts_ns, &mut [0u8; 20]));
     if let Some(run) = run_id {
@@ -350,6 +414,16 @@ pub fn write_native_parts(
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data);
     out.extend_from_slice(b"}\n");
+}
+
+/// Appends `,"id":"<32 hex digits>"`.
+fn write_id(out: &mut Vec<u8>, id: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b",\"id\":\"");
+    for i in (0..32).rev() {
+        out.push(HEX[((id >> (i * 4)) & 0xf) as usize]);
+    }
+    out.push(b'"');
 }
 
 fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
@@ -457,6 +531,52 @@ mod tests {
             parse_owned(br#"{"type":"abc"}"#, 5).unwrap_err(),
             LineError::TooLong(14, 5)
         );
+    }
+
+    #[test]
+    fn ids_are_given_once_and_survive_the_wire() {
+        let mut events: Vec<Event> = (0..3)
+            .map(
+                |i| match parse(&format!(r#"{{"type":"t","data":{i}}}"#)).unwrap() {
+                    Line::Event(e) => e,
+                    _ => unreachable!(),
+                },
+            )
+            .collect();
+        assert!(events.iter().all(|e| e.id == 0));
+        assign_ids(&mut events);
+        let ids: Vec<u128> = events.iter().map(|e| e.id).collect();
+        assert!(ids.iter().all(|id| *id != 0));
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:x?}");
+        assign_ids(&mut events);
+        assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+        // Written and read back (a spool, a spill): the same id.
+        let mut out = Vec::new();
+        events[1].write_native(&mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.contains(&format!(r#""id":"{}""#, format_id(ids[1]))),
+            "{text}"
+        );
+        let Line::Event(back) = parse(text.trim_end()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(back.id, ids[1]);
+        // A sender's own id is kept; a bad one is refused with the reason.
+        let Line::Event(own) = parse(r#"{"type":"t","id":"00ff"}"#).unwrap() else {
+            panic!()
+        };
+        assert_eq!(own.id, 0xff);
+        let long = format!("\"{}\"", "f".repeat(33));
+        assert!(parse(r#"{"type":"t","id":12}"#).is_err());
+        for bad in ["\"\"", "\"xyz\"", "\"0\"", long.as_str()] {
+            assert_eq!(
+                parse(&format!(r#"{{"type":"t","id":{bad}}}"#)).unwrap_err(),
+                LineError::Id,
+                "{bad}"
+            );
+        }
+        assert_ne!(new_id(), new_id());
     }
 
     #[test]

@@ -29,6 +29,9 @@ def test_events_reach_the_file_sink_as_sent(daemon):
     unit = [e for e in events if e["type"] == "unit"]
     assert [e["data"]["i"] for e in unit] == list(range(1000))
     assert unit[0]["data"]["name"] == "é" and unit[0]["run_id"] == "run_0" and unit[999]["run_id"] == "run_9"
+    # Each event got its own id from the daemon (32 hex digits), written first after the type.
+    ids = [e.pop("id") for e in events]
+    assert len(set(ids)) == 1001 and all(len(i) == 32 and int(i, 16) for i in ids)
     last = events[-1]
     assert last == {
         "type": "with_all",

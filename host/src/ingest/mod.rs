@@ -47,10 +47,11 @@ impl Admission {
     }
 
     /// Counts and queues a batch from `source` (`socket`, `http`). Never waits.
-    pub fn admit(&self, source: &prometheus::IntCounter, events: Vec<Event>) -> Admitted {
+    pub fn admit(&self, source: &prometheus::IntCounter, mut events: Vec<Event>) -> Admitted {
         if events.is_empty() {
             return Admitted { refused: 0 };
         }
+        crate::event::assign_ids(&mut events);
         source.inc_by(events.len() as u64);
         if !self.enabled.load(Ordering::Relaxed) {
             self.metrics

@@ -469,7 +469,11 @@ fn apply(
                     Verdict::Replace(new) => {
                         stats.replaced += 1;
                         match from_guest(new, ev.received) {
-                            Ok(e) => out.push(e),
+                            // The same event, changed: it keeps its id.
+                            Ok(mut e) => {
+                                e.id = ev.id;
+                                out.push(e)
+                            }
                             // Checked before; keep the original rather than lose it.
                             Err(_) => out.push(ev),
                         }

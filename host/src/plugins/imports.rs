@@ -285,7 +285,8 @@ impl bindings::Host for State {
                 self.emit_cap
             ))));
         }
-        let ev = from_guest(ev, Instant::now()).map_err(wasmtime::Error::new)?;
+        let mut ev = from_guest(ev, Instant::now()).map_err(wasmtime::Error::new)?;
+        ev.id = crate::event::new_id();
         self.emitted.push(ev);
         Ok(())
     }

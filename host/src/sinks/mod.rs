@@ -319,7 +319,9 @@ impl SinkSet {
     /// Sends a cut to every sink that admits its events. An empty cut still moves every sink's
     /// progress. Waits while a sink's channel is full (pushing back on the pipeline).
     pub async fn send(&self, cut: Cut) {
-        let Cut { events, upto } = cut;
+        let Cut { mut events, upto } = cut;
+        // Everything ingested has its id; this gives one to any event made inside the host.
+        crate::event::assign_ids(&mut events);
         if self.all {
             let n = events.len() as u64;
             let batch = Arc::new(Batch { events, upto });

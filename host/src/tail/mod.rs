@@ -127,6 +127,7 @@ pub enum KeepOutcome {
 
 /// One held event; its data is a range of the run's `data`.
 struct Held {
+    id: u128,
     kind: Arc<str>,
     ts_ns: u64,
     attributes: Vec<(String, String)>,
@@ -193,6 +194,7 @@ impl OpenRun {
         self.data.extend_from_slice(&e.data);
         self.attr_bytes += attr_heap(&e.attributes);
         self.held.push(Held {
+            id: e.id,
             kind: e.kind,
             ts_ns: e.ts_ns,
             attributes: e.attributes,
@@ -213,6 +215,7 @@ impl OpenRun {
                 let d = data.slice(at..end);
                 at = end;
                 Event {
+                    id: h.id,
                     kind: h.kind,
                     ts_ns: h.ts_ns,
                     run_id: Some(run_id.clone()),
@@ -735,6 +738,7 @@ impl Tail {
                     let end = at + h.len as usize;
                     crate::event::write_native_parts(
                         &mut lines,
+                        h.id,
                         &h.kind,
                         h.ts_ns,
                         Some(&id),
@@ -977,6 +981,7 @@ impl Tail {
                 for h in &r.held {
                     let end = at + h.len as usize;
                     let e = Event {
+                        id: h.id,
                         kind: h.kind.clone(),
                         ts_ns: h.ts_ns,
                         run_id: Some(id.clone()),

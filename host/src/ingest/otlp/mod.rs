@@ -113,6 +113,7 @@ pub fn logs_to_events(req: &ExportLogsServiceRequest, received: Instant) -> Vec<
                 })
                 .unwrap_or_else(|_| b"null".to_vec());
                 out.push(Event {
+                    id: 0,
                     kind,
                     ts_ns: ts,
                     run_id: run_id(&rec.attributes, res_attrs, &rec.trace_id),
@@ -152,6 +153,7 @@ pub fn spans_to_events(req: &ExportTraceServiceRequest, received: Instant) -> Ve
                 })
                 .unwrap_or_else(|_| b"null".to_vec());
                 out.push(Event {
+                    id: 0,
                     kind: SPAN_TYPE.clone(),
                     ts_ns: ts,
                     run_id: run_id(&span.attributes, res_attrs, &span.trace_id),
