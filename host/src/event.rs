@@ -266,11 +266,10 @@ pub fn assign_ids(events: &mut [Event]) {
     if missing == 0 {
         return;
     }
-    let mut next = ID_NEXT.fetch_add(missing, Ordering::Relaxed);
+    let first = ID_NEXT.fetch_add(missing, Ordering::Relaxed);
     let prefix = (*ID_PREFIX as u128) << 64;
-    for e in events.iter_mut().filter(|e| e.id == 0) {
-        e.id = prefix | next as u128;
-        next += 1;
+    for (n, e) in (first..).zip(events.iter_mut().filter(|e| e.id == 0)) {
+        e.id = prefix | n as u128;
     }
 }
 
