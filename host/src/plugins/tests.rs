@@ -366,6 +366,221 @@ async fn sleeping_in_wasi_is_cancelled_at_the_timeout() {
     assert!(start.elapsed() < Duration::from_secs(9));
 }
 
+#[test]
+fn the_call_timeout_scales_with_the_batch() {
+    let settings = |timeout_ms: u64, per_event_us: u64| load::Settings {
+        fuel_per_event: 1,
+        memory_bytes: 1 << 20,
+        timeout: Duration::from_millis(timeout_ms),
+        timeout_per_event: Duration::from_micros(per_event_us),
+        on_error: crate::config::OnError::Pass,
+        quarantine_after: 3,
+        quarantine_initial: Duration::from_secs(1),
+        quarantine_max: Duration::from_secs(1),
+    };
+    let ms = Duration::from_millis;
+    // The defaults: `timeout` is the floor up to 100 events, then 1 ms an event.
+    let d = settings(100, 1000);
+    assert_eq!(d.call_timeout(0), ms(100));
+    assert_eq!(d.call_timeout(1), ms(100));
+    assert_eq!(d.call_timeout(100), ms(100));
+    assert_eq!(d.call_timeout(101), ms(101));
+    assert_eq!(d.call_timeout(1000), ms(1000));
+    // 0 turns the per-event part off.
+    assert_eq!(settings(100, 0).call_timeout(1_000_000), ms(100));
+    assert_eq!(settings(5, 1000).call_timeout(1000), ms(1000));
+    assert_eq!(settings(5, 250).call_timeout(10), ms(5));
+    assert_eq!(
+        settings(5, 250).call_timeout(40),
+        Duration::from_micros(10_000)
+    );
+    // Saturates instead of overflowing.
+    let huge = load::Settings {
+        timeout_per_event: Duration::MAX,
+        ..settings(5, 0)
+    };
+    assert_eq!(
+        huge.call_timeout(usize::MAX),
+        Duration::from_nanos(u64::MAX)
+    );
+}
+
+#[tokio::test]
+async fn timeout_per_event_comes_from_the_defaults_and_the_chain() {
+    let f = Fixture::new(&[
+        ("fixtures/misbehave.wasm", "a"),
+        ("fixtures/misbehave.wasm", "b"),
+        ("fixtures/misbehave.wasm", "c"),
+    ]);
+    let set = f.load(
+        "defaults: {timeout: 20ms, timeout_per_event: 2ms}\n\
+         chain: [{name: a}, {name: b, timeout_per_event: 0}, {name: c, timeout: 1s, timeout_per_event: 500us}]",
+    );
+    let bounds: Vec<_> = set
+        .plugins
+        .iter()
+        .map(|p| (p.settings.call_timeout(1), p.settings.call_timeout(1000)))
+        .collect();
+    let ms = Duration::from_millis;
+    assert_eq!(
+        bounds,
+        [(ms(20), ms(2000)), (ms(20), ms(20)), (ms(1000), ms(1000))]
+    );
+    let d = f.load("{}");
+    assert_eq!(d.plugins[0].settings.timeout_per_event, ms(1));
+}
+
+/// `misbehave` in `mode` (`busy`: spinning in wasm, so the epoch deadline stops it; `slow`: in
+/// a WASI sleep, so the host's timeout does) taking `ms_per_event` per event, under `limits`.
+fn slow_plugin(mode: &str, ms_per_event: u64, limits: &str) -> (Fixture, Arc<PluginSet>) {
+    let f = Fixture::new(&[("fixtures/misbehave.wasm", "slow")]);
+    let set = f.load(&format!(
+        "defaults: {{fuel_per_event: 100000000000, quarantine_after: 100, {limits}}}\n\
+         chain: [{{name: slow, types: [x], config: {{mode: {mode}, ms_per_event: {ms_per_event}}}}}]"
+    ));
+    assert_eq!(set.len(), 1, "{:?}", set.status());
+    (f, set)
+}
+
+fn xs(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| ev(&format!(r#"{{"type":"x","data":{{"i":{i}}}}}"#)))
+        .collect()
+}
+
+/// A batch of 50 events needing 4 ms each (200 ms) runs past `timeout: 50ms` but within
+/// `timeout_per_event: 10ms` × 50; with `timeout_per_event: 0` it fails, halves included.
+#[tokio::test]
+async fn a_long_batch_passes_within_timeout_per_event() {
+    for mode in ["busy", "slow"] {
+        let (f, set) = slow_plugin(mode, 4, "timeout: 50ms, timeout_per_event: 10ms");
+        let mut chain = Chain::new(set.clone()).await;
+        let out = chain.run(xs(50)).await;
+        assert!(
+            out.iter().all(seen_by_misbehave),
+            "{mode}: {:?}",
+            set.status()
+        );
+        assert_eq!(set.status()[0].errors, 0, "{mode}");
+        assert_eq!(
+            f.metric("outrigger_plugin_calls_total", &[("plugin", "slow")]),
+            1.0,
+            "{mode}: one call, no retry"
+        );
+
+        let (f, set) = slow_plugin(mode, 4, "timeout: 50ms, timeout_per_event: 0");
+        let mut chain = Chain::new(set.clone()).await;
+        let out = chain.run(xs(50)).await;
+        assert!(!out.iter().any(seen_by_misbehave), "{mode}: on_error pass");
+        assert_eq!(
+            f.metric(
+                "outrigger_plugin_errors_total",
+                &[("plugin", "slow"), ("kind", "timeout")]
+            ),
+            1.0,
+            "{mode}: {:?}",
+            set.status()
+        );
+        assert_eq!(
+            f.metric(
+                "outrigger_plugin_split_retries_total",
+                &[("plugin", "slow"), ("result", "failed")]
+            ),
+            1.0,
+            "{mode}"
+        );
+        let last = set.status()[0].last_error.clone().unwrap_or_default();
+        assert!(last.contains("over 50ms"), "{mode}: {last}");
+    }
+}
+
+/// A batch that runs out of time whole but fits in halves passes, in order, with events
+/// the plugin is not routed kept in place, and nothing is counted as an error.
+#[tokio::test]
+async fn a_batch_that_times_out_passes_in_halves() {
+    // 4 routed events at 100 ms: 400 ms whole, over `timeout`; 200 ms a half, within it.
+    let (f, set) = slow_plugin("slow", 100, "timeout: 300ms, timeout_per_event: 0");
+    let mut chain = Chain::new(set.clone()).await;
+    let input = vec![
+        ev(r#"{"type":"y","data":{"i":0}}"#),
+        ev(r#"{"type":"x","data":{"i":1}}"#),
+        ev(r#"{"type":"x","data":{"i":2}}"#),
+        ev(r#"{"type":"y","data":{"i":3}}"#),
+        ev(r#"{"type":"x","data":{"i":4}}"#),
+        ev(r#"{"type":"x","data":{"i":5}}"#),
+    ];
+    let out = chain.run(input).await;
+    let order: Vec<_> = out
+        .iter()
+        .map(|e| (data(e)["i"].as_u64().unwrap(), seen_by_misbehave(e)))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (0, false),
+            (1, true),
+            (2, true),
+            (3, false),
+            (4, true),
+            (5, true)
+        ],
+        "{:?}",
+        set.status()
+    );
+    let st = &set.status()[0];
+    assert_eq!((st.errors, st.consecutive_failures), (0, 0), "{st:?}");
+    assert_eq!(
+        f.metric("outrigger_plugin_calls_total", &[("plugin", "slow")]),
+        3.0,
+        "the whole batch, then each half"
+    );
+    assert_eq!(
+        f.metric(
+            "outrigger_plugin_split_retries_total",
+            &[("plugin", "slow"), ("result", "passed")]
+        ),
+        1.0
+    );
+    let stats = &chain.stats()[0].1;
+    assert_eq!(
+        (stats.calls, stats.failed_batches, stats.replaced),
+        (3, 0, 4)
+    );
+}
+
+/// A plugin that spins is still stopped: the batch and its first half time out, the second
+/// half is not tried, and the batch counts one error (one step towards quarantine).
+#[tokio::test]
+async fn a_spinning_plugin_is_stopped_and_counted_once_after_the_halves() {
+    let (f, set) = misbehave("spin", "fuel_per_event: 100000000000");
+    let mut chain = Chain::new(set.clone()).await;
+    let start = Instant::now();
+    let out = chain.run(xs(4)).await;
+    let took = start.elapsed();
+    assert_eq!(out.len(), 4);
+    assert!(!out.iter().any(seen_by_misbehave));
+    let st = &set.status()[0];
+    assert_eq!((st.errors, st.consecutive_failures), (1, 1), "{st:?}");
+    let last = st.last_error.clone().unwrap_or_default();
+    assert!(
+        last.starts_with("timeout") && last.contains("retried in halves"),
+        "{last}"
+    );
+    assert_eq!(
+        f.metric("outrigger_plugin_calls_total", &[("plugin", "bad")]),
+        2.0
+    );
+    assert_eq!(
+        f.metric(
+            "outrigger_plugin_split_retries_total",
+            &[("plugin", "bad"), ("result", "failed")]
+        ),
+        1.0
+    );
+    // Two 100 ms bounds and a new instance (generous: no timing precision implied).
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
 #[tokio::test]
 async fn init_error_is_counted_and_the_batch_passes() {
     let (f, set) = misbehave("init_error", "");
