@@ -944,3 +944,73 @@ async fn http_granted_call_cost() {
         println!("http_granted_call_cost: {name}: {per_call:?} per call of one event");
     }
 }
+
+/// `plugins/dist/lang/redact-py.wasm`, built from source once per test binary (needs
+/// componentize-py, as the end-to-end language tests do).
+fn redact_py() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new("bash")
+            .arg(root.join("plugins/python/redact/build.sh"))
+            .output()
+            .expect("run plugins/python/redact/build.sh");
+        assert!(
+            out.status.success(),
+            "plugins/python/redact/build.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root.join("plugins/dist/lang/redact-py.wasm")
+    })
+}
+
+/// The Python `redact` takes about 60 µs an event of this shape on an idle machine: 60 ms for
+/// a batch of `outrigger replay`, over a 5 ms `timeout` whole and in halves. With
+/// `timeout_per_event: 1ms` (and on the defaults) the batch gets 1 s and passes; with
+/// `timeout_per_event: 0` it fails, once.
+#[tokio::test]
+async fn python_redact_on_a_replay_batch_needs_timeout_per_event() {
+    let py = redact_py();
+    let f = Fixture::new(&[]);
+    for name in ["scaled", "defaults", "flat"] {
+        std::fs::copy(py, f.dir.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    let set = f.load(
+        "chain:\n\
+         - {name: scaled, timeout: 5ms, timeout_per_event: 1ms, config: {fields: [password]}}\n\
+         - {name: defaults, config: {fields: [token]}}\n\
+         - {name: flat, timeout: 5ms, timeout_per_event: 0, config: {fields: [user]}}\n",
+    );
+    assert_eq!(set.len(), 3, "{:?}", set.status());
+    let mut chain = Chain::new(set.clone()).await;
+    let n = cli::REPLAY_BATCH;
+    let batch: Vec<Event> = (0..n)
+        .map(|i| {
+            ev(&format!(
+                r#"{{"type":"login","data":{{"user":"u{i}","password":"p","token":"t","z":{{"a":[1,2.5,{{"b":[{{"c":{{"d":"e"}}}}]}}],"x":{{"y":{{"z":[true,null,"s"]}}}}}}}}}}"#
+            ))
+        })
+        .collect();
+    let out = chain.run(batch).await;
+    assert_eq!(out.len(), n);
+    let d = data(&out[n - 1]);
+    assert_eq!(
+        (&d["password"], &d["token"]),
+        (&"***".into(), &"***".into())
+    );
+    assert_eq!(
+        d["user"],
+        format!("u{}", n - 1),
+        "flat failed and passed the batch"
+    );
+    let status = set.status();
+    let errors: Vec<_> = status.iter().map(|s| (s.name.as_str(), s.errors)).collect();
+    assert_eq!(
+        errors,
+        [("scaled", 0), ("defaults", 0), ("flat", 1)],
+        "{status:?}"
+    );
+    let last = status[2].last_error.clone().unwrap_or_default();
+    assert!(last.starts_with("timeout"), "{last}");
+}
