@@ -298,7 +298,7 @@ impl Slot {
                     return Err(PluginError::new(
                         e.kind,
                         format!(
-                            "{} (the batch of {} events: {}; retried in halves)",
+                            "{} (retried in halves after the batch of {} events timed out: {})",
                             e.message,
                             input.len(),
                             first.message

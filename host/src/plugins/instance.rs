@@ -160,7 +160,15 @@ impl Live {
                 ErrorKind::Timeout,
                 format!("call took over {timeout:?}"),
             )),
-            Ok(Err(e)) => Err(classify(&e, &self.store)),
+            Ok(Err(e)) => Err(match classify(&e, &self.store) {
+                // The epoch deadline: name the bound, as the host's timeout does (the trap's
+                // own text is only a wasm backtrace ending in `interrupt`).
+                t if t.kind == ErrorKind::Timeout => PluginError::new(
+                    ErrorKind::Timeout,
+                    format!("call took over {timeout:?} (stopped in wasm)"),
+                ),
+                other => other,
+            }),
             Ok(Ok(out)) => Ok((out, std::mem::take(&mut self.store.data_mut().emitted))),
         };
         (result, consumed)
