@@ -34,6 +34,7 @@ pub mod control;
 pub mod event;
 pub mod ingest;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;

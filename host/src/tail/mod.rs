@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use crate::condition::Condition;
 use crate::config::{Config, TailConfig};
 use crate::event::{Event, Line};
+use crate::memory::Trimmer;
 use crate::metrics::{DropReason, Metrics};
 use crate::queue::{Lost, LostFilter};
 use crate::reload::Reconfigure;
@@ -127,12 +128,22 @@ pub enum KeepOutcome {
 
 /// One held event; its data is a range of the run's `data`.
 struct Held {
-    id: u128,
+    /// The event's id as two halves: a `u128` would align the struct to 16 bytes and add 8
+    /// bytes of padding to every held event.
+    id: [u64; 2],
     kind: Arc<str>,
     ts_ns: u64,
     attributes: Vec<(String, String)>,
     len: u32,
     received: std::time::Instant,
+}
+
+fn split_id(id: u128) -> [u64; 2] {
+    [(id >> 64) as u64, id as u64]
+}
+
+fn join_id(id: [u64; 2]) -> u128 {
+    ((id[0] as u128) << 64) | id[1] as u128
 }
 
 struct OpenRun {
@@ -194,7 +205,7 @@ impl OpenRun {
         self.data.extend_from_slice(&e.data);
         self.attr_bytes += attr_heap(&e.attributes);
         self.held.push(Held {
-            id: e.id,
+            id: split_id(e.id),
             kind: e.kind,
             ts_ns: e.ts_ns,
             attributes: e.attributes,
@@ -215,7 +226,7 @@ impl OpenRun {
                 let d = data.slice(at..end);
                 at = end;
                 Event {
-                    id: h.id,
+                    id: join_id(h.id),
                     kind: h.kind,
                     ts_ns: h.ts_ns,
                     run_id: Some(run_id.clone()),
@@ -398,6 +409,12 @@ fn decision_key(run_id: &str) -> u64 {
     crate::sampler::fnv1a_prefixed(0x5a, run_id.as_bytes())
 }
 
+/// Hands the pages of spilled and decided runs back to the system (see [`crate::memory`]).
+fn trim_heap() {
+    let took = crate::memory::release();
+    tracing::debug!(took_us = took.as_micros() as u64, "returned free heap to the system");
+}
+
 /// Whether a run that no policy kept is kept at `rate`: the native sampler's hash, so a run
 /// gets the same answer in every process.
 pub fn rate_keeps(run_id: &str, rate: f64) -> bool {
@@ -408,7 +425,9 @@ struct State {
     cfg: TailConfig,
     pending: Option<TailConfig>,
     policies: Policies,
-    open: HashMap<Arc<str>, OpenRun>,
+    /// Boxed: the table then holds 24 bytes a slot, not a whole run, so its slack (up to half
+    /// its slots, and both tables while it grows) stays small with 100 000 runs open.
+    open: HashMap<Arc<str>, Box<OpenRun>>,
     /// Open runs by age (open sequence), oldest first.
     by_age: BTreeMap<u64, Arc<str>>,
     /// When to look at a run again (idle, max_duration); one entry per open run, re-pushed
@@ -426,6 +445,8 @@ struct State {
     names: Names,
     /// `tail_decisions_total` by (kept, by), looked up once.
     counters: HashMap<(bool, Arc<str>), prometheus::IntCounter>,
+    /// Bytes spilled or decided since the last `malloc_trim` (see [`crate::memory`]).
+    trim: Trimmer,
 }
 
 /// The `by` and `kept_by` names that are not policies, allocated once.
@@ -506,6 +527,7 @@ impl Tail {
                     forced: Vec::new(),
                     names: Names::default(),
                     counters: HashMap::default(),
+                    trim: Trimmer::default(),
                 }),
                 runs: Mutex::new(RunsView::new(bounds(cfg))),
                 lost: RwLock::new(LostMarks::new(t, &metrics)),
@@ -570,7 +592,11 @@ impl Tail {
         }
         self.enforce(&mut st, now, &mut out);
         self.publish(&st);
+        let trim = st.trim.due(now);
         drop(st);
+        if trim {
+            trim_heap();
+        }
         if !late.is_empty() {
             // Late events of kept runs update what the runs view shows of them.
             let mut v = inner.runs.lock();
@@ -644,7 +670,7 @@ impl Tail {
             let deadline = now + cfg.idle.0.min(cfg.max_duration.0);
             deadlines.push(Reverse((deadline, *seq)));
             by_age.insert(*seq, run.clone());
-            OpenRun {
+            Box::new(OpenRun {
                 seq: *seq,
                 held: Vec::new(),
                 data: Vec::new(),
@@ -663,7 +689,7 @@ impl Tail {
                 types: TypeCounts::default(),
                 closing: None,
                 lost: 0,
-            }
+            })
         });
         if r.matched != Some(0) {
             policies.evaluate(&e, &mut r.matched, m);
@@ -738,7 +764,7 @@ impl Tail {
                     let end = at + h.len as usize;
                     crate::event::write_native_parts(
                         &mut lines,
-                        h.id,
+                        join_id(h.id),
                         &h.kind,
                         h.ts_ns,
                         Some(&id),
@@ -777,7 +803,9 @@ impl Tail {
         };
         match store.write_many(lines, &parts) {
             Ok(exts) => {
-                let State { open, mem, .. } = &mut *st;
+                let State {
+                    open, mem, trim, ..
+                } = &mut *st;
                 for ((id, _, count), ext) in group.drain(..).zip(exts) {
                     let Some(r) = open.get_mut(&id) else { continue };
                     m.tail_spilled_events.inc_by(count as u64);
@@ -789,6 +817,7 @@ impl Tail {
                     r.attr_bytes = 0;
                     let before = r.mem;
                     r.mem = r.footprint(id.len());
+                    trim.freed(before - r.mem);
                     *mem = *mem + r.mem - before;
                 }
                 true
@@ -821,6 +850,7 @@ impl Tail {
         };
         st.by_age.remove(&r.seq);
         st.mem -= r.mem;
+        st.trim.freed(r.mem);
         let policy = r
             .matched
             .and_then(|i| st.policies.keep.get(i))
@@ -934,6 +964,11 @@ impl Tail {
             }
         }
         self.publish(&st);
+        let trim = st.trim.due(now);
+        drop(st);
+        if trim {
+            trim_heap();
+        }
         out
     }
 
@@ -981,7 +1016,7 @@ impl Tail {
                 for h in &r.held {
                     let end = at + h.len as usize;
                     let e = Event {
-                        id: h.id,
+                        id: join_id(h.id),
                         kind: h.kind.clone(),
                         ts_ns: h.ts_ns,
                         run_id: Some(id.clone()),
