@@ -392,6 +392,13 @@ impl Decisions {
         self.trim();
     }
 
+    /// Heap bytes of the map and the order queue (their allocated slots).
+    fn bytes(&self) -> usize {
+        // A hashbrown table allocates 8 slots per 7 it can hold, each with a control byte.
+        self.map.capacity() * 8 / 7 * (std::mem::size_of::<(u64, Option<Arc<str>>)>() + 1)
+            + self.order.capacity() * std::mem::size_of::<u64>()
+    }
+
     fn trim(&mut self) {
         while self.map.len() > self.max {
             match self.order.pop_front() {
@@ -407,6 +414,12 @@ impl Decisions {
 /// The key of a run in [`Decisions`]: a second, independent hash beside the sampling one.
 fn decision_key(run_id: &str) -> u64 {
     crate::sampler::fnv1a_prefixed(0x5a, run_id.as_bytes())
+}
+
+/// What open runs may hold when the tail's bookkeeping takes `other` bytes of `max_bytes`;
+/// at least half of it, so that a large runs view cannot starve the runs themselves.
+fn budget(max_bytes: usize, other: usize) -> usize {
+    max_bytes.saturating_sub(other).max(max_bytes / 2)
 }
 
 /// Hands the pages of spilled and decided runs back to the system (see [`crate::memory`]).
@@ -719,7 +732,11 @@ impl Tail {
     /// Keeps memory within `max_bytes`: spills the largest runs, then decides the oldest
     /// early, down to seven eighths of the bound (so that this does not run on every event).
     fn enforce(&self, st: &mut State, now: Instant, out: &mut Released) {
-        let max = st.cfg.max_bytes.0 as usize;
+        // The remembered decisions and the runs view live as long as the tail does and grow
+        // with the number of runs: they count against `max_bytes` too (lock order: state,
+        // then the view, as in `decide`).
+        let view = self.inner.runs.lock().counts().1;
+        let max = budget(st.cfg.max_bytes.0 as usize, st.decisions.bytes() + view);
         if st.mem <= max {
             return;
         }

@@ -359,6 +359,39 @@ async fn tiny_runs_cannot_escape_the_bound_through_bookkeeping() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn remembered_decisions_count_against_max_bytes() {
+    // 1 MiB for the runs; the decisions of 20 000 closed runs take about half of it.
+    let (t, m) = tail(
+        "enabled: true\nelse_rate: 0.0\nmax_bytes: 1MiB\nmax_run_bytes: 64KiB\nspill: null\ndecisions: 20000\n",
+    );
+    for r in 0..20_000 {
+        t.admit(vec![ev(&format!("closed-{r}"), "test_end", "{}")]);
+    }
+    let decided = t.inner.state.lock().decisions.bytes();
+    assert!(decided > 300 << 10, "{decided}");
+    for r in 0..20_000 {
+        t.admit(vec![ev(&format!("open-{r}"), "step", r#"{"i":1}"#)]);
+    }
+    let view = t.inner.runs.lock().counts().1;
+    let held = m.tail_buffered_bytes.get() as usize;
+    assert!(
+        held + decided + view <= 1 << 20 || held <= 1 << 19,
+        "held {held} + decisions {decided} + view {view} over 1 MiB"
+    );
+    assert!(
+        held < (1 << 20) - decided / 2,
+        "the open runs got less room: {held}"
+    );
+}
+
+#[test]
+fn the_runs_keep_at_least_half_of_max_bytes() {
+    assert_eq!(budget(100, 30), 70);
+    assert_eq!(budget(100, 80), 50);
+    assert_eq!(budget(100, 0), 100);
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_decides_every_open_run_by_what_it_holds() {
     let (t, m) = tail(ON);
     t.admit(vec![
