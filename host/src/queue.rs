@@ -4,8 +4,10 @@
 //! waits). Out: chunks for the pipeline worker (`pop`, async). When full, `on_full` decides
 //! whether the oldest queued events or the newest arrivals are dropped; every drop is counted
 //! as `queue_full`. Each admitted event gets a place in a running sequence so that a `flush`
-//! can wait for "everything admitted before me". `close` lets the worker drain what is left and
-//! then see the end.
+//! can wait for "everything admitted before me"; the number is kept in [`Event::seq`]. With the
+//! durable queue ([`crate::wal`]) the sequence continues across restarts ([`Queue::start_at`])
+//! and events read back from the log keep theirs ([`Queue::push_replayed`], which waits for
+//! room instead of dropping). `close` lets the worker drain what is left and then see the end.
 //!
 //! With a [`LostFilter`] set ([`Queue::set_lost_filter`], by tail sampling), each dropped event
 //! is shown to the filter (on the ingest thread that dropped it, outside the queue's lock);

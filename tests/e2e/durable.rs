@@ -260,3 +260,57 @@ async fn a_flipped_byte_in_the_middle_keeps_the_records_before_it() {
     );
     assert!(d.stop().success());
 }
+
+#[tokio::test]
+async fn http_answers_wait_for_the_log_and_reload_keeps_the_log_running() {
+    let mut d = Daemon::start(DURABLE).await;
+    let body: String = (0..5)
+        .map(|i| format!("{{\"type\":\"h\",\"data\":{{\"n\":{i}}}}}\n"))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/events", d.http))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 202);
+    // Killed right after the answer: the restart delivers them (from the log if they had not
+    // reached the sink yet).
+    let mut child = d.child.take().expect("running");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    d.launch();
+    d.wait_ready().await;
+    let ok = eventually(Duration::from_secs(10), async || {
+        let mut got = delivered_numbers(&d);
+        got.sort();
+        got.dedup();
+        got == [0, 1, 2, 3, 4]
+    })
+    .await;
+    assert!(ok, "every answered HTTP event is delivered");
+
+    // fsync reloads live; turning the log off needs a restart and is reported.
+    crate::harness::rewrite_config(&d, "queue: {durable: {fsync: always}}");
+    let (status, _) = d
+        .send_json("POST", "/v1/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let st = d.get_json("/v1/stats").await;
+    assert_eq!(st["queue"]["durable"]["fsync"], "always", "{st}");
+    crate::harness::rewrite_config(&d, "queue: {durable: null}");
+    let (status, _) = d
+        .send_json("POST", "/v1/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert!(d.log_text().contains("queue.durable"), "reported as restart-only");
+    let before = d.metric("outrigger_wal_appended_total", "").await;
+    assert_eq!(d.send(&[r#"{"type":"after"}"#]).await, [r#"{"success":true}"#]);
+    assert_eq!(
+        d.metric("outrigger_wal_appended_total", "").await,
+        before + 1.0,
+        "the running log still takes every event"
+    );
+    assert!(d.stop().success());
+}

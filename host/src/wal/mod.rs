@@ -190,6 +190,14 @@ struct Segment {
     max_seq: Option<u64>,
 }
 
+fn fsync_name(f: Fsync) -> &'static str {
+    match f {
+        Fsync::Always => "always",
+        Fsync::Batch => "batch",
+        Fsync::Never => "never",
+    }
+}
+
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.wal"))
 }
@@ -412,7 +420,14 @@ impl Wal {
 
     /// New live settings (a reload); `dir` is not among them.
     pub fn reconfigure(&self, cfg: &DurableConfig, on_full: OnFull) {
-        *self.shared.settings.lock() = Settings::of(cfg, on_full);
+        let s = Settings::of(cfg, on_full);
+        *self.shared.settings.lock() = s;
+        {
+            // Shown at once: the committer republishes only at its next trim.
+            let mut st = self.shared.status.lock();
+            st.fsync = fsync_name(s.fsync);
+            st.max_bytes = s.max_bytes;
+        }
         self.shared.wake.notify_one();
     }
 
@@ -794,11 +809,7 @@ impl Committer {
         m.wal_segments.set(self.segments.len() as i64);
         let s = *self.shared.settings.lock();
         let mut st = self.shared.status.lock();
-        st.fsync = match s.fsync {
-            Fsync::Always => "always",
-            Fsync::Batch => "batch",
-            Fsync::Never => "never",
-        };
+        st.fsync = fsync_name(s.fsync);
         st.segments = self.segments.len();
         st.bytes = bytes;
         st.max_bytes = s.max_bytes;
