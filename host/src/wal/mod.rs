@@ -30,7 +30,7 @@
 //! each sink's cursor are written to `dir/cursor` (write and rename), so a restart skips what
 //! was done. Records above the floor in a partly done segment are replayed: at least once.
 //!
-//! **Start.** Every segment is read in order ([`segment::scan`]); each record at or above the
+//! **Start.** Every segment is read in order ([`scan_segment`]); each record at or above the
 //! cursor is parsed (its native line carries the event's id) and queued again, waiting for room
 //! rather than dropping, before any listener is bound; counted `wal_replayed_total`. A segment
 //! whose tail is cut short or damaged keeps its valid prefix (replayed); the rest is moved to
@@ -51,6 +51,8 @@
 //! need a restart (a reload keeps the running log and says so).
 
 pub mod segment;
+
+pub use segment::{Problem, ProblemKind, Record, Scan};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
@@ -80,6 +82,35 @@ const TRIM_EVERY: Duration = Duration::from_millis(50);
 const REPLAY_CHUNK: usize = 1024;
 /// Payload bytes a resync may checksum while counting what a damaged tail held.
 const RESYNC_BUDGET: usize = 64 << 20;
+
+/// What a segment file holds, as the replay on start reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// The records of the valid prefix, where it ends, and the first problem after it.
+    pub scan: Scan,
+    /// Bytes after the valid prefix: what the replay moves aside to `NAME.corrupt`.
+    pub set_aside_bytes: usize,
+    /// Intact records a resync finds in those bytes (not replayed; a lower bound when the
+    /// damaged tail is larger than the resync's budget).
+    pub intact_after: usize,
+}
+
+/// Reads the bytes of one segment file: every intact record of its valid prefix, where that
+/// prefix ends, and what lies beyond it. The replay on start reads every segment with this
+/// function, and it never panics, whatever the bytes (the `wal` fuzz target calls it).
+pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
+    let scan = segment::scan(bytes);
+    let set_aside_bytes = bytes.len() - scan.valid_len;
+    let intact_after = match scan.problem {
+        Some(p) if set_aside_bytes > 0 => segment::resync_count(bytes, p.at, RESYNC_BUDGET),
+        _ => 0,
+    };
+    SegmentScan {
+        scan,
+        set_aside_bytes,
+        intact_after,
+    }
+}
 
 /// What an append came to.
 #[derive(Debug, Default)]
@@ -309,10 +340,12 @@ impl Wal {
             let bytes = fs::read(path).with_context(|| {
                 format!("cannot read write-ahead log segment {}", path.display())
             })?;
-            let scan = segment::scan(&bytes);
+            let SegmentScan {
+                scan,
+                set_aside_bytes: rest,
+                intact_after: after,
+            } = scan_segment(&bytes);
             if let Some(p) = scan.problem {
-                let rest = bytes.len() - scan.valid_len;
-                let after = segment::resync_count(&bytes, p.at, RESYNC_BUDGET);
                 let lost = if rest > 0 { 1 + after as u64 } else { 0 };
                 metrics.wal_corrupt_records.inc_by(lost);
                 metrics.wal_corrupt_bytes.inc_by(rest as u64);

@@ -3,8 +3,9 @@
 //! In: events to encode ([`encode`]) and, on start, the bytes of a segment file ([`scan`]).
 //! Out: record bytes to append, and the records a segment holds with the length of its valid
 //! prefix and, when it has one, the first problem found (a torn or corrupt tail). Pure
-//! functions over bytes, with no I/O and no task, so that a fuzz target can call [`scan`] on
-//! anything: it never panics, whatever it is given.
+//! functions over bytes, with no I/O and no task: [`super::scan_segment`] (the replay's reader
+//! and the fuzz target's entry point) is [`scan`] plus [`resync_count`], and neither panics,
+//! whatever it is given.
 //!
 //! A segment starts with the 8-byte [`MAGIC`]; then records, each
 //! `len: u32 LE · crc: u32 LE · seq: u64 LE · payload[len]`, where `payload` is the event's
