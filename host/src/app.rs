@@ -37,6 +37,7 @@ use crate::reload::{self, ConfigWatcher, DataPlane, ReloadStatus, Reloader, Targ
 use crate::sampler::Sampler;
 use crate::sinks::{self, ClosingSinks, Progress, SinkContext, SinkHandle, SinkSet};
 use crate::tail::Tail;
+use crate::wal::Wal;
 
 /// What `outrigger run` passes besides the config.
 #[derive(Default)]
@@ -128,6 +129,8 @@ pub struct Daemon {
     reload_rx: mpsc::Receiver<ReloadRequest>,
     control_state: Arc<ControlState>,
     tasks: Tasks,
+    /// The write-ahead log, closed once the sinks have drained.
+    wal: Option<Arc<Wal>>,
 }
 
 /// Everything that runs, in the order the drain stops it.
@@ -221,6 +224,7 @@ async fn start_control_plane(
     views: Arc<EventViews>,
     opts: &RunOptions,
     started: Instant,
+    wal: Option<Arc<Wal>>,
 ) -> anyhow::Result<ControlPlaneParts> {
     let profile = Arc::new(ProfileHistory::new(&cfg.profiling));
     let status = Arc::new(parking_lot::Mutex::new(ReloadStatus::default()));
@@ -247,6 +251,7 @@ async fn start_control_plane(
         tail: st.tail.clone(),
         limiter: Arc::new(RateLimiter::new(cfg.control.rate_limit)),
         log: opts.log.clone(),
+        wal,
     });
     let stop = CancellationToken::new();
     let (control, addr) = start_control(cfg, &state, &stop).await?;
@@ -282,11 +287,15 @@ pub async fn build(
     let st = build_stages(&cfg)?;
     tracing::info!(plugins = st.plugins.len(), dir = %cfg.plugins.dir.display(), "plugins loaded");
     let dp = start_data_plane(&cfg, &st)?;
+    // The log is replayed into the running pipeline before any listener is bound, so that
+    // what it holds goes before every new event.
+    let wal = open_wal(&cfg, &st, &dp).await?;
     let views = Arc::new(EventViews::new(&cfg.control.redact_fields));
-    let admission = admission(&cfg, &st, &views, &dp);
+    let admission = admission(&cfg, &st, &views, &dp, wal.clone());
     let ingest_stop = CancellationToken::new();
     let (listeners, http) = bind_ingest(&cfg, &admission, &ingest_stop).await?;
-    let cp = start_control_plane(&cfg, &st, &dp, views.clone(), &opts, started).await?;
+    let cp =
+        start_control_plane(&cfg, &st, &dp, views.clone(), &opts, started, wal.clone()).await?;
     let addrs = Addrs {
         socket: cfg.ingest.socket.clone(),
         http,
@@ -304,6 +313,7 @@ pub async fn build(
         },
         stages: vec![
             st.queue.clone(),
+            Arc::new(WalReconfigure(wal.clone())),
             st.sampler.clone(),
             admission,
             views,
@@ -333,7 +343,40 @@ pub async fn build(
             health: cp.health,
             profiler: cp.profiler,
         },
+        wal,
     })
+}
+
+/// Opens the write-ahead log (`queue.durable`), replays it into the queue and lets it trim by
+/// the sinks' progress.
+async fn open_wal(
+    cfg: &Config,
+    st: &Stages,
+    dp: &DataPlaneParts,
+) -> anyhow::Result<Option<Arc<Wal>>> {
+    let Some(d) = &cfg.queue.durable else {
+        return Ok(None);
+    };
+    let wal = Wal::open(d, cfg.queue.on_full, &st.queue, st.metrics.clone())
+        .await
+        .context("opening the write-ahead log (queue.durable)")?;
+    let progress = dp.sink_ctx.progress.clone();
+    wal.set_floor_source(Arc::new(move || {
+        progress.safe_floor().map(|f| (f, progress.cursors()))
+    }));
+    tracing::info!(dir = %d.dir.display(), fsync = ?d.fsync, max_bytes = d.max_bytes.0, "durable queue: answers wait for the write-ahead log");
+    Ok(Some(wal))
+}
+
+/// Live settings of the write-ahead log on a reload (`dir` and on/off need a restart).
+struct WalReconfigure(Option<Arc<Wal>>);
+
+impl reload::Reconfigure for WalReconfigure {
+    fn reconfigure(&self, cfg: &Config) {
+        if let (Some(w), Some(d)) = (&self.0, &cfg.queue.durable) {
+            w.reconfigure(d, cfg.queue.on_full);
+        }
+    }
 }
 
 fn sink_labels(cfg: &Config) -> Vec<(String, crate::config::SinkConfig)> {
@@ -350,6 +393,7 @@ fn admission(
     st: &Stages,
     views: &Arc<EventViews>,
     dp: &DataPlaneParts,
+    wal: Option<Arc<Wal>>,
 ) -> Arc<Admission> {
     let observer: ingest::Observer = {
         let views = views.clone();
@@ -363,6 +407,7 @@ fn admission(
         flush: dp.flush.clone(),
         progress: dp.sink_ctx.progress.clone(),
         observer: Some(observer),
+        wal,
     })
 }
 
@@ -559,6 +604,7 @@ impl Daemon {
             reloader,
             control_state,
             mut tasks,
+            wal,
             ..
         } = self;
         tracing::info!("shutting down: draining the queue");
@@ -571,6 +617,10 @@ impl Daemon {
         // the reloader drops the worker's control channels.
         drop(reloader);
         let outcome = bounded_drain(tasks.worker, &tasks.abort, cfg.shutdown.grace.0, &force).await;
+        if let Some(w) = wal {
+            // After the sinks: the final trim sees everything they confirmed.
+            w.close().await;
+        }
         tasks.control_stop.cancel();
         if let Some(t) = tasks.control {
             let _ = t.await;

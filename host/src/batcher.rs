@@ -21,6 +21,10 @@ pub struct Cut {
     pub events: Vec<Event>,
     /// Once this batch is delivered, everything admitted before this sequence is done.
     pub upto: u64,
+    /// Once this batch is delivered (or safely spooled), nothing admitted before this
+    /// sequence is needed any more: not in the pipeline, not held by the tail stage. At most
+    /// `upto`; what the write-ahead log may be trimmed to (see [`Batcher::hold_floor`]).
+    pub floor: u64,
 }
 
 /// The open batch and the limits that cut it.
@@ -34,6 +38,8 @@ pub struct Batcher {
     settled: u64,
     /// The `upto` of the last cut.
     sent: u64,
+    /// Nothing before this is held anywhere before the batcher (see [`Batcher::hold_floor`]).
+    floor: u64,
 }
 
 impl Batcher {
@@ -46,6 +52,7 @@ impl Batcher {
             since: None,
             settled: 0,
             sent: 0,
+            floor: 0,
         }
     }
 
@@ -113,6 +120,13 @@ impl Batcher {
         self.events.is_empty()
     }
 
+    /// Says that no event before `floor` is held before the batcher any more (the pipeline
+    /// measures it between steps: the oldest event the tail stage holds, else `settled`).
+    /// Every later cut carries at most this as its `floor`. It never goes back.
+    pub fn hold_floor(&mut self, floor: u64) {
+        self.floor = self.floor.max(floor);
+    }
+
     /// Cuts the open batch now (possibly empty: then it only carries progress).
     pub fn take(&mut self) -> Cut {
         self.cut(self.settled)
@@ -127,6 +141,7 @@ impl Batcher {
         Cut {
             events,
             upto: self.sent,
+            floor: self.floor.min(self.sent),
         }
     }
 }

@@ -401,6 +401,8 @@ pub enum OnFull {
 pub struct QueueConfig {
     pub capacity: usize,
     pub on_full: OnFull,
+    /// The write-ahead log (SPEC "Durable queue"); `null` keeps the queue in memory only.
+    pub durable: Option<DurableConfig>,
 }
 
 impl Default for QueueConfig {
@@ -408,7 +410,58 @@ impl Default for QueueConfig {
         QueueConfig {
             capacity: 10_000,
             on_full: OnFull::DropOldest,
+            durable: None,
         }
+    }
+}
+
+/// `queue.durable.fsync`: when an appended event reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// A sync before each answer (answers that wait together share one).
+    Always,
+    /// A sync every `commit_interval` covers every answer waiting for it (group commit).
+    Batch,
+    /// Written before the answer, synced when the OS decides: survives a crash of the
+    /// daemon, not of the machine.
+    Never,
+}
+
+/// `queue.durable`: the segmented write-ahead log.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurableConfig {
+    pub dir: PathBuf,
+    /// Bytes of log kept at most; past it `queue.on_full` applies to new events.
+    pub max_bytes: Size,
+    pub fsync: Fsync,
+    /// A segment file is closed and a new one begun past this size (whole segments are
+    /// trimmed). Default: `max_bytes / 16`, between 1 MiB and 64 MiB.
+    pub segment_bytes: Option<Size>,
+    /// The longest an answer waits for the group commit with `fsync: batch`.
+    pub commit_interval: Dur,
+}
+
+impl Default for DurableConfig {
+    fn default() -> Self {
+        DurableConfig {
+            dir: PathBuf::from("./outrigger-data/wal"),
+            max_bytes: Size(1 << 30),
+            fsync: Fsync::Batch,
+            segment_bytes: None,
+            commit_interval: Dur(Duration::from_millis(2)),
+        }
+    }
+}
+
+impl DurableConfig {
+    /// The segment size in force.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+            .map(|s| s.0)
+            .unwrap_or_else(|| (self.max_bytes.0 / 16).clamp(1 << 20, 64 << 20))
+            .max(4096)
     }
 }
 
@@ -1473,6 +1526,20 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     if cfg.queue.capacity == 0 {
         return Err(err("queue.capacity", "must be at least 1"));
+    }
+    if let Some(d) = &cfg.queue.durable {
+        if d.max_bytes.0 < 1 << 20 {
+            return Err(err("queue.durable.max_bytes", "must be at least 1MiB"));
+        }
+        if d.segment_bytes() > d.max_bytes.0 {
+            return Err(err(
+                "queue.durable.segment_bytes",
+                "must not be larger than max_bytes",
+            ));
+        }
+        if d.commit_interval.0 > Duration::from_secs(1) {
+            return Err(err("queue.durable.commit_interval", "must be at most 1s"));
+        }
     }
     if cfg.ingest.max_line_bytes.0 < 64 {
         return Err(err("ingest.max_line_bytes", "must be at least 64 bytes"));

@@ -30,6 +30,10 @@ pub struct Event {
     /// and the same through retries, spools, spills and replays, so that a sink (`Nats-Msg-Id`)
     /// or a consumer can deduplicate. `0` until assigned. On the wire, `"id"`: 32 hex digits.
     pub id: u128,
+    /// Its place in the queue's running sequence (given when it is queued; with a durable
+    /// queue it is the record's sequence in the write-ahead log and continues across
+    /// restarts). `0` for events made inside the host. Never on the wire.
+    pub seq: u64,
     /// The event type (`type` on the wire, `kind` in WIT). Shared: types repeat.
     pub kind: Arc<str>,
     /// Unix time in nanoseconds; filled at ingest when the sender gave none.
@@ -235,6 +239,7 @@ pub fn parse_line_with(
     };
     Ok(Line::Event(Event {
         id,
+        seq: 0,
         kind: match interner.as_deref_mut() {
             Some(i) => i.get(&kind),
             None => Arc::from(&*kind),
@@ -335,6 +340,7 @@ impl Event {
         };
         Event {
             id: 0,
+            seq: 0,
             kind: kind.into(),
             ts_ns,
             run_id: run_id.map(Arc::from),

@@ -4,6 +4,8 @@
 //! - [`ingest`]: unix socket NDJSON and HTTP `POST /v1/events`; answers every line.
 //! - [`event`]: the event type and the wire formats (native and Weave lines).
 //! - [`queue`]: the bounded fail-open queue between ingest and the pipeline.
+//! - [`wal`]: the durable queue (`queue.durable`): a write-ahead log in front of the queue,
+//!   replayed on start, trimmed as the sinks confirm.
 //! - [`sampler`]: native sampling (per-type rates, whole runs, adaptive boost).
 //! - [`tail`]: run-level tail sampling: runs held until they close, kept or dropped whole,
 //!   spilled to disk past their memory bound; the runs view.
@@ -44,3 +46,4 @@ pub mod reload;
 pub mod sampler;
 pub mod sinks;
 pub mod tail;
+pub mod wal;

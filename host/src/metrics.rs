@@ -103,6 +103,24 @@ pub struct Metrics {
     pub tail_spill_errors: IntCounterVec,
     /// Events written to the tail's spill (each counted once per write).
     pub tail_spilled_events: IntCounter,
+    /// Write-ahead log (`queue.durable`): events read back from it on start and queued again.
+    pub wal_replayed: IntCounter,
+    /// Records appended to the log.
+    pub wal_appended: IntCounter,
+    /// Bytes in the log's segment files, and how many segments.
+    pub wal_bytes: IntGauge,
+    pub wal_segments: IntGauge,
+    /// One write and sync of a group of appends (`fsync: always` or `batch`).
+    pub wal_fsync_seconds: Histogram,
+    /// Records found damaged or cut short on start (and those after them in the same
+    /// segment), set aside in a `*.corrupt` file; and their bytes.
+    pub wal_corrupt_records: IntCounter,
+    pub wal_corrupt_bytes: IntCounter,
+    /// Records whose segment was deleted before every sink confirmed them, to make room
+    /// (`on_full: drop_oldest` with the log at `max_bytes`): no longer crash-safe.
+    pub wal_evicted: IntCounter,
+    /// Log writes, syncs and trims that failed, by operation.
+    pub wal_errors: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -334,6 +352,61 @@ impl Metrics {
                 "Events of open runs written to the tail's spill",
             ))
             .expect("valid metric"),
+            wal_replayed: IntCounter::with_opts(opts(
+                "wal_replayed_total",
+                "Events read back from the write-ahead log on start and delivered again",
+            ))
+            .expect("valid metric"),
+            wal_appended: IntCounter::with_opts(opts(
+                "wal_appended_total",
+                "Events appended to the write-ahead log",
+            ))
+            .expect("valid metric"),
+            wal_bytes: IntGauge::with_opts(opts(
+                "wal_bytes",
+                "Bytes in the write-ahead log's segment files",
+            ))
+            .expect("valid metric"),
+            wal_segments: IntGauge::with_opts(opts(
+                "wal_segments",
+                "Segment files of the write-ahead log",
+            ))
+            .expect("valid metric"),
+            wal_fsync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "wal_fsync_seconds",
+                    "One write and sync of a group of write-ahead log appends",
+                )
+                .namespace("outrigger")
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 1.0,
+                ]),
+            )
+            .expect("valid metric"),
+            wal_corrupt_records: IntCounter::with_opts(opts(
+                "wal_corrupt_records_total",
+                "Write-ahead log records found damaged or cut short on start, set aside",
+            ))
+            .expect("valid metric"),
+            wal_corrupt_bytes: IntCounter::with_opts(opts(
+                "wal_corrupt_bytes_total",
+                "Bytes of damaged write-ahead log segments set aside on start",
+            ))
+            .expect("valid metric"),
+            wal_evicted: IntCounter::with_opts(opts(
+                "wal_evicted_total",
+                "Write-ahead log records deleted before delivery to make room (drop_oldest)",
+            ))
+            .expect("valid metric"),
+            wal_errors: IntCounterVec::new(
+                opts(
+                    "wal_errors_total",
+                    "Write-ahead log writes, syncs or trims that failed",
+                ),
+                &["op"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -373,6 +446,15 @@ impl Metrics {
             Box::new(m.tail_decision_latency.clone()),
             Box::new(m.tail_spill_errors.clone()),
             Box::new(m.tail_spilled_events.clone()),
+            Box::new(m.wal_replayed.clone()),
+            Box::new(m.wal_appended.clone()),
+            Box::new(m.wal_bytes.clone()),
+            Box::new(m.wal_segments.clone()),
+            Box::new(m.wal_fsync_seconds.clone()),
+            Box::new(m.wal_corrupt_records.clone()),
+            Box::new(m.wal_corrupt_bytes.clone()),
+            Box::new(m.wal_evicted.clone()),
+            Box::new(m.wal_errors.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");

@@ -147,10 +147,12 @@ impl Worker {
                 }
                 Wake::Closed => break,
             }
+            self.hold_floor(&mut st);
             self.cut_if_due(&mut st).await;
         }
         let released = self.tail.shutdown();
         self.forward(&mut st, released).await;
+        self.hold_floor(&mut st);
         let last = st.batcher.take();
         self.sinks.send(last).await;
         tracing::debug!("pipeline worker drained");
@@ -292,6 +294,16 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Tells the batcher how far nothing is held before it: the oldest event the tail stage
+    /// holds, else everything taken from the queue. Measured only here, between steps, when
+    /// no released event is on its way to the batcher; a cut made during a later step carries
+    /// this (older, so safe) value. The write-ahead log trims by it (see `wal`).
+    fn hold_floor(&self, st: &mut Running) {
+        let settled = st.batcher.settled();
+        let held = self.tail.oldest_held_seq().unwrap_or(u64::MAX);
+        st.batcher.hold_floor(held.min(settled));
     }
 
     /// Sends the open batch when its interval is over or a flush asked for it.

@@ -4,8 +4,10 @@
 //! waits). Out: chunks for the pipeline worker (`pop`, async). When full, `on_full` decides
 //! whether the oldest queued events or the newest arrivals are dropped; every drop is counted
 //! as `queue_full`. Each admitted event gets a place in a running sequence so that a `flush`
-//! can wait for "everything admitted before me". `close` lets the worker drain what is left and
-//! then see the end.
+//! can wait for "everything admitted before me"; the number is kept in [`Event::seq`]. With the
+//! durable queue ([`crate::wal`]) the sequence continues across restarts ([`Queue::start_at`])
+//! and events read back from the log keep theirs ([`Queue::push_replayed`], which waits for
+//! room instead of dropping). `close` lets the worker drain what is left and then see the end.
 //!
 //! With a [`LostFilter`] set ([`Queue::set_lost_filter`], by tail sampling), each dropped event
 //! is shown to the filter (on the ingest thread that dropped it, outside the queue's lock);
@@ -39,6 +41,18 @@ pub struct Lost {
 /// Says which dropped events matter, and what of them (see the module docs).
 pub trait LostFilter: Send + Sync {
     fn classify(&self, e: &Event) -> Option<Lost>;
+}
+
+/// Where [`Queue::push_seq`] put a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// The sequence number of the batch's first event.
+    pub first: u64,
+    /// How many of the batch's first events were dropped at once (`drop_oldest`, a batch
+    /// larger than the whole queue); counted `queue_full`.
+    pub skipped: usize,
+    /// How many of the batch's last events were refused (`drop_newest`).
+    pub refused: usize,
 }
 
 /// A chunk taken by the worker: the events and the sequence range they covered.
@@ -115,9 +129,19 @@ impl Queue {
 
     /// Admits a batch without waiting. Returns how many of the batch's *last* events were
     /// refused (only with `drop_newest`); drops of older queued events are only counted.
-    pub fn push(&self, mut events: Vec<Event>) -> usize {
+    pub fn push(&self, events: Vec<Event>) -> usize {
+        self.push_seq(events).refused
+    }
+
+    /// [`Queue::push`], saying which sequence numbers the batch got: event `i` of the batch
+    /// got `first + i`; those in `skipped..len - refused` are queued.
+    pub fn push_seq(&self, mut events: Vec<Event>) -> Pushed {
         if events.is_empty() {
-            return 0;
+            return Pushed {
+                first: self.admitted(),
+                skipped: 0,
+                refused: 0,
+            };
         }
         let cap = self.capacity.load(Ordering::Relaxed);
         let on_full = *self.on_full.lock();
@@ -125,11 +149,16 @@ impl Queue {
         // Evicted events are freed (and shown to the filter) after the lock is released, not
         // while others wait on it; with a filter, each with its place in the sequence.
         let mut evicted_events: Vec<(u64, Event)> = Vec::new();
-        let (refused, evicted, depth) = {
+        let (refused, evicted, depth, first, skipped) = {
             let mut q = self.inner.lock();
             let q = &mut *q;
+            let first = q.admitted;
+            for (i, e) in events.iter_mut().enumerate() {
+                e.seq = first + i as u64;
+            }
             let mut refused = 0;
             let mut evicted = 0;
+            let mut skipped = 0;
             match on_full {
                 OnFull::DropNewest => {
                     let room = cap.saturating_sub(q.items.len());
@@ -144,10 +173,10 @@ impl Queue {
                 OnFull::DropOldest => {
                     // Oldest first: the queued events, then the batch's head.
                     let skip = events.len().saturating_sub(cap);
+                    skipped = skip;
                     let over = (q.items.len() + events.len() - skip).saturating_sub(cap);
-                    let head = q.admitted - q.items.len() as u64;
-                    for (i, e) in q.items.drain(..over).enumerate() {
-                        evicted_events.push((head + i as u64, e));
+                    for e in q.items.drain(..over) {
+                        evicted_events.push((e.seq, e));
                     }
                     // More than fits at all: only the newest `cap` of the batch survive.
                     for (i, e) in events.drain(..skip).enumerate() {
@@ -159,7 +188,7 @@ impl Queue {
             }
             q.admitted += events.len() as u64;
             q.items.extend(events);
-            (refused, evicted, q.items.len())
+            (refused, evicted, q.items.len(), first, skipped)
         };
         self.metrics
             .dropped(DropReason::QueueFull, (refused + evicted) as u64);
@@ -180,7 +209,41 @@ impl Queue {
         } else {
             drop(evicted_events);
         }
-        refused
+        Pushed {
+            first,
+            skipped,
+            refused,
+        }
+    }
+
+    /// Queues events read back from the write-ahead log, keeping their sequence numbers
+    /// (ascending, above everything queued; gaps are fine). Waits for room instead of
+    /// dropping: a replay is never lost to a full queue.
+    pub async fn push_replayed(&self, events: Vec<Event>) {
+        let mut rest = events.into_iter().peekable();
+        while rest.peek().is_some() {
+            let room = self.capacity().saturating_sub(self.len());
+            if room == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                continue;
+            }
+            let depth = {
+                let mut q = self.inner.lock();
+                for e in rest.by_ref().take(room) {
+                    q.admitted = q.admitted.max(e.seq + 1);
+                    q.items.push_back(e);
+                }
+                q.items.len()
+            };
+            self.metrics.queue_depth.set(depth as i64);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Continues the sequence at `seq` (never backwards): the write-ahead log's next record.
+    pub fn start_at(&self, seq: u64) {
+        let mut q = self.inner.lock();
+        q.admitted = q.admitted.max(seq);
     }
 
     /// The sequence number the next admitted event will get: a `flush` waits for this.
@@ -209,10 +272,10 @@ impl Queue {
         if q.items.is_empty() {
             return None;
         }
-        let start = q.admitted - q.items.len() as u64;
+        let start = q.items.front().map_or(q.admitted, |e| e.seq);
         let n = max.min(q.items.len());
         let events: Vec<Event> = q.items.drain(..n).collect();
-        let upto = q.admitted - q.items.len() as u64;
+        let upto = q.items.front().map_or(q.admitted, |e| e.seq);
         self.metrics.queue_depth.set(q.items.len() as i64);
         let (mut lost_before, mut lost_after) = (Vec::new(), Vec::new());
         while let Some((at, _)) = q.lost.front() {

@@ -378,6 +378,16 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     if new.log.format != old.log.format {
         restart.push("log.format".to_string());
     }
+    // The write-ahead log is opened (and replayed) once: turning it on or off, or moving it,
+    // needs a restart; its other keys (fsync, max_bytes, segment_bytes, commit_interval) reload live.
+    match (&old.queue.durable, &mut new.queue.durable) {
+        (None, None) => {}
+        (Some(o), Some(n)) if o.dir == n.dir => {}
+        _ => {
+            restart.push("queue.durable".to_string());
+            new.queue.durable = old.queue.durable.clone();
+        }
+    }
     restart
 }
 

@@ -5,6 +5,7 @@
 mod clients;
 mod control;
 mod deploy;
+mod durable;
 mod exec;
 mod grants;
 mod harness;

@@ -66,6 +66,8 @@ pub struct ControlState {
     pub limiter: Arc<limit::RateLimiter>,
     /// Changes the log filter live (`PUT /v1/log`); `None` when logging was set up elsewhere.
     pub log: Option<LogControl>,
+    /// The write-ahead log, with `queue.durable`.
+    pub wal: Option<Arc<crate::wal::Wal>>,
 }
 
 /// A body that could not be read as JSON: 413 when too large, 415 without a JSON content type,
@@ -281,7 +283,11 @@ async fn stats(
             "delivered": delivered,
             "dropped": dropped,
         },
-        "queue": {"depth": st.queue.len(), "capacity": st.queue.capacity()},
+        "queue": {
+            "depth": st.queue.len(),
+            "capacity": st.queue.capacity(),
+            "durable": st.wal.as_ref().map(|w| w.status()),
+        },
         "sampling": {"default_rate": rates.default_rate, "rates": rates.rates, "boosts": st.sampler.boosts()},
         "profile": st.health.profile_summary(window),
         "tail": {"subscribers": st.views.subscribers()},
@@ -701,6 +707,7 @@ mod tests {
             tail: crate::tail::Tail::new(&Default::default(), Arc::new(Metrics::new())),
             limiter: Arc::new(limit::RateLimiter::new(rate)),
             log: None,
+            wal: None,
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

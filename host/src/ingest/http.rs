@@ -128,11 +128,20 @@ async fn ingest(State(adm): State<Arc<Admission>>, headers: HeaderMap, body: Byt
     let source = adm.metrics.events_received.with_label_values(&["http"]);
     adm.invalid(errors.len());
     let n = events.len();
-    let refused = adm.admit(&source, events).refused;
+    let admitted = adm.admit(&source, events).await;
+    let refused = admitted.refused;
+    if let Some(e) = &admitted.error {
+        // Not in the write-ahead log: not a 2xx (the events may still be delivered).
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"error": e})),
+        )
+            .into_response();
+    }
     for &index in &indexes[n - refused..] {
         errors.push(LineFailure {
             index,
-            error: "queue full: event dropped".into(),
+            error: admitted.refusal().into(),
         });
     }
     let answer = IngestAnswer {

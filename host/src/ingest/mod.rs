@@ -18,6 +18,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::pipeline::FlushRequests;
 use crate::queue::Queue;
 use crate::sinks::Progress;
+use crate::wal::Wal;
 
 /// Sees every admitted batch before it is queued (live tail, run views).
 pub type Observer = Arc<dyn Fn(&[Event]) + Send + Sync>;
@@ -33,12 +34,28 @@ pub struct Admission {
     pub progress: Arc<Progress>,
     /// Optional observer of every admitted batch (the live tail and run views).
     pub observer: Option<Observer>,
+    /// The write-ahead log (`queue.durable`): with it, `admit` resolves once the batch is in
+    /// the log, so that every path answers only then.
+    pub wal: Option<Arc<Wal>>,
 }
 
 /// The outcome of admitting a batch.
+#[derive(Debug, Default)]
 pub struct Admitted {
     /// How many of the batch's last events the queue refused (`drop_newest` when full).
     pub refused: usize,
+    /// Why they were refused, when it is not the in-memory queue: the answer's text.
+    pub reason: Option<&'static str>,
+    /// The write-ahead log could not take the batch: every event not refused is answered
+    /// with this error (it is queued all the same and may still be delivered).
+    pub error: Option<String>,
+}
+
+impl Admitted {
+    /// The answer for a refused event.
+    pub fn refusal(&self) -> &'static str {
+        self.reason.unwrap_or("queue full: event dropped")
+    }
 }
 
 impl Admission {
@@ -46,23 +63,34 @@ impl Admission {
         self.max_line_bytes.load(Ordering::Relaxed)
     }
 
-    /// Counts and queues a batch from `source` (`socket`, `http`). Never waits.
-    pub fn admit(&self, source: &prometheus::IntCounter, mut events: Vec<Event>) -> Admitted {
+    /// Counts and queues a batch from `source` (`socket`, `http`). Never waits on the queue;
+    /// with a write-ahead log it resolves once the batch is in the log (by `fsync`), and the
+    /// caller answers only then.
+    pub async fn admit(&self, source: &prometheus::IntCounter, mut events: Vec<Event>) -> Admitted {
         if events.is_empty() {
-            return Admitted { refused: 0 };
+            return Admitted::default();
         }
         crate::event::assign_ids(&mut events);
         source.inc_by(events.len() as u64);
         if !self.enabled.load(Ordering::Relaxed) {
             self.metrics
                 .dropped(DropReason::Disabled, events.len() as u64);
-            return Admitted { refused: 0 };
+            return Admitted::default();
         }
         if let Some(obs) = &self.observer {
             obs(&events);
         }
+        if let Some(wal) = &self.wal {
+            let a = wal.append(&self.queue, events).await;
+            return Admitted {
+                refused: a.refused,
+                reason: a.reason,
+                error: a.error,
+            };
+        }
         Admitted {
             refused: self.queue.push(events),
+            ..Admitted::default()
         }
     }
 

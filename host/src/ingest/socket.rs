@@ -293,7 +293,8 @@ impl Conn {
                     answers.push(Answer::Quiet);
                 }
                 Ok(Line::Flush) => {
-                    self.finish(std::mem::take(&mut events), std::mem::take(&mut answers));
+                    self.finish(std::mem::take(&mut events), std::mem::take(&mut answers))
+                        .await;
                     if !self.out.is_empty() {
                         if !deaf && wr.write_all(&self.out).await.is_err() {
                             deaf = true;
@@ -319,14 +320,16 @@ impl Conn {
             self.adm.invalid(invalid);
             tracing::debug!(invalid, "malformed lines refused");
         }
-        self.finish(events, answers);
+        self.finish(events, answers).await;
         !deaf
     }
 
-    /// Admits the events and writes the answers for them, in line order.
-    fn finish(&mut self, events: Vec<event::Event>, answers: Vec<Answer>) {
+    /// Admits the events and writes the answers for them, in line order (with a durable
+    /// queue, once they are in the write-ahead log).
+    async fn finish(&mut self, events: Vec<event::Event>, answers: Vec<Answer>) {
         let n = events.len();
-        let refused = self.adm.admit(&self.source, events).refused;
+        let admitted = self.adm.admit(&self.source, events).await;
+        let refused = admitted.refused;
         let first_refused = n - refused;
         let mut i = 0;
         for a in answers {
@@ -335,7 +338,9 @@ impl Conn {
                     // Without acks only malformed lines are answered; a queue drop is counted.
                     if !self.ack {
                     } else if i >= first_refused {
-                        self.error("queue full: event dropped");
+                        self.error(admitted.refusal());
+                    } else if let Some(e) = &admitted.error {
+                        self.error(e);
                     } else {
                         self.out.extend_from_slice(OK);
                     }

@@ -11,14 +11,14 @@
 //! its channel closes and the spool is empty, or on `abort` once the channel has closed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::spool::Spool;
-use super::{Batch, SinkContext, SinkError};
+use super::{Batch, SinkContext, SinkError, SinkProgress};
 use crate::metrics::DropReason;
 
 /// One attempt at writing a batch somewhere.
@@ -53,7 +53,7 @@ pub struct Delivery<W: Deliver> {
     label: String,
     writer: W,
     ctx: SinkContext,
-    done: Arc<AtomicU64>,
+    done: Arc<SinkProgress>,
     observe_latency: bool,
     c: SinkMetrics,
     spool: Option<Spool>,
@@ -67,7 +67,7 @@ impl<W: Deliver> Delivery<W> {
         label: String,
         writer: W,
         ctx: SinkContext,
-        done: Arc<AtomicU64>,
+        done: Arc<SinkProgress>,
         spool: Option<Spool>,
         observe_latency: bool,
     ) -> Delivery<W> {
@@ -138,9 +138,18 @@ impl<W: Deliver> Delivery<W> {
         now
     }
 
-    fn mark_done(&self, upto: u64) {
-        self.done.fetch_max(upto, Ordering::AcqRel);
+    /// Everything before `upto` is delivered (or counted), and before `floor` no longer
+    /// needed by the write-ahead log.
+    fn mark_done(&self, upto: u64, floor: u64) {
+        self.done.done.fetch_max(upto, Ordering::AcqRel);
+        self.mark_safe(floor);
         self.ctx.progress.changed.notify_waiters();
+    }
+
+    /// Nothing before `floor` is needed by the write-ahead log for this sink any more (it is
+    /// delivered, counted or in the spool, which outlives a crash).
+    fn mark_safe(&self, floor: u64) {
+        self.done.safe.fetch_max(floor, Ordering::AcqRel);
     }
 
     /// Retries one batch in place until it is delivered or the grace period ends.
@@ -192,7 +201,8 @@ impl<W: Deliver> Delivery<W> {
     async fn drain_spool(&mut self, marker: u64) -> Option<Instant> {
         loop {
             let Some(batch) = self.spool.as_mut().and_then(|s| s.front()) else {
-                self.mark_done(marker);
+                // What was spooled was marked safe when it was written.
+                self.mark_done(marker, 0);
                 return None;
             };
             match self.attempt(&batch).await {
@@ -200,7 +210,7 @@ impl<W: Deliver> Delivery<W> {
                     if let Some(s) = self.spool.as_mut() {
                         s.pop_front();
                     }
-                    self.mark_done(batch.upto);
+                    self.mark_done(batch.upto, batch.floor);
                 }
                 Attempt::Retry => return Some(Instant::now() + self.next_backoff()),
             }
@@ -215,21 +225,23 @@ impl<W: Deliver> Delivery<W> {
                 self.deliver_in_place(batch, false).await;
             }
             *marker = (*marker).max(batch.upto);
+            self.mark_safe(batch.floor);
             return None;
         }
         if batch.events.is_empty() {
-            self.mark_done(batch.upto);
+            self.mark_done(batch.upto, batch.floor);
             return None;
         }
         match self.attempt(batch).await {
-            Attempt::Done => self.mark_done(batch.upto),
+            Attempt::Done => self.mark_done(batch.upto, batch.floor),
             Attempt::Retry if self.spool_push(batch) => {
                 *marker = batch.upto;
+                self.mark_safe(batch.floor);
                 return Some(Instant::now() + self.next_backoff());
             }
             Attempt::Retry => {
                 self.deliver_in_place(batch, true).await;
-                self.mark_done(batch.upto);
+                self.mark_done(batch.upto, batch.floor);
             }
         }
         None
@@ -334,6 +346,7 @@ mod tests {
         Arc::new(Batch {
             events,
             upto: range.end,
+            floor: range.end,
         })
     }
 
@@ -382,7 +395,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_a_spool_a_batch_is_retried_in_place_with_doubling_backoff() {
         let r = rig();
-        let done = r.progress.register();
+        let done = r.progress.register("s");
         let d = Delivery::new(
             "s".into(),
             Scripted::new(retry(5)),
@@ -412,7 +425,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_a_spool_later_batches_queue_behind_it_and_arrive_in_order() {
         let r = rig();
-        let done = r.progress.register();
+        let done = r.progress.register("s");
         let spool = Spool::open(&r.spool_dir, "s", 1 << 20, r.metrics.clone()).unwrap();
         let d = Delivery::new(
             "s".into(),
@@ -430,21 +443,21 @@ mod tests {
         // The channel is not held up by the failing sink: all three were taken at once.
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(tx.capacity(), 4);
-        assert_eq!(done.load(Ordering::Acquire), 0, "nothing delivered yet");
+        assert_eq!(done.done(), 0, "nothing delivered yet");
         drop(tx);
         let w = task.await.unwrap();
         let order: Vec<String> = w.delivered.iter().flat_map(|(_, d)| d.clone()).collect();
         assert_eq!(order, ["0", "1", "2", "3", "4"]);
         // First try at 0, spool retries at 100 and 300 (the second fails again), then drains.
         assert_eq!(ms(&w.attempts), [0, 100, 300, 300, 300]);
-        assert_eq!(done.load(Ordering::Acquire), 5);
+        assert_eq!(done.done(), 5);
         assert_eq!(std::fs::read_dir(r.spool_dir.join("s")).unwrap().count(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_fatal_refusal_drops_the_batch_and_counts_it() {
         let r = rig();
-        let done = r.progress.register();
+        let done = r.progress.register("s");
         let script = vec![Err(SinkError::Fatal("400 bad request".into()))];
         let d = Delivery::new(
             "s".into(),
@@ -461,13 +474,13 @@ mod tests {
         let w = d.run(rx).await;
         assert_eq!(w.delivered.len(), 1);
         assert_eq!(r.metrics.dropped_count(DropReason::Sink), 3);
-        assert_eq!(done.load(Ordering::Acquire), 4);
+        assert_eq!(done.done(), 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn abort_after_close_drops_an_in_place_batch_and_keeps_a_spool() {
         let r = rig();
-        let done = r.progress.register();
+        let done = r.progress.register("s");
         let d = Delivery::new(
             "s".into(),
             Scripted::new(retry(1000)),
@@ -489,7 +502,7 @@ mod tests {
 
         // With a spool, an abort leaves the batch on disk for the next start.
         let r = rig();
-        let done = r.progress.register();
+        let done = r.progress.register("s");
         let spool = Spool::open(&r.spool_dir, "s", 1 << 20, r.metrics.clone()).unwrap();
         let d = Delivery::new(
             "s".into(),
@@ -512,7 +525,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn empty_batches_only_move_progress() {
         let r = rig();
-        let done = r.progress.register();
+        let done = r.progress.register("s");
         let d = Delivery::new(
             "s".into(),
             Scripted::new(vec![]),
@@ -525,12 +538,13 @@ mod tests {
         tx.send(Arc::new(Batch {
             events: vec![],
             upto: 7,
+            floor: 7,
         }))
         .await
         .unwrap();
         drop(tx);
         let w = d.run(rx).await;
         assert!(w.attempts.is_empty());
-        assert_eq!(done.load(Ordering::Acquire), 7);
+        assert_eq!(done.done(), 7);
     }
 }

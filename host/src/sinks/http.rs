@@ -287,7 +287,11 @@ mod tests {
             r#"{"method":"call_end","payload":{"end":{"id":"a","output":1}}}"#,
             r#"{"type":"other","data":{}}"#,
         ]);
-        let enc = WeaveSink::encode(&Batch { events, upto: 0 });
+        let enc = WeaveSink::encode(&Batch {
+            events,
+            upto: 0,
+            floor: 0,
+        });
         assert_eq!(enc.calls, 2);
         assert_eq!(enc.refused, [1, 0, 0]);
         let v: serde_json::Value = serde_json::from_slice(&enc.body).unwrap();
@@ -316,6 +320,7 @@ mod tests {
         let enc = WeaveSink::encode(&Batch {
             events: events(&MIX),
             upto: 0,
+            floor: 0,
         });
         assert_eq!(enc.calls, 2);
         assert_eq!(enc.refused, [2, 1, 2]);
@@ -355,6 +360,7 @@ mod tests {
         let batch = Batch {
             events: events(&MIX),
             upto: 0,
+            floor: 0,
         };
         // A failed post counts nothing: the batch will be tried again.
         assert!(matches!(s.send(&batch).await, Err(SinkError::Retryable(_))));
@@ -368,6 +374,7 @@ mod tests {
         let others = Batch {
             events: events(&MIX[5..]),
             upto: 0,
+            floor: 0,
         };
         assert_eq!(s.send(&others).await.unwrap(), 0);
         assert_eq!(m.dropped_count(DropReason::Unsupported), 7);

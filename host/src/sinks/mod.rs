@@ -40,6 +40,9 @@ pub struct Batch {
     pub events: Vec<Event>,
     /// Once this batch is delivered, everything admitted before this sequence is done.
     pub upto: u64,
+    /// Once this batch is delivered or spooled, the write-ahead log no longer needs anything
+    /// before this sequence (see [`Cut::floor`]).
+    pub floor: u64,
 }
 
 /// How a delivery failed: whether trying again can help.
@@ -132,29 +135,57 @@ pub fn check(sinks: &[SinkConfig], metrics: &Arc<Metrics>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// How far each sink has got, for `flush` answers.
+/// How far one sink has got.
+pub struct SinkProgress {
+    pub label: String,
+    /// Everything admitted before this has been delivered (or refused for good, counted).
+    done: AtomicU64,
+    /// Nothing before this is needed by the write-ahead log for this sink: delivered, counted,
+    /// or written to its on-disk spool (see [`Batch::floor`]).
+    safe: AtomicU64,
+}
+
+impl SinkProgress {
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Acquire)
+    }
+
+    pub fn safe(&self) -> u64 {
+        self.safe.load(Ordering::Acquire)
+    }
+}
+
+/// How far each sink has got, for `flush` answers and the write-ahead log's trim.
 #[derive(Default)]
 pub struct Progress {
-    sinks: Mutex<Vec<Arc<AtomicU64>>>,
+    sinks: Mutex<Vec<Arc<SinkProgress>>>,
+    /// The `safe` of the last sink to go (shutdown): the log's floor once no sink runs.
+    retired: AtomicU64,
     changed: Notify,
 }
 
 impl Progress {
     /// A new sink starts where the others are: it only gets batches sent from now on.
-    fn register(&self) -> Arc<AtomicU64> {
+    fn register(&self, label: &str) -> Arc<SinkProgress> {
         let mut sinks = self.sinks.lock();
-        let start = sinks
-            .iter()
-            .map(|d| d.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(0);
-        let done = Arc::new(AtomicU64::new(start));
-        sinks.push(done.clone());
-        done
+        let start = sinks.iter().map(|d| d.done()).min().unwrap_or(0);
+        let safe = sinks.iter().map(|d| d.safe()).min().unwrap_or(0);
+        let p = Arc::new(SinkProgress {
+            label: label.to_string(),
+            done: AtomicU64::new(start),
+            safe: AtomicU64::new(safe),
+        });
+        sinks.push(p.clone());
+        p
     }
 
-    fn unregister(&self, done: &Arc<AtomicU64>) {
-        self.sinks.lock().retain(|d| !Arc::ptr_eq(d, done));
+    fn unregister(&self, done: &Arc<SinkProgress>) {
+        let mut sinks = self.sinks.lock();
+        sinks.retain(|d| !Arc::ptr_eq(d, done));
+        if sinks.is_empty() {
+            self.retired.fetch_max(done.safe(), Ordering::AcqRel);
+        }
+        drop(sinks);
         self.changed.notify_waiters();
     }
 
@@ -163,9 +194,28 @@ impl Progress {
         self.sinks
             .lock()
             .iter()
-            .map(|d| d.load(Ordering::Acquire))
+            .map(|d| d.done())
             .min()
             .unwrap_or(u64::MAX)
+    }
+
+    /// What the write-ahead log may be trimmed to: the least `safe` of the running sinks (or,
+    /// once none runs, of the last one). `None` before any sink has run.
+    pub fn safe_floor(&self) -> Option<u64> {
+        let sinks = self.sinks.lock();
+        match sinks.iter().map(|d| d.safe()).min() {
+            Some(f) => Some(f),
+            None => Some(self.retired.load(Ordering::Acquire)).filter(|f| *f > 0),
+        }
+    }
+
+    /// Each running sink's label and `safe` sequence (the write-ahead log's cursors).
+    pub fn cursors(&self) -> Vec<(String, u64)> {
+        self.sinks
+            .lock()
+            .iter()
+            .map(|d| (d.label.clone(), d.safe()))
+            .collect()
     }
 
     /// Waits until the watermark reaches `seq`.
@@ -210,7 +260,7 @@ impl SinkHandle {
         let writer = Writer::open(&cfg, &ctx.metrics)
             .map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
         let (tx, rx) = mpsc::channel(4);
-        let done = ctx.progress.register();
+        let done = ctx.progress.register(&label);
         let spool_cfg = &ctx.delivery.spool;
         let spool = match spool_cfg.max_bytes.0 {
             0 => None,
@@ -319,12 +369,20 @@ impl SinkSet {
     /// Sends a cut to every sink that admits its events. An empty cut still moves every sink's
     /// progress. Waits while a sink's channel is full (pushing back on the pipeline).
     pub async fn send(&self, cut: Cut) {
-        let Cut { mut events, upto } = cut;
+        let Cut {
+            mut events,
+            upto,
+            floor,
+        } = cut;
         // Everything ingested has its id; this gives one to any event made inside the host.
         crate::event::assign_ids(&mut events);
         if self.all {
             let n = events.len() as u64;
-            let batch = Arc::new(Batch { events, upto });
+            let batch = Arc::new(Batch {
+                events,
+                upto,
+                floor,
+            });
             for s in &self.sinks {
                 if s.tx.send(batch.clone()).await.is_err() {
                     // A sink that has gone away cannot take the batch: say so in the counts.
@@ -352,7 +410,12 @@ impl SinkSet {
         self.metrics.dropped(DropReason::Unrouted, unrouted);
         for (s, events) in self.sinks.iter().zip(routed) {
             let n = events.len() as u64;
-            if s.tx.send(Arc::new(Batch { events, upto })).await.is_err() {
+            let batch = Arc::new(Batch {
+                events,
+                upto,
+                floor,
+            });
+            if s.tx.send(batch).await.is_err() {
                 self.metrics.dropped(DropReason::Sink, n);
             }
         }

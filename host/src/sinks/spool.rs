@@ -24,6 +24,7 @@ struct Entry {
     bytes: u64,
     events: usize,
     upto: u64,
+    floor: u64,
 }
 
 /// One sink's on-disk spool of batches waiting for a retry.
@@ -72,6 +73,7 @@ impl Spool {
                             bytes,
                             events,
                             upto: 0,
+                            floor: 0,
                         },
                     ));
                 }
@@ -146,6 +148,7 @@ impl Spool {
             bytes: buf.len() as u64,
             events: batch.events.len(),
             upto: batch.upto,
+            floor: batch.floor,
         });
         while self.bytes > self.max_bytes && self.entries.len() > 1 {
             if let Some(old) = self.entries.pop_front() {
@@ -177,6 +180,7 @@ impl Spool {
                     return Some(Batch {
                         events,
                         upto: e.upto,
+                        floor: e.floor,
                     });
                 }
                 Err(err) => {
@@ -224,6 +228,7 @@ mod tests {
         Batch {
             events,
             upto: range.end,
+            floor: range.end,
         }
     }
 

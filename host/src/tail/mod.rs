@@ -148,6 +148,9 @@ fn join_id(id: [u64; 2]) -> u128 {
 
 struct OpenRun {
     seq: u64,
+    /// The queue sequence of the run's first event: runs open in queue order, so the oldest
+    /// open run holds the oldest event the tail holds (what the write-ahead log keeps).
+    first_seq: u64,
     held: Vec<Held>,
     /// The data of `held`, concatenated.
     data: Vec<u8>,
@@ -227,6 +230,7 @@ impl OpenRun {
                 at = end;
                 Event {
                     id: join_id(h.id),
+                    seq: 0,
                     kind: h.kind,
                     ts_ns: h.ts_ns,
                     run_id: Some(run_id.clone()),
@@ -656,6 +660,15 @@ impl Tail {
         out
     }
 
+    /// The queue sequence of the oldest event held (in memory or spilled) by an open run;
+    /// `None` when no run is open. The pipeline keeps the write-ahead log from trimming past
+    /// it.
+    pub fn oldest_held_seq(&self) -> Option<u64> {
+        let st = self.inner.state.lock();
+        let (_, run) = st.by_age.first_key_value()?;
+        st.open.get(run).map(|r| r.first_seq)
+    }
+
     /// What the queue should show dropped events to (`None` while tail sampling is off).
     pub fn lost_filter(&self) -> Option<Arc<dyn LostFilter>> {
         self.inner
@@ -685,6 +698,7 @@ impl Tail {
             by_age.insert(*seq, run.clone());
             Box::new(OpenRun {
                 seq: *seq,
+                first_seq: e.seq,
                 held: Vec::new(),
                 data: Vec::new(),
                 attr_bytes: 0,
@@ -1034,6 +1048,7 @@ impl Tail {
                     let end = at + h.len as usize;
                     let e = Event {
                         id: join_id(h.id),
+                        seq: 0,
                         kind: h.kind.clone(),
                         ts_ns: h.ts_ns,
                         run_id: Some(id.clone()),

@@ -72,7 +72,10 @@ impl LogsService for Svc {
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         self.check(&req)?;
-        let o = admit_logs(&self.adm, &self.source(), req.get_ref());
+        let o = admit_logs(&self.adm, &self.source(), req.get_ref()).await;
+        if let Some(e) = o.error {
+            return Err(Status::unavailable(e));
+        }
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: partial(&o, |rejected, error_message| ExportLogsPartialSuccess {
                 rejected_log_records: rejected,
@@ -89,7 +92,10 @@ impl TraceService for Svc {
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         self.check(&req)?;
-        let o = admit_traces(&self.adm, &self.source(), req.get_ref());
+        let o = admit_traces(&self.adm, &self.source(), req.get_ref()).await;
+        if let Some(e) = o.error {
+            return Err(Status::unavailable(e));
+        }
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: partial(&o, |rejected, error_message| ExportTracePartialSuccess {
                 rejected_spans: rejected,

@@ -93,7 +93,10 @@ async fn logs(State(cx): State<Ctx>, headers: HeaderMap, body: Body) -> Response
         .metrics
         .events_received
         .with_label_values(&["otlp_http"]);
-    let o = admit_logs(&cx.adm, &source, &req);
+    let o = admit_logs(&cx.adm, &source, &req).await;
+    if let Some(e) = &o.error {
+        return unavailable(e);
+    }
     answer(
         enc,
         ExportLogsServiceResponse {
@@ -115,7 +118,10 @@ async fn traces(State(cx): State<Ctx>, headers: HeaderMap, body: Body) -> Respon
         .metrics
         .events_received
         .with_label_values(&["otlp_http"]);
-    let o = admit_traces(&cx.adm, &source, &req);
+    let o = admit_traces(&cx.adm, &source, &req).await;
+    if let Some(e) = &o.error {
+        return unavailable(e);
+    }
     answer(
         enc,
         ExportTraceServiceResponse {
@@ -125,6 +131,15 @@ async fn traces(State(cx): State<Ctx>, headers: HeaderMap, body: Body) -> Respon
             }),
         },
     )
+}
+
+/// 503: the events are not in the write-ahead log (the exporter retries).
+fn unavailable(e: &str) -> Response {
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({"error": e})),
+    )
+        .into_response()
 }
 
 /// `partial_success` when something was refused (absent otherwise, as the spec asks).

@@ -39,6 +39,9 @@ pub struct Outcome {
     pub accepted: usize,
     /// Records (or spans) the queue refused.
     pub rejected: usize,
+    /// The write-ahead log could not take them (`queue.durable`): answered as unavailable,
+    /// so that the exporter retries.
+    pub error: Option<String>,
 }
 
 impl Outcome {
@@ -57,29 +60,30 @@ impl Outcome {
 }
 
 /// Maps and admits the log records of `req`, counted under `source`.
-pub fn admit_logs(
+pub async fn admit_logs(
     adm: &Admission,
     source: &prometheus::IntCounter,
     req: &ExportLogsServiceRequest,
 ) -> Outcome {
-    admit(adm, source, logs_to_events(req, Instant::now()))
+    admit(adm, source, logs_to_events(req, Instant::now())).await
 }
 
 /// Maps and admits the spans of `req`, counted under `source`.
-pub fn admit_traces(
+pub async fn admit_traces(
     adm: &Admission,
     source: &prometheus::IntCounter,
     req: &ExportTraceServiceRequest,
 ) -> Outcome {
-    admit(adm, source, spans_to_events(req, Instant::now()))
+    admit(adm, source, spans_to_events(req, Instant::now())).await
 }
 
-fn admit(adm: &Admission, source: &prometheus::IntCounter, events: Vec<Event>) -> Outcome {
+async fn admit(adm: &Admission, source: &prometheus::IntCounter, events: Vec<Event>) -> Outcome {
     let n = events.len();
-    let refused = adm.admit(source, events).refused;
+    let a = adm.admit(source, events).await;
     Outcome {
-        accepted: n - refused,
-        rejected: refused,
+        accepted: n - a.refused,
+        rejected: a.refused,
+        error: a.error,
     }
 }
 
@@ -114,6 +118,7 @@ pub fn logs_to_events(req: &ExportLogsServiceRequest, received: Instant) -> Vec<
                 .unwrap_or_else(|_| b"null".to_vec());
                 out.push(Event {
                     id: 0,
+                    seq: 0,
                     kind,
                     ts_ns: ts,
                     run_id: run_id(&rec.attributes, res_attrs, &rec.trace_id),
@@ -154,6 +159,7 @@ pub fn spans_to_events(req: &ExportTraceServiceRequest, received: Instant) -> Ve
                 .unwrap_or_else(|_| b"null".to_vec());
                 out.push(Event {
                     id: 0,
+                    seq: 0,
                     kind: SPAN_TYPE.clone(),
                     ts_ns: ts,
                     run_id: run_id(&span.attributes, res_attrs, &span.trace_id),
