@@ -23,6 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::debug::Debugger;
 use crate::control::limit::RateLimiter;
 use crate::control::views::EventViews;
 use crate::control::{self, ControlState, ReloadRequest, health::HealthMonitor};
@@ -219,6 +220,7 @@ async fn start_control_plane(
     st: &Stages,
     dp: &DataPlaneParts,
     views: Arc<EventViews>,
+    debugger: Arc<Debugger>,
     opts: &RunOptions,
     started: Instant,
 ) -> anyhow::Result<ControlPlaneParts> {
@@ -247,6 +249,8 @@ async fn start_control_plane(
         tail: st.tail.clone(),
         limiter: Arc::new(RateLimiter::new(cfg.control.rate_limit)),
         log: opts.log.clone(),
+        debugger,
+        cors: Arc::new(control::CorsOrigins::new(&cfg.control.cors)),
     });
     let stop = CancellationToken::new();
     let (control, addr) = start_control(cfg, &state, &stop).await?;
@@ -283,10 +287,20 @@ pub async fn build(
     tracing::info!(plugins = st.plugins.len(), dir = %cfg.plugins.dir.display(), "plugins loaded");
     let dp = start_data_plane(&cfg, &st)?;
     let views = Arc::new(EventViews::new(&cfg.control.redact_fields));
-    let admission = admission(&cfg, &st, &views, &dp);
+    let debugger = Arc::new(Debugger::new(&cfg, st.metrics.clone()));
+    let admission = admission(&cfg, &st, &views, &debugger, &dp);
     let ingest_stop = CancellationToken::new();
     let (listeners, http) = bind_ingest(&cfg, &admission, &ingest_stop).await?;
-    let cp = start_control_plane(&cfg, &st, &dp, views.clone(), &opts, started).await?;
+    let cp = start_control_plane(
+        &cfg,
+        &st,
+        &dp,
+        views.clone(),
+        debugger.clone(),
+        &opts,
+        started,
+    )
+    .await?;
     let addrs = Addrs {
         socket: cfg.ingest.socket.clone(),
         http,
@@ -309,6 +323,8 @@ pub async fn build(
             views,
             Arc::new(st.tail.clone()),
             cp.state.limiter.clone(),
+            debugger,
+            cp.state.cors.clone(),
             Arc::new(cp.profiler.reconfigurer()),
         ],
         status: cp.status,
@@ -349,6 +365,7 @@ fn admission(
     cfg: &Config,
     st: &Stages,
     views: &Arc<EventViews>,
+    debugger: &Arc<Debugger>,
     dp: &DataPlaneParts,
 ) -> Arc<Admission> {
     let observer: ingest::Observer = {
@@ -363,6 +380,7 @@ fn admission(
         flush: dp.flush.clone(),
         progress: dp.sink_ctx.progress.clone(),
         observer: Some(observer),
+        debugger: Some(debugger.clone()),
     })
 }
 

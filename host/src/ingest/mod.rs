@@ -4,7 +4,7 @@
 //! exports over OTLP/HTTP and OTLP/gRPC ([`otlp`]). Out: whole
 //! batches admitted into the [`Queue`], and an answer for every line. Admission applies the kill
 //! switch (accept and drop, counted `disabled`), counts what arrives and what is malformed
-//! (`invalid`), and never waits on the queue. Every listener stops on the shutdown token.
+//! (`invalid`), checks breakpoints (`control::debug`), and never waits on the queue. Every listener stops on the shutdown token.
 
 pub mod http;
 pub mod otlp;
@@ -13,6 +13,7 @@ pub mod socket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::control::debug::{DebugConn, Debugger, Hold};
 use crate::event::Event;
 use crate::metrics::{DropReason, Metrics};
 use crate::pipeline::FlushRequests;
@@ -33,6 +34,8 @@ pub struct Admission {
     pub progress: Arc<Progress>,
     /// Optional observer of every admitted batch (the live tail and run views).
     pub observer: Option<Observer>,
+    /// Breakpoints: every admitted batch is checked while one is set.
+    pub debugger: Option<Arc<Debugger>>,
 }
 
 /// The outcome of admitting a batch.
@@ -61,9 +64,40 @@ impl Admission {
         if let Some(obs) = &self.observer {
             obs(&events);
         }
+        if let Some(d) = &self.debugger {
+            d.observe(&events);
+        }
         Admitted {
             refused: self.queue.push(events),
         }
+    }
+
+    /// [`Admission::admit`] for a debug connection: also the holds of `pause` breakpoints on
+    /// its events (their indices in `events`). The events are queued before anything waits.
+    pub fn admit_debug(
+        &self,
+        source: &prometheus::IntCounter,
+        events: Vec<Event>,
+        conn: &DebugConn,
+    ) -> (Admitted, Vec<(usize, Hold)>) {
+        if events.is_empty() {
+            return (Admitted { refused: 0 }, Vec::new());
+        }
+        source.inc_by(events.len() as u64);
+        if !self.enabled.load(Ordering::Relaxed) {
+            self.metrics
+                .dropped(DropReason::Disabled, events.len() as u64);
+            return (Admitted { refused: 0 }, Vec::new());
+        }
+        if let Some(obs) = &self.observer {
+            obs(&events);
+        }
+        let holds = match &self.debugger {
+            Some(d) => d.holds(&events, conn),
+            None => Vec::new(),
+        };
+        let refused = self.queue.push(events);
+        (Admitted { refused }, holds)
     }
 
     /// Counts malformed lines.
