@@ -61,6 +61,27 @@ enum Command {
         /// `-` reads NDJSON lines from stdin.
         input: Option<String>,
     },
+    /// Set a breakpoint on a running daemon, wait for hits, print each event and its run, and
+    /// continue or step a paused connection from the terminal (c, s, e EXPR, q).
+    Debug {
+        #[command(flatten)]
+        control: outrigger::cli::ControlArgs,
+        /// The CEL condition, e.g. 'type == "test_end" && data.status == "failed"'.
+        #[arg(long)]
+        when: Option<String>,
+        /// Only events of this run.
+        #[arg(long)]
+        run_id: Option<String>,
+        /// pause (holds a connection that opted in with debug) or capture.
+        #[arg(long, default_value = "pause", value_parser = ["pause", "capture"])]
+        action: String,
+        /// Stop after this many hits.
+        #[arg(long)]
+        hits: Option<u64>,
+        /// Leave the breakpoint set on exit.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Health and stats of a running daemon (exit 1 when unhealthy or unreachable).
     Status {
         #[command(flatten)]
@@ -254,6 +275,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     outrigger::app::Stopped::Forced => ExitCode::from(130),
                 },
             )
+        }
+        Command::Debug {
+            control,
+            when,
+            run_id,
+            action,
+            hits,
+            keep,
+        } => {
+            let args = outrigger::cli::debug::DebugArgs {
+                when,
+                run_id,
+                action,
+                hits,
+                keep,
+            };
+            outrigger::cli::debug::debug(&control.client()?, args).await
         }
         Command::Status {
             control,

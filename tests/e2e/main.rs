@@ -4,6 +4,7 @@
 
 mod clients;
 mod control;
+mod debug;
 mod deploy;
 mod exec;
 mod grants;

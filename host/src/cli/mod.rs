@@ -7,8 +7,10 @@
 //! with 503 when the daemon is unhealthy) and `/v1/stats` and prints them for people (or as one JSON object with `--json`); it exits 1 when the daemon is
 //! unhealthy or unreachable. `tail` follows `/v1/tail` (Server-Sent Events) and prints one line
 //! per event (the native JSON line with `--json`) until the daemon closes the stream, the
-//! output is closed, or the user interrupts it.
+//! output is closed, or the user interrupts it. [`debug`] sets a breakpoint and serves its
+//! sessions from the terminal.
 
+pub mod debug;
 pub mod exec;
 pub mod send;
 

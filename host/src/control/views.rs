@@ -3,8 +3,8 @@
 //! In: every admitted batch, through [`EventViews::observe`] (the ingest `Observer`), before
 //! sampling and plugins. Out: batches handed to each live-tail subscriber (`GET /v1/tail`,
 //! `GET /v1/ws/tail`), only while one is connected (the ingest side then costs one atomic load
-//! per batch). Each subscriber has its own bounded buffer of [`TAIL_BACKLOG`] batches: a batch
-//! that does not fit is not given to that subscriber, its events are counted (for the
+//! per batch). Each subscriber has its own bounded buffer ([`TAIL_BACKLOG`] batches and
+//! [`TAIL_BACKLOG_EVENTS`] events): a batch that does not fit is not given to that subscriber, its events are counted (for the
 //! subscriber, which tells its client in-band, and in `outrigger_live_tail_dropped_total`), and
 //! ingest never waits for a subscriber. [`render`] shows an event as native JSON with
 //! `control.redact_fields` replaced by `"***"` (top-level `data` fields and attributes), applied
@@ -20,8 +20,10 @@ use tokio::sync::mpsc;
 
 use crate::event::Event;
 
-/// Batches buffered for one tail subscriber; past it, batches are dropped for that subscriber.
+/// Batches, and events in them, buffered for one tail subscriber; past either, batches are
+/// dropped for that subscriber.
 pub const TAIL_BACKLOG: usize = 256;
+pub const TAIL_BACKLOG_EVENTS: usize = 65_536;
 
 /// One subscriber as the ingest side sees it.
 struct Slot {
@@ -29,6 +31,8 @@ struct Slot {
     tx: mpsc::Sender<Arc<[Event]>>,
     /// Events not handed to this subscriber since it last asked.
     missed: AtomicU64,
+    /// Events in its buffer now.
+    queued: AtomicUsize,
     dropped: prometheus::IntCounter,
 }
 
@@ -45,13 +49,20 @@ pub struct EventViews {
 
 /// A tail client's receiver; counted while it lives, removed when dropped.
 pub struct TailSubscription {
-    pub rx: mpsc::Receiver<Arc<[Event]>>,
+    rx: mpsc::Receiver<Arc<[Event]>>,
     slot: Arc<Slot>,
     slots: Slots,
     count: Arc<AtomicUsize>,
 }
 
 impl TailSubscription {
+    /// The next batch; `None` once the views are gone.
+    pub async fn recv(&mut self) -> Option<Arc<[Event]>> {
+        let b = self.rx.recv().await?;
+        self.slot.queued.fetch_sub(b.len(), Ordering::Relaxed);
+        Some(b)
+    }
+
     /// Events this subscriber was not given (its buffer was full) since the last call.
     pub fn take_missed(&self) -> u64 {
         self.slot.missed.swap(0, Ordering::Relaxed)
@@ -94,11 +105,14 @@ impl EventViews {
         }
         let slots = self.slots.read().clone();
         let batch: Arc<[Event]> = events.into();
+        let n = batch.len();
         for s in slots.iter() {
-            if s.tx.try_send(batch.clone()).is_err() {
-                let n = batch.len() as u64;
-                s.missed.fetch_add(n, Ordering::Relaxed);
-                s.dropped.inc_by(n);
+            let room = s.queued.load(Ordering::Relaxed) + n <= TAIL_BACKLOG_EVENTS;
+            if room && s.tx.try_send(batch.clone()).is_ok() {
+                s.queued.fetch_add(n, Ordering::Relaxed);
+            } else {
+                s.missed.fetch_add(n as u64, Ordering::Relaxed);
+                s.dropped.inc_by(n as u64);
             }
         }
     }
@@ -110,6 +124,7 @@ impl EventViews {
             id: self.next.fetch_add(1, Ordering::Relaxed),
             tx,
             missed: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
             dropped,
         });
         {
@@ -238,6 +253,7 @@ mod tests {
         assert_eq!(v.subscribers(), 1);
         v.observe(&[ev(r#"{"type":"after","run_id":"r"}"#)]);
         let got = sub.rx.try_recv().unwrap();
+        sub.slot.queued.fetch_sub(got.len(), Ordering::Relaxed);
         assert_eq!(&*got[0].kind, "after");
         assert!(sub.rx.try_recv().is_err());
         drop(sub);
@@ -245,8 +261,8 @@ mod tests {
         v.observe(&[ev(r#"{"type":"nobody"}"#)]);
     }
 
-    #[test]
-    fn a_full_subscriber_misses_batches_and_others_do_not() {
+    #[tokio::test]
+    async fn a_full_subscriber_misses_batches_and_others_do_not() {
         let v = EventViews::new(&[]);
         let dropped = counter();
         let slow = v.subscribe(dropped.clone());
@@ -254,13 +270,20 @@ mod tests {
         let two = [ev(r#"{"type":"a"}"#), ev(r#"{"type":"b"}"#)];
         for _ in 0..TAIL_BACKLOG + 3 {
             v.observe(&two);
-            assert!(
-                fast.rx.try_recv().is_ok(),
-                "a reading subscriber gets every batch"
-            );
+            let got = fast.recv().await;
+            assert!(got.is_some(), "a reading subscriber gets every batch");
         }
         assert_eq!(slow.take_missed(), 6, "three batches of two events");
         assert_eq!(slow.take_missed(), 0);
         assert_eq!(dropped.get(), 6);
+        // A bound in events too: one big batch that does not fit.
+        let mut roomy = v.subscribe(counter());
+        let big: Vec<Event> = (0..TAIL_BACKLOG_EVENTS + 1)
+            .map(|_| ev(r#"{"type":"x"}"#))
+            .collect();
+        v.observe(&big);
+        assert_eq!(roomy.take_missed(), big.len() as u64);
+        v.observe(&two);
+        assert_eq!(roomy.recv().await.unwrap().len(), 2);
     }
 }

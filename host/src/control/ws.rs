@@ -218,7 +218,7 @@ async fn ws_stream(
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => {}
             },
-            b = sub.rx.recv() => {
+            b = sub.recv() => {
                 let Some(batch) = b else { return };
                 let missed = sub.take_missed();
                 if missed > 0 && tx.feed(text(&serde_json::json!({"lagged": {"missed_events": missed}}))).await.is_err() {
@@ -316,7 +316,7 @@ pub(crate) async fn sse_tail(
             }
             tokio::select! {
                 _ = t.stop.cancelled() => return None,
-                got = t.sub.rx.recv() => {
+                got = t.sub.recv() => {
                     let batch = got?;
                     t.lagged();
                     let redact = t.st.views.redact_fields();
