@@ -3,6 +3,7 @@
 //! `harness` starts and drives daemons; each other module covers one capability.
 
 mod clients;
+mod console;
 mod control;
 mod debug;
 mod deploy;
