@@ -530,3 +530,55 @@ async fn outrigger_debug_in_a_terminal() {
     let bps = d.get_json("/v1/breakpoints").await;
     assert_eq!(bps["count"], 0, "the breakpoint is deleted on exit: {bps}");
 }
+
+#[tokio::test]
+async fn cors_origins_and_max_pause_reload_live() {
+    let d = Daemon::start("control: {cors: [\"http://app.example:8080\"]}").await;
+    let http = reqwest::Client::new();
+    let preflight = async |origin: &str| {
+        http.request(
+            reqwest::Method::OPTIONS,
+            format!("http://{}/v1/breakpoints", d.control),
+        )
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "x-api-key, content-type")
+        .send()
+        .await
+        .unwrap()
+    };
+    let r = preflight("http://app.example:8080").await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.example:8080"
+    );
+    let r = preflight("http://other.example").await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    // A page of another origin cannot open the WebSocket tail.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/v1/ws/tail", d.control),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("Origin", "http://other.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a foreign origin opened the tail: {:?}", other.map(|_| ())),
+    }
+    // Both reload without a restart.
+    crate::harness::rewrite_config(&d, "control: {cors: [], max_pause: 1s}");
+    let (status, v) = d.send_json("POST", "/v1/reload", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let r = preflight("http://app.example:8080").await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    set_breakpoint(&d, json!({"when": "true"})).await;
+    let mut c = debug_conn(&d).await;
+    assert_eq!(
+        c.send(r#"{"type":"x"}"#).await,
+        r#"{"success":true}"#,
+        "released by the new max_pause"
+    );
+    let s = d.get_json("/v1/debug").await["sessions"][0].clone();
+    assert_eq!(s["released"], "max_pause", "{s}");
+}

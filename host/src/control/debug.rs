@@ -222,7 +222,7 @@ impl Session {
                 "pid": c.pid,
                 "held": held,
                 "held_ms": held.then(|| self.opened.elapsed().as_millis() as u64),
-                "max_pause_ms": held.then(|| max_pause.as_millis() as u64),
+                "max_pause_ms": held.then_some(max_pause.as_millis() as u64),
             });
         }
         if self.state == State::Unheld {
