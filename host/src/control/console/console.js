@@ -1,5 +1,6 @@
 // The Outrigger console: plain JavaScript over the control API, no framework, no build step.
-// Pages (by location hash): #/overview, #/runs, #/run/ID, #/tail, #/debug. Every request sends
+// Pages (by location hash): #/overview, #/runs, #/run/ID, #/tail (#/tail/follow starts it),
+// #/debug. Every request sends
 // the key (taken once from ?api_key= and kept for the tab) as X-API-Key; the WebSocket tail
 // takes it as ?api_key=. Only the page shown polls. At any event rate the page stays usable:
 // the live tail asks the daemon for at most "Max/s" events a second (rate=), keeps the last
@@ -93,6 +94,8 @@ function route() {
   if (name === "runs") every(3000, runs);
   if (name === "run") showRun(decodeURIComponent(rest.join("/")));
   if (name === "debug") every(1000, debugPage);
+  // #/tail/follow starts following at once (a page to leave open, or to bookmark).
+  if (name === "tail" && rest[0] === "follow" && !ws) startTail();
 }
 
 window.addEventListener("hashchange", route);
