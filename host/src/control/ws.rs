@@ -101,6 +101,11 @@ impl TailFilter {
             && self.when.as_ref().is_none_or(|c| c.matches(e, m, "tail"))
     }
 
+    /// No filter: every event matches.
+    fn is_empty(&self) -> bool {
+        self.types.is_empty() && self.run_ids.is_empty() && self.when.is_none()
+    }
+
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "type": self.types,
@@ -130,12 +135,29 @@ impl RateGate {
         }
     }
 
-    /// True when the next event may go out.
-    fn admit(&mut self) -> bool {
-        let Some(r) = self.per_sec else { return true };
+    /// Adds the tokens earned since the last refill (once per batch: no clock read per event).
+    fn refill(&mut self) {
+        let Some(r) = self.per_sec else { return };
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * r).min(r);
         self.last = now;
+    }
+
+    /// Skips a whole batch of matching events when no token is left (a subscriber without
+    /// filters then costs nothing per event past its rate); false when some may go out.
+    fn skip_all(&mut self, matching: usize) -> bool {
+        let spent = self.per_sec.is_some() && self.tokens < 1.0;
+        if spent {
+            self.skipped += matching as u64;
+        }
+        spent
+    }
+
+    /// True when the next event may go out.
+    fn admit(&mut self) -> bool {
+        if self.per_sec.is_none() {
+            return true;
+        }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -225,7 +247,9 @@ async fn ws_stream(
                     return;
                 }
                 let redact = st.views.redact_fields();
-                for e in batch.iter() {
+                gate.refill();
+                let all = filter.is_empty() && gate.skip_all(batch.len());
+                for e in batch.iter().take(if all { 0 } else { batch.len() }) {
                     if filter.matches(e, &st.metrics) && gate.admit() {
                         let v = views::render_event(e, &redact);
                         if tx.feed(text(&v)).await.is_err() {
@@ -320,7 +344,9 @@ pub(crate) async fn sse_tail(
                     let batch = got?;
                     t.lagged();
                     let redact = t.st.views.redact_fields();
-                    for e in batch.iter() {
+                    t.gate.refill();
+                    let all = t.filter.is_empty() && t.gate.skip_all(batch.len());
+                    for e in batch.iter().take(if all { 0 } else { batch.len() }) {
                         if t.filter.matches(e, &t.st.metrics) && t.gate.admit() {
                             let v = views::render_event(e, &redact);
                             t.pending.push_back(SseEvent::default().data(v.to_string()));
@@ -380,7 +406,16 @@ mod tests {
         assert_eq!(passed, 10);
         assert_eq!(g.skipped, 90);
         tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(
+            (0..100).filter(|_| g.admit()).count(),
+            0,
+            "refilled once per batch"
+        );
+        g.refill();
+        assert!(!g.skip_all(100), "tokens left");
         assert_eq!((0..100).filter(|_| g.admit()).count(), 5);
+        assert!(g.skip_all(1000));
+        assert_eq!(g.skipped, 90 + 95 + 100 + 1000);
         let mut open = RateGate::new(None);
         assert!((0..1000).all(|_| open.admit()));
     }
