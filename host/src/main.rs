@@ -125,6 +125,12 @@ enum Command {
         /// Only these event types (repeat for more; `prefix*` matches a prefix).
         #[arg(long = "type", short = 't', value_name = "T")]
         types: Vec<String>,
+        /// Only events of these runs (repeat for more).
+        #[arg(long = "run-id", value_name = "R")]
+        run_ids: Vec<String>,
+        /// Only events for which this CEL condition is true, e.g. 'data.duration_ms > 1000'.
+        #[arg(long)]
+        when: Option<String>,
         /// Print each event as its native JSON line.
         #[arg(long)]
         json: bool,
@@ -301,8 +307,17 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Tail {
             control,
             types,
+            run_ids,
+            when,
             json,
-        } => outrigger::cli::tail(&control.client()?, &types, json).await,
+        } => {
+            let filter = outrigger::cli::TailArgs {
+                types,
+                run_ids,
+                when,
+            };
+            outrigger::cli::tail(&control.client()?, &filter, json).await
+        }
         Command::Runs {
             control,
             state,

@@ -575,13 +575,25 @@ pub fn render_event_line(ev: &Value) -> String {
     line
 }
 
+/// The filters of `outrigger tail` (those of `GET /v1/tail`).
+#[derive(Default)]
+pub struct TailArgs {
+    pub types: Vec<String>,
+    pub run_ids: Vec<String>,
+    pub when: Option<String>,
+}
+
 /// `outrigger tail`: prints events until the stream ends or stdout is closed.
 pub async fn tail(
     client: &ControlClient,
-    types: &[String],
+    filter: &TailArgs,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let query: Vec<(&str, &str)> = types.iter().map(|t| ("type", t.as_str())).collect();
+    let mut query: Vec<(&str, &str)> = filter.types.iter().map(|t| ("type", t.as_str())).collect();
+    query.extend(filter.run_ids.iter().map(|r| ("run_id", r.as_str())));
+    if let Some(w) = &filter.when {
+        query.push(("when", w.as_str()));
+    }
     let mut resp = client
         .send(client.get("/v1/tail").query(&query), "GET /v1/tail")
         .await?;
