@@ -277,6 +277,10 @@ sampling: {tail: {enabled: true, idle: 60s, keep: [{name: failed, when: 'has(dat
     b.click("#timeline li:nth-child(4)").await;
     let shown = b.wait("the event's JSON on click", "const t = document.getElementById('run-event').textContent; return t.includes('amount') && t").await;
     assert!(shown.as_str().unwrap().contains("12.5"), "{shown}");
+    assert!(
+        shown.as_str().unwrap().contains("\"id\": \""),
+        "the event's id: {shown}"
+    );
 
     // Live tail: events show as they arrive.
     b.click("#nav-tail").await;
@@ -295,7 +299,7 @@ sampling: {tail: {enabled: true, idle: 60s, keep: [{name: failed, when: 'has(dat
     .await;
     b.wait(
         "the tail shows the ticks",
-        "const rows = [...document.querySelectorAll('#tail tbody tr')]; return rows.length === 2 && rows.every(r => r.textContent.includes('tick'))",
+        "const rows = [...document.querySelectorAll('#tail tbody tr')]; return rows.length === 2 && rows.every(r => r.textContent.includes('tick') && r.cells[1].title.length === 32)",
     )
     .await;
 

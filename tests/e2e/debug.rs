@@ -132,6 +132,11 @@ async fn ws_tail_filters_redacts_and_needs_the_key() {
         (Some(2), Some("r2"))
     );
     assert_eq!(first["data"]["password"], "***", "redacted: {first}");
+    let id = first["id"].as_str().unwrap_or_default();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the event's id: {first}"
+    );
     assert_eq!(next_event(&mut by_when).await["data"]["n"], 3);
     let only = next_event(&mut by_run).await;
     assert_eq!(only["data"]["n"], 2, "{only}");
@@ -281,6 +286,16 @@ async fn pause_holds_only_an_opted_in_connection_until_continue_and_step() {
     // The session shows the event and its run; evaluate reads it.
     let detail = d.get_json(&format!("/v1/debug/{sid}")).await;
     assert_eq!(detail["event"]["data"]["total"], 250, "{detail}");
+    let at_sink = d
+        .events()
+        .into_iter()
+        .find(|e| e["data"]["user"] == "ann")
+        .expect("at the sink");
+    assert!(detail["event"]["id"].is_string(), "{detail}");
+    assert_eq!(
+        detail["event"]["id"], at_sink["id"],
+        "the session shows the id the sink got"
+    );
     let run_types: Vec<&str> = detail["run"]["events"]
         .as_array()
         .map(|v| v.iter().filter_map(|e| e["type"].as_str()).collect())

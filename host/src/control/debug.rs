@@ -207,6 +207,7 @@ impl Session {
             "state": state,
             "released": released,
             "step": self.step,
+            "event_id": (self.event.id != 0).then(|| crate::event::format_id(self.event.id)),
             "type": &*self.event.kind,
             "run_id": self.event.run_id.as_deref(),
             "ts_ns": self.event.ts_ns,

@@ -153,10 +153,11 @@ impl EventViews {
     }
 }
 
-/// An event as native JSON (`type`, `ts_ns`, `run_id`, `attributes`, `data`), with `redact`
-/// fields of `data` (top level) and of the attributes replaced by `"***"`.
+/// An event as native JSON (`id`, `type`, `ts_ns`, `run_id`, `attributes`, `data`), with
+/// `redact` fields of `data` (top level) and of the attributes replaced by `"***"`.
 pub fn render_event(e: &Event, redact: &[String]) -> serde_json::Value {
     render(
+        e.id,
         &e.kind,
         e.ts_ns,
         e.run_id.as_deref(),
@@ -166,8 +167,10 @@ pub fn render_event(e: &Event, redact: &[String]) -> serde_json::Value {
     )
 }
 
-/// An event's parts as native JSON, with `redact` fields hidden (see [`render_event`]).
+/// An event's parts as native JSON, with `redact` fields hidden (see [`render_event`]). An
+/// `id` of 0 (not assigned yet) is left out.
 pub fn render(
+    id: u128,
     kind: &str,
     ts_ns: u64,
     run_id: Option<&str>,
@@ -177,6 +180,9 @@ pub fn render(
 ) -> serde_json::Value {
     const HIDDEN: &str = "***";
     let mut out = serde_json::Map::new();
+    if id != 0 {
+        out.insert("id".into(), crate::event::format_id(id).into());
+    }
     out.insert("type".into(), kind.into());
     out.insert("ts_ns".into(), ts_ns.into());
     if let Some(r) = run_id {

@@ -77,12 +77,13 @@ impl Admission {
     pub fn admit_debug(
         &self,
         source: &prometheus::IntCounter,
-        events: Vec<Event>,
+        mut events: Vec<Event>,
         conn: &DebugConn,
     ) -> (Admitted, Vec<(usize, Hold)>) {
         if events.is_empty() {
             return (Admitted { refused: 0 }, Vec::new());
         }
+        crate::event::assign_ids(&mut events);
         source.inc_by(events.len() as u64);
         if !self.enabled.load(Ordering::Relaxed) {
             self.metrics

@@ -63,6 +63,10 @@ const short = (v) => {
   return s.length > 160 ? s.slice(0, 157) + "…" : s;
 };
 
+// An event id (32 hex digits: a per-process prefix, then a counter) by its last 12 digits;
+// the whole id is in the cell's title and in the event's JSON.
+const shortId = (id) => (id ? "…" + id.slice(-12) : "");
+
 function fill(tbody, rows) {
   const b = typeof tbody === "string" ? $(tbody).tBodies[0] : tbody;
   b.replaceChildren(...rows);
@@ -211,7 +215,7 @@ async function showRun(id) {
       ...events.map((e) => {
         const li = el(
           "li",
-          {},
+          { title: e.id ? "id " + e.id : "" },
           el("span", { class: "t" }, "+" + ((e.ts_ns - t0) / 1e6).toFixed(1) + " ms"),
           el("b", {}, e.type),
           " ",
@@ -298,6 +302,7 @@ function scheduleDraw() {
           },
         },
         el("td", {}, time(e.ts_ns)),
+        el("td", { class: "mono", title: e.id || "" }, shortId(e.id)),
         el("td", {}, e.type),
         el("td", { class: "mono" }, e.run_id || ""),
         el("td", { class: "data" }, short(e.data)),
