@@ -23,6 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::debug::Debugger;
 use crate::control::limit::RateLimiter;
 use crate::control::views::EventViews;
 use crate::control::{self, ControlState, ReloadRequest, health::HealthMonitor};
@@ -217,11 +218,13 @@ struct ControlPlaneParts {
 }
 
 /// Binds the control API and starts it, the health ticker and the profiler.
+#[allow(clippy::too_many_arguments)] // the parts the control API shares with the data plane
 async fn start_control_plane(
     cfg: &Config,
     st: &Stages,
     dp: &DataPlaneParts,
     views: Arc<EventViews>,
+    debugger: Arc<Debugger>,
     opts: &RunOptions,
     started: Instant,
     wal: Option<Arc<Wal>>,
@@ -252,6 +255,8 @@ async fn start_control_plane(
         limiter: Arc::new(RateLimiter::new(cfg.control.rate_limit)),
         log: opts.log.clone(),
         wal,
+        debugger,
+        cors: Arc::new(control::CorsOrigins::new(&cfg.control.cors)),
     });
     let stop = CancellationToken::new();
     let (control, addr) = start_control(cfg, &state, &stop).await?;
@@ -291,11 +296,21 @@ pub async fn build(
     // what it holds goes before every new event.
     let wal = open_wal(&cfg, &st, &dp).await?;
     let views = Arc::new(EventViews::new(&cfg.control.redact_fields));
-    let admission = admission(&cfg, &st, &views, &dp, wal.clone());
+    let debugger = Arc::new(Debugger::new(&cfg, st.metrics.clone()));
+    let admission = admission(&cfg, &st, &views, &debugger, &dp, wal.clone());
     let ingest_stop = CancellationToken::new();
     let (listeners, http) = bind_ingest(&cfg, &admission, &ingest_stop).await?;
-    let cp =
-        start_control_plane(&cfg, &st, &dp, views.clone(), &opts, started, wal.clone()).await?;
+    let cp = start_control_plane(
+        &cfg,
+        &st,
+        &dp,
+        views.clone(),
+        debugger.clone(),
+        &opts,
+        started,
+        wal.clone(),
+    )
+    .await?;
     let addrs = Addrs {
         socket: cfg.ingest.socket.clone(),
         http,
@@ -319,6 +334,8 @@ pub async fn build(
             views,
             Arc::new(st.tail.clone()),
             cp.state.limiter.clone(),
+            debugger,
+            cp.state.cors.clone(),
             Arc::new(cp.profiler.reconfigurer()),
         ],
         status: cp.status,
@@ -392,6 +409,7 @@ fn admission(
     cfg: &Config,
     st: &Stages,
     views: &Arc<EventViews>,
+    debugger: &Arc<Debugger>,
     dp: &DataPlaneParts,
     wal: Option<Arc<Wal>>,
 ) -> Arc<Admission> {
@@ -408,6 +426,7 @@ fn admission(
         progress: dp.sink_ctx.progress.clone(),
         observer: Some(observer),
         wal,
+        debugger: Some(debugger.clone()),
     })
 }
 

@@ -1150,6 +1150,14 @@ pub struct ControlConfig {
     pub runs: usize,
     /// The bytes all remembered runs (summaries and events) may take together.
     pub run_bytes: Size,
+    /// Browser origins (`https://host:port`, or `*`) allowed to call the API and open the
+    /// WebSocket tail from another page; none by default (the console is same-origin).
+    pub cors: Vec<String>,
+    /// The longest a `pause` breakpoint holds a debug connection's answer.
+    pub max_pause: Dur,
+    /// Debug sessions kept (newest first), and the bytes they may take together.
+    pub debug_sessions: usize,
+    pub debug_bytes: Size,
 }
 
 impl Default for ControlConfig {
@@ -1162,6 +1170,10 @@ impl Default for ControlConfig {
             run_events: 100,
             runs: 1000,
             run_bytes: Size(16 << 20),
+            cors: Vec::new(),
+            max_pause: Dur(Duration::from_secs(60)),
+            debug_sessions: 1000,
+            debug_bytes: Size(16 << 20),
         }
     }
 }
@@ -1478,6 +1490,35 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "sampling.adaptive.boost_factor",
             "must be at least 1.0",
         ));
+    }
+    let control = &cfg.control;
+    if control.debug_sessions == 0 {
+        return Err(err("control.debug_sessions", "must be at least 1"));
+    }
+    if control.debug_bytes.0 < 4096 {
+        return Err(err("control.debug_bytes", "must be at least 4KiB"));
+    }
+    if control.max_pause.0.is_zero() {
+        return Err(err(
+            "control.max_pause",
+            "must be more than 0 (a pause breakpoint always ends)",
+        ));
+    }
+    for (i, o) in control.cors.iter().enumerate() {
+        // As a browser sends it in `Origin`: scheme://host[:port], nothing after.
+        let rest = o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"));
+        let ok = o == "*"
+            || rest.is_some_and(|r| {
+                !r.is_empty() && !r.contains('/') && !r.contains(char::is_whitespace)
+            });
+        if !ok {
+            return Err(err(
+                format!("control.cors[{i}]"),
+                format!("`{o}` is not an origin: use scheme://host[:port], or *"),
+            ));
+        }
     }
     let tail = &cfg.sampling.tail;
     if !rate_ok(tail.else_rate) {

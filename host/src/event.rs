@@ -50,9 +50,11 @@ pub struct Event {
 #[derive(Debug)]
 pub enum Line {
     Event(Event),
-    /// `{"hello": {"ack": false}}`: the client's reply preference.
+    /// `{"hello": {"ack": false}}`: the client's reply preference; `"debug": true` (with
+    /// acks) lets a `pause` breakpoint hold the connection's answers.
     Hello {
         ack: bool,
+        debug: bool,
     },
     /// Weave `{"method": "flush"}`: answer once everything before it is delivered.
     Flush,
@@ -113,6 +115,8 @@ struct WireLine<'a> {
 struct Hello {
     #[serde(default = "yes")]
     ack: bool,
+    #[serde(default)]
+    debug: bool,
 }
 
 fn yes() -> bool {
@@ -213,7 +217,10 @@ pub fn parse_line_with(
     let wire: WireLine =
         serde_json::from_slice(trimmed).map_err(|e| LineError::Json(e.to_string()))?;
     if let Some(h) = wire.hello {
-        return Ok(Line::Hello { ack: h.ack });
+        return Ok(Line::Hello {
+            ack: h.ack,
+            debug: h.debug,
+        });
     }
     let (kind, data) = match (wire.kind, wire.method) {
         (Some(k), _) => (k, wire.data),
@@ -519,7 +526,10 @@ mod tests {
         ));
         assert!(matches!(
             parse(r#"{"hello":{"ack":false}}"#),
-            Ok(Line::Hello { ack: false })
+            Ok(Line::Hello {
+                ack: false,
+                debug: false
+            })
         ));
     }
 

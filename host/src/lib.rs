@@ -16,13 +16,14 @@
 //! - [`sinks`]: the sink set (per-sink routing), file, stdout, HTTP and Weave writers, and the
 //!   delivery state machine (retry, back-off, spool).
 //! - [`profiler`]: the daemon's own CPU and memory, watched pids, budgets that degrade sampling.
-//! - [`control`]: the control API (metrics, health, stats, sampling, reload, live tail, runs).
+//! - [`control`]: the control API (metrics, health, stats, sampling, reload, live tail over SSE
+//!   and WebSocket, runs), breakpoints and debug sessions (`control::debug`), the web console.
 //! - [`reload`]: the file watcher and live reload of config and plugins.
 //! - [`metrics`], [`config`], [`auth`], [`condition`] (CEL `when` expressions): shared by all
 //!   of the above.
 //! - [`app`]: builds the stages and binds the listeners, runs them, drains them at shutdown.
 //! - [`logging`]: text or JSON logs whose level can change live.
-//! - [`cli`]: the daemon's clients: `outrigger status`, `tail` and `send`.
+//! - [`cli`]: the daemon's clients: `outrigger status`, `tail`, `runs`, `debug` and `send`.
 //! - [`bench`]: `outrigger bench`, the load generator.
 
 pub mod app;

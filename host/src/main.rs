@@ -61,6 +61,27 @@ enum Command {
         /// `-` reads NDJSON lines from stdin.
         input: Option<String>,
     },
+    /// Set a breakpoint on a running daemon, wait for hits, print each event and its run, and
+    /// continue or step a paused connection from the terminal (c, s, e EXPR, q).
+    Debug {
+        #[command(flatten)]
+        control: outrigger::cli::ControlArgs,
+        /// The CEL condition, e.g. 'type == "test_end" && data.status == "failed"'.
+        #[arg(long)]
+        when: Option<String>,
+        /// Only events of this run.
+        #[arg(long)]
+        run_id: Option<String>,
+        /// pause (holds a connection that opted in with debug) or capture.
+        #[arg(long, default_value = "pause", value_parser = ["pause", "capture"])]
+        action: String,
+        /// Stop after this many hits.
+        #[arg(long)]
+        hits: Option<u64>,
+        /// Leave the breakpoint set on exit.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Health and stats of a running daemon (exit 1 when unhealthy or unreachable).
     Status {
         #[command(flatten)]
@@ -104,6 +125,12 @@ enum Command {
         /// Only these event types (repeat for more; `prefix*` matches a prefix).
         #[arg(long = "type", short = 't', value_name = "T")]
         types: Vec<String>,
+        /// Only events of these runs (repeat for more).
+        #[arg(long = "run-id", value_name = "R")]
+        run_ids: Vec<String>,
+        /// Only events for which this CEL condition is true, e.g. 'data.duration_ms > 1000'.
+        #[arg(long)]
+        when: Option<String>,
         /// Print each event as its native JSON line.
         #[arg(long)]
         json: bool,
@@ -255,6 +282,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 },
             )
         }
+        Command::Debug {
+            control,
+            when,
+            run_id,
+            action,
+            hits,
+            keep,
+        } => {
+            let args = outrigger::cli::debug::DebugArgs {
+                when,
+                run_id,
+                action,
+                hits,
+                keep,
+            };
+            outrigger::cli::debug::debug(&control.client()?, args).await
+        }
         Command::Status {
             control,
             window,
@@ -263,8 +307,17 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Tail {
             control,
             types,
+            run_ids,
+            when,
             json,
-        } => outrigger::cli::tail(&control.client()?, &types, json).await,
+        } => {
+            let filter = outrigger::cli::TailArgs {
+                types,
+                run_ids,
+                when,
+            };
+            outrigger::cli::tail(&control.client()?, &filter, json).await
+        }
         Command::Runs {
             control,
             state,

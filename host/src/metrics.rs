@@ -121,6 +121,15 @@ pub struct Metrics {
     pub wal_evicted: IntCounter,
     /// Log writes, syncs and trims that failed, by operation.
     pub wal_errors: IntCounterVec,
+    /// `breakpoint_hits_total{action}`: `capture` or `pause`.
+    pub breakpoint_hits: IntCounterVec,
+    /// Debug sessions kept, their bytes, and the connections a `pause` holds now.
+    pub debug_sessions: IntGauge,
+    pub debug_session_bytes: IntGauge,
+    pub debug_paused: IntGauge,
+    /// `live_tail_dropped_total{transport}`: events a slow live-tail subscriber (`sse`, `ws`)
+    /// was not given because its buffer was full.
+    pub live_tail_dropped: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -405,6 +414,35 @@ impl Metrics {
                     "Write-ahead log writes, syncs or trims that failed",
                 ),
                 &["op"],
+            breakpoint_hits: IntCounterVec::new(
+                opts(
+                    "breakpoint_hits_total",
+                    "Events that hit a breakpoint, by the breakpoint's action",
+                ),
+                &["action"],
+            )
+            .expect("valid metric"),
+            debug_sessions: IntGauge::with_opts(opts(
+                "debug_sessions",
+                "Debug sessions kept (control.debug_sessions)",
+            ))
+            .expect("valid metric"),
+            debug_session_bytes: IntGauge::with_opts(opts(
+                "debug_session_bytes",
+                "Bytes the kept debug sessions take (control.debug_bytes)",
+            ))
+            .expect("valid metric"),
+            debug_paused: IntGauge::with_opts(opts(
+                "debug_paused_connections",
+                "Debug connections whose answer a pause breakpoint holds now",
+            ))
+            .expect("valid metric"),
+            live_tail_dropped: IntCounterVec::new(
+                opts(
+                    "live_tail_dropped_total",
+                    "Events a slow live-tail subscriber missed (its buffer was full), by transport",
+                ),
+                &["transport"],
             )
             .expect("valid metric"),
             registry,
@@ -455,6 +493,11 @@ impl Metrics {
             Box::new(m.wal_corrupt_bytes.clone()),
             Box::new(m.wal_evicted.clone()),
             Box::new(m.wal_errors.clone()),
+            Box::new(m.breakpoint_hits.clone()),
+            Box::new(m.debug_sessions.clone()),
+            Box::new(m.debug_session_bytes.clone()),
+            Box::new(m.debug_paused.clone()),
+            Box::new(m.live_tail_dropped.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");

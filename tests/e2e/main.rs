@@ -3,7 +3,9 @@
 //! `harness` starts and drives daemons; each other module covers one capability.
 
 mod clients;
+mod console;
 mod control;
+mod debug;
 mod deploy;
 mod durable;
 mod exec;

@@ -8,6 +8,8 @@
 // slow daemon's backlog over its bound, or a connection that died first); a full buffer `dropped`.
 // The caller never waits: observe() only encodes and appends, the pump runs on an unref'd 200 ms
 // timer (and sooner at a size threshold), connects and reconnects with back-off on its own.
+// With `debug: true` the connection opts in to breakpoints (a debug hello first), and
+// observeWait() is an observe() that waits for its answer, which a `pause` breakpoint holds.
 // Stops on close(): a last flush within its timeout, then the socket is closed; an exiting process
 // writes what is buffered on `beforeExit` (not on process.exit(): call flush() first).
 
@@ -35,6 +37,15 @@ export interface OutriggerOptions {
   reconnectMax?: number;
   /** Where the one warning goes (default `process.emitWarning`). */
   warn?: (message: string) => void;
+  /**
+   * Opt in to breakpoints: the connection starts with `{"hello": {"ack": true, "debug": true}}`,
+   * so a `pause` breakpoint on the daemon may hold the answer to one of its lines. Use
+   * {@link Outrigger.observeWait} where the application should stop at such a breakpoint.
+   * Without it no breakpoint ever holds this client (default false).
+   */
+  debug?: boolean;
+  /** The longest observeWait() waits, in ms (default 65000: the daemon's max_pause is 60 s). */
+  debugTimeout?: number;
 }
 
 /** Per-event options of {@link Outrigger.observe}. */
@@ -79,6 +90,7 @@ interface FlushWaiter {
 type State = "idle" | "connecting" | "connected" | "backoff" | "closed";
 
 const OK_ANSWER = '{"success":true}';
+const DEBUG_HELLO = '{"hello":{"ack":true,"debug":true}}\n';
 const RECONNECTS = "; events are counted as lost and the client reconnects with back-off";
 /** What JSON.stringify would escape in a string: quotes, backslashes, controls, surrogates. */
 const NEEDS_ESCAPE = /[\u0000-\u001f"\\\ud800-\udfff]/;
@@ -135,6 +147,8 @@ export class Outrigger {
   private readonly reconnectMin: number;
   private readonly reconnectMax: number;
   private readonly warnFn: (message: string) => void;
+  readonly debug: boolean;
+  private readonly debugTimeout: number;
 
   /** Encoded lines (each ends with "\n") and flush markers, in the order they were made. */
   private buf: (string | FlushWaiter)[] = [];
@@ -176,6 +190,8 @@ export class Outrigger {
     this.reconnectMin = options.reconnectMin ?? 100;
     this.reconnectMax = options.reconnectMax ?? 5000;
     this.retryDelay = this.reconnectMin;
+    this.debug = options.debug ?? false;
+    this.debugTimeout = options.debugTimeout ?? 65_000;
     this.warnFn =
       options.warn ?? ((m: string) => process.emitWarning(m, { code: "OUTRIGGER_UNAVAILABLE" }));
     installExitHook();
@@ -239,6 +255,19 @@ export class Outrigger {
       this.immediate.unref();
     }
     return true;
+  }
+
+  /**
+   * Like {@link Outrigger.observe}, and resolves once the daemon has answered the line (and,
+   * as a flush does, delivered what came before it): with
+   * `debug: true`, a `pause` breakpoint that matches it keeps the promise pending until the
+   * session is continued or stepped (or `max_pause`, or `debugTimeout`). `await` it where the
+   * application should stop. Resolves false when the event was dropped or not answered in time.
+   */
+  async observeWait(type: string, data?: unknown, options?: ObserveOptions): Promise<boolean> {
+    if (!this.observe(type, data, options)) return false;
+    // Answers come in line order: the flush line's comes after the held line's.
+    return this.flush(this.debugTimeout);
   }
 
   /**
@@ -385,6 +414,8 @@ export class Outrigger {
       if (this.everConnected) this.reconnects++;
       this.everConnected = true;
       this.retryDelay = this.reconnectMin;
+      // The hello is not an event: the daemon answers nothing to it.
+      if (this.debug) sock.write(DEBUG_HELLO);
       this.write();
     });
     sock.on("timeout", () => sock.destroy(new Error(`connect timed out after ${this.connectTimeout} ms`)));

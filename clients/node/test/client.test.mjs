@@ -224,3 +224,44 @@ test("a daemon killed mid-run: the loss is counted, the client reconnects to the
   assert.equal(warnings.length, 1, "still the one warning");
   await obs.close();
 });
+
+test("with debug, observeWait() is held by a pause breakpoint until continue", { timeout: 60000 }, async (t) => {
+  const env = await makeEnv();
+  t.after(() => env.cleanup());
+  await env.startDaemon();
+  const api = async (method, p, body) => {
+    const r = await fetch(`${env.controlUrl}${p}`, {
+      method,
+      headers: { "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return r.json();
+  };
+  await api("POST", "/v1/breakpoints", { when: 'type == "checkout"', action: "pause" });
+  const debugged = new Outrigger({ socket: env.socket, debug: true });
+  const plain = new Outrigger({ socket: env.socket });
+  assert.equal(await debugged.observeWait("cart", { items: 2 }, { runId: "o1" }), true, env.log());
+  let released = false;
+  const held = debugged.observeWait("checkout", { total: 9 }, { runId: "o1" }).then((ok) => {
+    released = true;
+    return ok;
+  });
+  let session;
+  await waitFor(
+    async () => {
+      session = (await api("GET", "/v1/debug?state=paused")).sessions[0];
+      return session !== undefined;
+    },
+    { what: "a paused session", log: env.log },
+  );
+  assert.equal(session.connection.held, true);
+  assert.equal(released, false, "held at the breakpoint");
+  // A client that did not opt in is never held.
+  assert.equal(plain.observe("checkout", { total: 1 }), true);
+  assert.equal(await plain.flush(), true);
+  assert.equal(released, false);
+  await api("POST", `/v1/debug/${session.id}/continue`, {});
+  assert.equal(await held, true);
+  await debugged.close();
+  await plain.close();
+});

@@ -264,3 +264,43 @@ def test_the_api_key_is_sent_from_the_environment(daemon_factory, monkeypatch):
     assert obs.health() is not None
     assert obs.set_rate("keyed", 0.25)
     obs.close()
+
+
+def _api(d, method, path, body=None):
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(d.control_url + path, method=method)
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, data, timeout=10) as r:
+        return json.loads(r.read() or b"null")
+
+
+def test_debug_mode_is_held_by_a_pause_breakpoint_until_continue(daemon):
+    _api(daemon, "POST", "/v1/breakpoints", {"when": 'type == "checkout"', "action": "pause"})
+    debugged = client_for(daemon, debug=True)
+    plain = client_for(daemon)
+    assert debugged.observe("cart", {"items": 2}, run_id="o1")
+    done = []
+    t = threading.Thread(target=lambda: done.append(debugged.observe("checkout", {"total": 9}, run_id="o1")))
+    t.start()
+
+    def paused():
+        return _api(daemon, "GET", "/v1/debug?state=paused")["sessions"]
+
+    assert eventually(lambda: len(paused()) == 1, 10.0)
+    session = paused()[0]
+    assert session["connection"]["held"] and session["type"] == "checkout"
+    assert t.is_alive(), "the observing thread waits at the breakpoint"
+    # A client that did not opt in is never held.
+    assert plain.observe("checkout", {"total": 1}) and plain.flush()
+    assert t.is_alive()
+    _api(daemon, "POST", "/v1/debug/%s/continue" % session["id"], {})
+    t.join(10.0)
+    assert not t.is_alive() and done == [True]
+    assert debugged.flush() and debugged.stats["accepted"] == 2
+    debugged.close()
+    plain.close()

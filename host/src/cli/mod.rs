@@ -7,8 +7,10 @@
 //! with 503 when the daemon is unhealthy) and `/v1/stats` and prints them for people (or as one JSON object with `--json`); it exits 1 when the daemon is
 //! unhealthy or unreachable. `tail` follows `/v1/tail` (Server-Sent Events) and prints one line
 //! per event (the native JSON line with `--json`) until the daemon closes the stream, the
-//! output is closed, or the user interrupts it.
+//! output is closed, or the user interrupts it. [`debug`] sets a breakpoint and serves its
+//! sessions from the terminal.
 
+pub mod debug;
 pub mod exec;
 pub mod send;
 
@@ -573,13 +575,25 @@ pub fn render_event_line(ev: &Value) -> String {
     line
 }
 
+/// The filters of `outrigger tail` (those of `GET /v1/tail`).
+#[derive(Default)]
+pub struct TailArgs {
+    pub types: Vec<String>,
+    pub run_ids: Vec<String>,
+    pub when: Option<String>,
+}
+
 /// `outrigger tail`: prints events until the stream ends or stdout is closed.
 pub async fn tail(
     client: &ControlClient,
-    types: &[String],
+    filter: &TailArgs,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let query: Vec<(&str, &str)> = types.iter().map(|t| ("type", t.as_str())).collect();
+    let mut query: Vec<(&str, &str)> = filter.types.iter().map(|t| ("type", t.as_str())).collect();
+    query.extend(filter.run_ids.iter().map(|r| ("run_id", r.as_str())));
+    if let Some(w) = &filter.when {
+        query.push(("when", w.as_str()));
+    }
     let mut resp = client
         .send(client.get("/v1/tail").query(&query), "GET /v1/tail")
         .await?;

@@ -432,8 +432,78 @@ impl<'de> Deserialize<'de> for Condition {
 /// can find it and name the key it was under.
 pub const CONDITION_ERROR_PREFIX: &str = "condition does not compile: ";
 
+/// Why [`evaluate`] gave no value.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The expression does not compile.
+    #[error("{0}")]
+    Compile(ConditionError),
+    /// It compiled but could not be evaluated on this event (a missing field, a bad type).
+    #[error("{0}")]
+    Eval(String),
+}
+
+/// The value of any CEL expression over `e`, as JSON (the debugger's `evaluate`). Every
+/// variable is bound, `data` parsed whole; unlike a condition, the result may be of any type.
+/// Bytes become base64 text; a function value or an opaque one becomes its type name.
+pub fn evaluate(src: &str, e: &Event) -> Result<serde_json::Value, EvalError> {
+    let cond = Condition::compile(src).map_err(EvalError::Compile)?;
+    let data: serde_json::Value = serde_json::from_slice(&e.data)
+        .map_err(|err| EvalError::Eval(format!("the event's data is not JSON: {err}")))?;
+    let mut ctx = Context::with_env(ENV.clone());
+    ctx.add_variable_from_value("type", &*e.kind);
+    ctx.add_variable_from_value("run_id", e.run_id.as_deref().unwrap_or(""));
+    ctx.add_variable_from_value("ts_ns", Value::Int(e.ts_ns.min(i64::MAX as u64) as i64));
+    let attrs: HashMap<Key, Value> = e
+        .attributes
+        .iter()
+        .map(|(k, v)| (Key::from(k.clone()), Value::from(v.as_str())))
+        .collect();
+    ctx.add_variable_from_value("attributes", attrs);
+    ctx.add_variable_from_value("data", json_to_cel(data));
+    cond.program
+        .execute(&ctx)
+        .map(|v| cel_to_json(&v))
+        .map_err(|err| EvalError::Eval(err.to_string()))
+}
+
+/// A CEL value as JSON (see [`evaluate`]).
+fn cel_to_json(v: &Value) -> serde_json::Value {
+    use base64::Engine as _;
+    use serde_json::Value as J;
+    match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::UInt(u) => J::from(*u),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::String(s) => J::String(s.to_string()),
+        Value::Bytes(b) => J::String(base64::engine::general_purpose::STANDARD.encode(&**b)),
+        Value::List(l) => J::Array(l.iter().map(cel_to_json).collect()),
+        Value::Map(m) => {
+            let mut out: Vec<(String, J)> = m
+                .map
+                .iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        Key::Int(i) => i.to_string(),
+                        Key::Uint(u) => u.to_string(),
+                        Key::Bool(b) => b.to_string(),
+                        Key::String(s) => s.to_string(),
+                    };
+                    (k, cel_to_json(v))
+                })
+                .collect();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            J::Object(out.into_iter().collect())
+        }
+        other => J::String(format!("<{}>", other.type_of())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use crate::event::Line;
     use crate::event::parse_owned;
@@ -710,5 +780,26 @@ mod tests {
         assert_eq!(back, c);
         let bad = serde_json::from_str::<Condition>(r#""ts_ns >""#).unwrap_err();
         assert!(bad.to_string().starts_with(CONDITION_ERROR_PREFIX), "{bad}");
+    }
+
+    #[test]
+    fn evaluate_gives_any_value() {
+        let e = event(
+            r#"{"type":"t","run_id":"r","data":{"a":{"b":[1,2]},"s":"x"},"attributes":{"k":"v"}}"#,
+        );
+        assert_eq!(
+            evaluate("data.a.b[1] + 1", &e).unwrap(),
+            serde_json::json!(3)
+        );
+        assert_eq!(
+            evaluate("data.a", &e).unwrap(),
+            serde_json::json!({"b": [1, 2]})
+        );
+        assert_eq!(evaluate("type + run_id + attributes.k", &e).unwrap(), "trv");
+        assert!(matches!(
+            evaluate("data.missing", &e),
+            Err(EvalError::Eval(_))
+        ));
+        assert!(matches!(evaluate("data.(", &e), Err(EvalError::Compile(_))));
     }
 }

@@ -1,21 +1,28 @@
 //! The control API on `control.listen`: metrics, health, readiness, stats, sampling, anomalies,
-//! plugins, reload, the live tail, recent events per run, and the log level.
+//! plugins, reload, the live tail (SSE and WebSocket), runs, breakpoints and debug sessions,
+//! the log level, and the web console at `/`.
 //!
 //! In: HTTP requests. Out: JSON (Prometheus text on `/metrics`, Server-Sent Events on
-//! `/v1/tail`). With an API key set, every `/v1/` route needs `Authorization: Bearer KEY`,
-//! compared in constant time; `/metrics`, `/healthz` and `/readyz` stay open. Every client (peer
+//! `/v1/tail`, a WebSocket on `/v1/ws/tail`, HTML on `/`). With an API key set, every `/v1/`
+//! route needs `Authorization: Bearer KEY` or `X-API-Key: KEY`, and the WebSocket tail and the
+//! console also take `?api_key=KEY` (browsers cannot set headers there), all compared in
+//! constant time; `/metrics`, `/healthz` and `/readyz` stay open. A browser `Origin` listed in
+//! `control.cors` gets CORS headers (and preflights answered); none is listed by default. Every client (peer
 //! IP) gets `control.rate_limit` requests per second, then 429 (`/healthz` and `/readyz` are
 //! exempt, so probes never fail for it). Bodies are limited to 1 MiB. Every error is JSON
 //! `{"error": …}`. Reads the daemon's shared state ([`ControlState`]); changes go through the
 //! sampler, the reload channel and the log handle. The server stops on the shutdown token, and
 //! tail streams end with it.
 
+pub mod breakpoints;
+pub mod console;
+pub mod debug;
 pub mod health;
 pub mod limit;
 pub mod views;
+pub mod ws;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,12 +31,10 @@ use std::time::{Duration, Instant};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +73,34 @@ pub struct ControlState {
     pub log: Option<LogControl>,
     /// The write-ahead log, with `queue.durable`.
     pub wal: Option<Arc<crate::wal::Wal>>,
+    /// Breakpoints and debug sessions.
+    pub debugger: Arc<debug::Debugger>,
+    /// `control.cors`, live.
+    pub cors: Arc<CorsOrigins>,
+}
+
+/// `control.cors`: the browser origins allowed from other pages; reloaded live.
+#[derive(Default)]
+pub struct CorsOrigins(parking_lot::RwLock<Vec<String>>);
+
+impl CorsOrigins {
+    pub fn new(origins: &[String]) -> CorsOrigins {
+        CorsOrigins(parking_lot::RwLock::new(origins.to_vec()))
+    }
+
+    pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, Vec<String>> {
+        self.0.read()
+    }
+
+    fn allows(&self, origin: &str) -> bool {
+        self.0.read().iter().any(|o| o == "*" || o == origin)
+    }
+}
+
+impl crate::reload::Reconfigure for CorsOrigins {
+    fn reconfigure(&self, cfg: &crate::config::Config) {
+        *self.0.write() = cfg.control.cors.clone();
+    }
 }
 
 /// A body that could not be read as JSON: 413 when too large, 415 without a JSON content type,
@@ -85,6 +118,10 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Cancelled on shutdown: tail streams end with it.
+#[derive(Clone)]
+pub(crate) struct TailStop(pub(crate) CancellationToken);
+
 /// Every control route; tail streams end when `stop` is cancelled.
 pub fn router_until(state: Arc<ControlState>, stop: CancellationToken) -> Router {
     let v1 = Router::new()
@@ -95,14 +132,37 @@ pub fn router_until(state: Arc<ControlState>, stop: CancellationToken) -> Router
         .route("/reload", post(reload))
         .route("/sampling", get(get_sampling).put(put_sampling))
         .route("/anomaly", post(anomaly))
-        .route("/tail", get(tail))
+        .route("/tail", get(ws::sse_tail))
         .route("/runs", get(list_runs))
         .route("/runs/{*run}", get(run_events).post(keep_run))
         .route("/log", get(get_log).put(put_log))
+        .route(
+            "/breakpoints",
+            get(breakpoints::list).post(breakpoints::add),
+        )
+        .route("/breakpoints/{id}", delete(breakpoints::delete))
+        .route("/debug", get(breakpoints::sessions))
+        .route("/debug/{id}", get(breakpoints::session))
+        .route("/debug/{id}/{action}", post(breakpoints::act))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    // Browsers cannot set headers on a WebSocket or a page load: these also take `?api_key=`.
+    let v1_browser = Router::new()
+        .route("/ws/tail", get(ws::ws_tail))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_key_or_query,
+        ));
+    let console =
+        Router::new()
+            .route("/", get(console::page))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                console::require_key,
+            ));
     let limited = Router::new()
         .route("/metrics", get(metrics))
-        .nest("/v1", v1)
+        .nest("/v1", v1.merge(v1_browser))
+        .merge(console)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit));
     Router::new()
@@ -115,6 +175,7 @@ pub fn router_until(state: Arc<ControlState>, stop: CancellationToken) -> Router
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(Extension(TailStop(stop)))
+        .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
 }
 
@@ -194,22 +255,81 @@ async fn rate_limit(State(st): State<Arc<ControlState>>, req: Request, next: Nex
     next.run(req).await
 }
 
+/// The answer to a request without the key.
+fn unauthorized() -> Response {
+    let mut resp = ApiError(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API key (Authorization: Bearer KEY, or X-API-Key: KEY)".into(),
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
 async fn require_key(State(st): State<Arc<ControlState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.api_key
         && !crate::auth::has_key(req.headers(), key)
     {
-        let mut resp = ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong API key (Authorization: Bearer KEY)".into(),
-        )
-        .into_response();
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        return resp;
+        return unauthorized();
     }
     next.run(req).await
+}
+
+/// [`require_key`], or the key as `?api_key=KEY`.
+async fn require_key_or_query(
+    State(st): State<Arc<ControlState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &st.api_key
+        && !crate::auth::has_key_or_query(req.headers(), req.uri(), key)
+    {
+        return unauthorized();
+    }
+    next.run(req).await
+}
+
+/// `control.cors`: an allowed `Origin` gets `Access-Control-Allow-Origin` (and a preflight its
+/// answer, before any key check: browsers send preflights without credentials).
+async fn cors(State(st): State<Arc<ControlState>>, req: Request, next: Next) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| o.to_str().is_ok_and(|o| st.cors.allows(o)))
+        .cloned();
+    let Some(origin) = origin else {
+        return next.run(req).await;
+    };
+    let preflight = req.method() == axum::http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::HeaderValue::from_static("GET, POST, PUT, DELETE"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::HeaderValue::from_static("authorization, x-api-key, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            header::HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.append(header::VARY, header::HeaderValue::from_static("origin"));
+    resp
 }
 
 async fn metrics(State(st): State<Arc<ControlState>>) -> Response {
@@ -449,96 +569,6 @@ async fn anomaly(
         .into_response())
 }
 
-/// Cancelled on shutdown: tail streams end with it.
-#[derive(Clone)]
-struct TailStop(CancellationToken);
-
-/// True when `kind` matches one of the filters (exact, or a prefix ending in `*`); no filter
-/// matches everything.
-fn type_matches(filters: &[String], kind: &str) -> bool {
-    filters.is_empty()
-        || filters.iter().any(|f| match f.strip_suffix('*') {
-            Some(prefix) => kind.starts_with(prefix),
-            None => f == kind,
-        })
-}
-
-struct Tail {
-    sub: views::TailSubscription,
-    pending: VecDeque<SseEvent>,
-    types: Vec<String>,
-    st: Arc<ControlState>,
-    stop: CancellationToken,
-}
-
-/// `GET /v1/tail?type=T&type=U`: admitted events as Server-Sent Events, one native JSON event
-/// per `data:`. A client too slow to keep up gets an `event: lagged` with how many batches it
-/// missed, then the stream goes on.
-async fn tail(
-    State(st): State<Arc<ControlState>>,
-    Extension(TailStop(stop)): Extension<TailStop>,
-    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(params) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let mut types = Vec::new();
-    for (k, v) in params {
-        if k != "type" {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("unknown parameter `{k}` (only `type` is understood)"),
-            ));
-        }
-        types.extend(
-            v.split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string),
-        );
-    }
-    let sub = st.views.subscribe();
-    tracing::debug!(types = ?types, subscribers = st.views.subscribers(), "tail client connected");
-    let mut pending = VecDeque::new();
-    // Lets the client know the subscription is live before the first event.
-    pending.push_back(SseEvent::default().comment("outrigger tail"));
-    let state = Tail {
-        sub,
-        pending,
-        types,
-        st,
-        stop,
-    };
-    let stream = futures_util::stream::unfold(state, |mut t| async move {
-        loop {
-            if let Some(ev) = t.pending.pop_front() {
-                return Some((Ok::<_, Infallible>(ev), t));
-            }
-            tokio::select! {
-                _ = t.stop.cancelled() => return None,
-                got = t.sub.rx.recv() => match got {
-                    Ok(batch) => {
-                        let redact = t.st.views.redact_fields();
-                        for e in batch.iter().filter(|e| type_matches(&t.types, &e.kind)) {
-                            let v = views::render_event(e, &redact);
-                            t.pending.push_back(SseEvent::default().data(v.to_string()));
-                        }
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        t.pending.push_back(
-                            SseEvent::default()
-                                .event("lagged")
-                                .data(serde_json::json!({"missed_batches": n}).to_string()),
-                        );
-                    }
-                    Err(RecvError::Closed) => return None,
-                },
-            }
-        }
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RunsQuery {
@@ -708,6 +738,11 @@ mod tests {
             limiter: Arc::new(limit::RateLimiter::new(rate)),
             log: None,
             wal: None,
+            debugger: Arc::new(debug::Debugger::new(
+                &Default::default(),
+                Arc::new(Metrics::new()),
+            )),
+            cors: Arc::new(CorsOrigins::new(&["http://allowed.example".to_string()])),
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -783,15 +818,5 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(get(addr, "/healthz", None).await.0, 200);
         }
-    }
-
-    #[test]
-    fn type_filters() {
-        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(type_matches(&[], "anything"));
-        assert!(type_matches(&f(&["a", "job.*"]), "job.done"));
-        assert!(type_matches(&f(&["a", "job.*"]), "a"));
-        assert!(!type_matches(&f(&["a", "job.*"]), "ab"));
-        assert!(!type_matches(&f(&["a", "job.*"]), "jobs"));
     }
 }

@@ -4,7 +4,7 @@
 //! exports over OTLP/HTTP and OTLP/gRPC ([`otlp`]). Out: whole
 //! batches admitted into the [`Queue`], and an answer for every line. Admission applies the kill
 //! switch (accept and drop, counted `disabled`), counts what arrives and what is malformed
-//! (`invalid`), and never waits on the queue. Every listener stops on the shutdown token.
+//! (`invalid`), checks breakpoints (`control::debug`), and never waits on the queue. Every listener stops on the shutdown token.
 
 pub mod http;
 pub mod otlp;
@@ -13,6 +13,7 @@ pub mod socket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::control::debug::{DebugConn, Debugger, Hold};
 use crate::event::Event;
 use crate::metrics::{DropReason, Metrics};
 use crate::pipeline::FlushRequests;
@@ -37,6 +38,8 @@ pub struct Admission {
     /// The write-ahead log (`queue.durable`): with it, `admit` resolves once the batch is in
     /// the log, so that every path answers only then.
     pub wal: Option<Arc<Wal>>,
+    /// Breakpoints: every admitted batch is checked while one is set.
+    pub debugger: Option<Arc<Debugger>>,
 }
 
 /// The outcome of admitting a batch.
@@ -66,20 +69,55 @@ impl Admission {
     /// Counts and queues a batch from `source` (`socket`, `http`). Never waits on the queue;
     /// with a write-ahead log it resolves once the batch is in the log (by `fsync`), and the
     /// caller answers only then.
-    pub async fn admit(&self, source: &prometheus::IntCounter, mut events: Vec<Event>) -> Admitted {
-        if events.is_empty() {
+    pub async fn admit(&self, source: &prometheus::IntCounter, events: Vec<Event>) -> Admitted {
+        let Some(events) = self.prepare(source, events) else {
             return Admitted::default();
+        };
+        if let Some(d) = &self.debugger {
+            d.observe(&events);
+        }
+        self.enqueue(events).await
+    }
+
+    /// [`Admission::admit`] for a debug connection: also the holds of `pause` breakpoints on
+    /// its events (their indices in `events`). The events are queued before anything waits.
+    pub async fn admit_debug(
+        &self,
+        source: &prometheus::IntCounter,
+        events: Vec<Event>,
+        conn: &DebugConn,
+    ) -> (Admitted, Vec<(usize, Hold)>) {
+        let Some(events) = self.prepare(source, events) else {
+            return (Admitted::default(), Vec::new());
+        };
+        let holds = match &self.debugger {
+            Some(d) => d.holds(&events, conn),
+            None => Vec::new(),
+        };
+        (self.enqueue(events).await, holds)
+    }
+
+    /// Ids, the source's count, the kill switch and the observer: what every batch goes
+    /// through before it is queued. `None` when nothing is left to queue.
+    fn prepare(&self, source: &prometheus::IntCounter, mut events: Vec<Event>) -> Option<Vec<Event>> {
+        if events.is_empty() {
+            return None;
         }
         crate::event::assign_ids(&mut events);
         source.inc_by(events.len() as u64);
         if !self.enabled.load(Ordering::Relaxed) {
             self.metrics
                 .dropped(DropReason::Disabled, events.len() as u64);
-            return Admitted::default();
+            return None;
         }
         if let Some(obs) = &self.observer {
             obs(&events);
         }
+        Some(events)
+    }
+
+    /// Into the write-ahead log (which queues once logged) or straight into the queue.
+    async fn enqueue(&self, events: Vec<Event>) -> Admitted {
         if let Some(wal) = &self.wal {
             let a = wal.append(&self.queue, events).await;
             return Admitted {

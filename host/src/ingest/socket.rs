@@ -7,10 +7,16 @@
 //! "…"}`. After `{"hello": {"ack": false}}` only malformed lines are answered. A line longer than
 //! `max_line_bytes` is skipped up to its newline and refused. `flush` is answered once everything
 //! admitted before it is delivered. A stale socket file is replaced; a live daemon's is not.
+//! After `{"hello": {"ack": true, "debug": true}}` the connection is a debug connection: a
+//! `pause` breakpoint that matches one of its lines holds the answer to that line (the event is
+//! admitted at once) until the session is released, `control.max_pause` passes, or the client
+//! disconnects (see `control::debug`); answers to the lines before it are written first, and
+//! what the client sends meanwhile is read and kept. No other connection is ever held.
 //! A client that stops reading its answers (or exits with lines unread) still has every line it
 //! sent admitted. The listener stops on the shutdown token and removes the socket file; each
 //! connection then admits what is already in its socket buffer and closes.
 
+use std::collections::VecDeque;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Admission;
 use crate::config::{SocketGroup, SocketMode};
+use crate::control::debug::{DebugConn, Hold, Release};
 use crate::event::{self, Line, LineError};
 use crate::pipeline::FLUSH_TIMEOUT;
 
@@ -170,6 +177,17 @@ struct Conn {
     adm: Arc<Admission>,
     source: prometheus::IntCounter,
     ack: bool,
+    /// The client's pid, for a debug connection's sessions.
+    pid: Option<i32>,
+    /// Set by `{"hello": {"debug": true}}` (with acks).
+    debug: Option<DebugConn>,
+    /// After a `step`: the breakpoint whose session holds the next line.
+    step: Option<String>,
+    /// What a hold read meanwhile: `Some(0)` at end of input.
+    readahead: Option<usize>,
+    /// The client went away while held: nothing more is held.
+    gone: bool,
+    stop: CancellationToken,
     /// Inside a line that went over `max_line_bytes`: bytes skipped so far.
     skipping: Option<usize>,
     out: Vec<u8>,
@@ -182,13 +200,40 @@ enum Answer {
     Quiet,
 }
 
+/// The connection's halves and read buffer, lent to [`Conn::process`].
+struct Io<'a> {
+    rd: &'a mut tokio::net::unix::OwnedReadHalf,
+    wr: &'a mut tokio::net::unix::OwnedWriteHalf,
+    buf: &'a mut BytesMut,
+    /// The client no longer reads its answers: nothing is written.
+    deaf: bool,
+}
+
+impl Io<'_> {
+    async fn write(&mut self, out: &mut Vec<u8>) {
+        if !out.is_empty() {
+            if !self.deaf && self.wr.write_all(out).await.is_err() {
+                self.deaf = true;
+            }
+            out.clear();
+        }
+    }
+}
+
 async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationToken) {
+    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
     let (mut rd, mut wr) = stream.into_split();
     let source = adm.metrics.events_received.with_label_values(&["socket"]);
     let mut c = Conn {
         adm,
         source,
         ack: true,
+        pid,
+        debug: None,
+        step: None,
+        readahead: None,
+        gone: false,
+        stop: stop.clone(),
         skipping: None,
         out: Vec::with_capacity(4096),
         interner: event::Interner::default(),
@@ -202,7 +247,9 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
         if buf.capacity() - buf.len() < 64 * 1024 {
             buf.reserve(256 * 1024);
         }
-        let n = if stopping {
+        let n = if let Some(n) = c.readahead.take() {
+            Ok(n)
+        } else if stopping {
             match rd.try_read_buf(&mut buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 r => r,
@@ -235,9 +282,14 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
         match cut {
             Some(cut) => {
                 let chunk = buf.split_to(cut).freeze();
-                if !c.process(&chunk, &mut wr, deaf).await {
-                    deaf = true;
-                }
+                let mut io = Io {
+                    rd: &mut rd,
+                    wr: &mut wr,
+                    buf: &mut buf,
+                    deaf,
+                };
+                c.process(&chunk, &mut io).await;
+                deaf = io.deaf;
             }
             None if buf.len() > max => {
                 // No newline within the limit: skip to the end of this line.
@@ -259,14 +311,9 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
 }
 
 impl Conn {
-    /// Parses, admits and answers every line of `chunk`. False when the client no longer reads
-    /// its answers (every line is admitted all the same); `deaf` writes nothing.
-    async fn process(
-        &mut self,
-        chunk: &Bytes,
-        wr: &mut tokio::net::unix::OwnedWriteHalf,
-        mut deaf: bool,
-    ) -> bool {
+    /// Parses, admits and answers every line of `chunk`. Sets `io.deaf` when the client no
+    /// longer reads its answers (every line is admitted all the same).
+    async fn process(&mut self, chunk: &Bytes, io: &mut Io<'_>) {
         let max = self.adm.max_line_bytes();
         let mut events = Vec::with_capacity(chunk.len() / 64 + 1);
         let mut answers: Vec<Answer> = Vec::new();
@@ -288,19 +335,19 @@ impl Conn {
                     events.push(e);
                     answers.push(Answer::Event);
                 }
-                Ok(Line::Hello { ack }) => {
+                Ok(Line::Hello { ack, debug }) => {
                     self.ack = ack;
+                    self.hello_debug(debug && ack);
                     answers.push(Answer::Quiet);
                 }
                 Ok(Line::Flush) => {
-                    self.finish(std::mem::take(&mut events), std::mem::take(&mut answers))
-                        .await;
-                    if !self.out.is_empty() {
-                        if !deaf && wr.write_all(&self.out).await.is_err() {
-                            deaf = true;
-                        }
-                        self.out.clear();
-                    }
+                    self.finish(
+                        std::mem::take(&mut events),
+                        std::mem::take(&mut answers),
+                        io,
+                    )
+                    .await;
+                    io.write(&mut self.out).await;
                     if self.adm.flush(FLUSH_TIMEOUT).await {
                         self.out.extend_from_slice(OK);
                     } else {
@@ -320,21 +367,67 @@ impl Conn {
             self.adm.invalid(invalid);
             tracing::debug!(invalid, "malformed lines refused");
         }
-        self.finish(events, answers).await;
-        !deaf
+        self.finish(events, answers, io).await;
+    }
+
+    /// A hello's `debug` (true only with acks): the connection becomes debuggable, or stops.
+    fn hello_debug(&mut self, debug: bool) {
+        match (&self.debug, &self.adm.debugger) {
+            (None, Some(d)) if debug => {
+                let conn = d.connection("socket", self.pid);
+                tracing::debug!(conn = conn.id, pid = ?self.pid, "debug connection");
+                self.debug = Some(conn);
+            }
+            (Some(_), _) if !debug => {
+                self.debug = None;
+                self.step = None;
+            }
+            _ => {}
+        }
     }
 
     /// Admits the events and writes the answers for them, in line order (with a durable
-    /// queue, once they are in the write-ahead log).
-    async fn finish(&mut self, events: Vec<event::Event>, answers: Vec<Answer>) {
+    /// queue, once they are in the write-ahead log); on a debug connection, waits where a
+    /// `pause` breakpoint holds a line.
+    async fn finish(&mut self, events: Vec<event::Event>, answers: Vec<Answer>, io: &mut Io<'_>) {
         let n = events.len();
-        let admitted = self.adm.admit(&self.source, events).await;
-        let refused = admitted.refused;
-        let first_refused = n - refused;
+        let debug = self.debug.clone().filter(|_| !self.gone && n > 0);
+        let (admitted, mut holds, kept) = match &debug {
+            Some(conn) => {
+                // Cheap clones (the payloads are shared), for a `step` onto a later line.
+                let kept = events.clone();
+                let (admitted, holds) = self.adm.admit_debug(&self.source, events, conn).await;
+                (admitted, VecDeque::from(holds), kept)
+            }
+            None => (
+                self.adm.admit(&self.source, events).await,
+                VecDeque::new(),
+                Vec::new(),
+            ),
+        };
+        let first_refused = n - admitted.refused;
         let mut i = 0;
         for a in answers {
             match a {
                 Answer::Event => {
+                    if let Some(conn) = &debug {
+                        let hold = match holds.front() {
+                            Some((at, _)) if *at == i => holds.pop_front().map(|(_, h)| h),
+                            _ => None,
+                        };
+                        let hold = match (hold, self.step.take()) {
+                            (Some(h), _) => Some(h),
+                            (None, Some(bp)) if !self.gone => self
+                                .adm
+                                .debugger
+                                .as_ref()
+                                .map(|d| d.step_hold(&kept[i], conn, &bp)),
+                            (None, _) => None,
+                        };
+                        if let Some(h) = hold {
+                            self.pause(h, io).await;
+                        }
+                    }
                     // Without acks only malformed lines are answered; a queue drop is counted.
                     if !self.ack {
                     } else if i >= first_refused {
@@ -349,6 +442,50 @@ impl Conn {
                 Answer::Error(e) => self.error(&e),
                 Answer::Quiet => {}
             }
+        }
+    }
+
+    /// Holds the connection: the answers so far are written, then the hold is awaited while
+    /// what the client sends is read into the buffer (a bounded amount), so that its
+    /// disconnect shows.
+    async fn pause(&mut self, hold: Hold, io: &mut Io<'_>) {
+        let Some(debugger) = self.adm.debugger.clone() else {
+            return;
+        };
+        io.write(&mut self.out).await;
+        let breakpoint = hold.breakpoint.clone();
+        let room = 2 * self.adm.max_line_bytes() + 64 * 1024;
+        let mut read = 0;
+        let rd = &mut *io.rd;
+        let buf = &mut *io.buf;
+        let read_ref = &mut read;
+        let disconnected = async move {
+            loop {
+                if buf.len() >= room {
+                    // Full: wait for the release without reading more.
+                    std::future::pending::<()>().await;
+                }
+                buf.reserve(64 * 1024);
+                match rd.read_buf(buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => *read_ref += n,
+                }
+            }
+        };
+        let why = debugger.wait(hold, disconnected, &self.stop).await;
+        tracing::debug!(why = ?why, "debug connection released");
+        match why {
+            Release::Step => self.step = Some(breakpoint),
+            Release::Disconnect => {
+                self.gone = true;
+                io.deaf = true;
+                self.readahead = Some(0);
+                return;
+            }
+            _ => {}
+        }
+        if read > 0 {
+            self.readahead = Some(read);
         }
     }
 

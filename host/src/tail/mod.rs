@@ -429,7 +429,10 @@ fn budget(max_bytes: usize, other: usize) -> usize {
 /// Hands the pages of spilled and decided runs back to the system (see [`crate::memory`]).
 fn trim_heap() {
     let took = crate::memory::release();
-    tracing::debug!(took_us = took.as_micros() as u64, "returned free heap to the system");
+    tracing::debug!(
+        took_us = took.as_micros() as u64,
+        "returned free heap to the system"
+    );
 }
 
 /// Whether a run that no policy kept is kept at `rate`: the native sampler's hash, so a run
@@ -1167,6 +1170,7 @@ impl Tail {
                 for h in r.held.iter().rev().take(limit) {
                     let start = at - h.len as usize;
                     events.push(crate::control::views::render(
+                        join_id(h.id),
                         &h.kind,
                         h.ts_ns,
                         Some(run_id),

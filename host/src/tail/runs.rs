@@ -88,6 +88,8 @@ pub struct RunSummary {
 /// attributes are decoded again only when someone asks to see the event).
 #[derive(Clone, Debug)]
 pub struct Stored {
+    /// The event's id as two halves (a `u128` would add padding; see the tail's `Held`).
+    id: [u64; 2],
     pub kind: Arc<str>,
     pub ts_ns: u64,
     /// The data, then (when there are any) the attributes as JSON `[[k, v], …]`.
@@ -108,6 +110,7 @@ impl Stored {
             let _ = serde_json::to_writer(&mut buf, &e.attributes);
         }
         Stored {
+            id: [(e.id >> 64) as u64, e.id as u64],
             kind: e.kind.clone(),
             ts_ns: e.ts_ns,
             packed: Bytes::from(buf),
@@ -135,6 +138,7 @@ impl Stored {
     /// The event as native JSON with `redact` fields hidden.
     pub fn render(&self, run_id: &str, redact: &[String]) -> serde_json::Value {
         crate::control::views::render(
+            ((self.id[0] as u128) << 64) | self.id[1] as u128,
             &self.kind,
             self.ts_ns,
             Some(run_id),

@@ -19,6 +19,12 @@ whose answer never came count too: the daemon may not have admitted them), one w
 logged on ``logging.getLogger("outrigger_client")``, and connecting is retried with back-off
 (``reconnect_min`` doubling to ``reconnect_max``) while there is something to send.
 
+Debugging: ``Outrigger(debug=True)`` opts the connection in to breakpoints: it starts with
+``{"hello": {"ack": true, "debug": true}}``, and every ``observe()`` writes its line at once and
+waits for its answer (at most ``debug_timeout``, 65 s by default: the daemon's ``max_pause`` is
+60 s), so that a ``pause`` breakpoint on the daemon holds the calling thread at that line until
+it is continued or stepped. Only such a client can be held; without ``debug`` nothing waits.
+
 Stop: ``close()``, leaving a ``with Outrigger() as obs`` block, or interpreter exit (``atexit``)
 flushes with a bounded wait (``exit_timeout``), then closes the socket; the threads are daemon
 threads and end with it. After ``os.fork()`` the child starts afresh: new locks, an empty buffer,
@@ -53,6 +59,7 @@ DEFAULT_SOCKET = "/tmp/outrigger.sock"
 _OK = b'{"success":true}\n'
 _OK_LINE = _OK[:-1]
 _FLUSH_LINE = b'{"method":"flush","payload":{}}\n'
+_DEBUG_HELLO = b'{"hello":{"ack":true,"debug":true}}\n'
 _CHUNK = 256 * 1024
 _MAX_TYPE_CACHE = 4096
 
@@ -198,6 +205,8 @@ class Outrigger:
         http_timeout=1.0,
         sampling_refresh=2.0,
         exit_timeout=2.0,
+        debug=False,
+        debug_timeout=65.0,
     ):
         self.socket_path = socket or os.environ.get("OUTRIGGER_SOCKET") or DEFAULT_SOCKET
         self.control = Control(control_url, api_key, timeout=http_timeout)
@@ -208,6 +217,8 @@ class Outrigger:
         self.reconnect_max = reconnect_max
         self.sampling_refresh = sampling_refresh
         self.exit_timeout = exit_timeout
+        self.debug = bool(debug)
+        self.debug_timeout = debug_timeout
         self._flush_bytes = flush_bytes
         self._max_bytes = max_buffer_bytes  # -1 once closed: every observe() is then dropped
         self._closed = False
@@ -291,6 +302,8 @@ class Outrigger:
             line += "}"
         except Exception:
             return self._refuse_invalid()
+        if self.debug:
+            return self._observe_and_wait(line)
         n = len(line) + 1
         with self._lock:
             size = self._size + n
@@ -306,6 +319,34 @@ class Outrigger:
                 self._kicked = True
                 self._urgent.set()
         return True
+
+    def _observe_and_wait(self, line):
+        """Debug mode: writes the line now and waits for its answer (a paused breakpoint holds
+        it), at most ``debug_timeout`` seconds. True when it was written."""
+        with self._lock:
+            if self._max_bytes < 0:
+                self._dropped += 1
+                return False
+            self._queued += 1
+        try:
+            deadline = _monotonic() + self.debug_timeout
+            with self._send_lock:
+                lines, n = self._take()
+                lines = (lines or []) + [line]
+                sent = self._deliver(lines, n + 1, flush=False, force=True)
+            if sent is None:
+                return False
+            conn, _seq, last = sent
+            with self._io:
+                while conn.answered < last and not conn.dead:
+                    left = deadline - _monotonic()
+                    if left <= 0:
+                        break
+                    self._io.wait(left)
+            return True
+        except Exception:
+            log.debug("outrigger: debug observe failed", exc_info=True)
+            return False
 
     def _refuse_invalid(self):
         with self._lock:
@@ -366,6 +407,7 @@ class Outrigger:
                 self._lost += n
                 return None
             conn.written += n
+            last = conn.written
             if flush:
                 conn.written += 1
                 seq = conn.written
@@ -382,7 +424,7 @@ class Outrigger:
             return None
         with self._io:
             self._sent += n
-        return conn, seq
+        return conn, seq, last
 
     def _connection(self, force):
         """The live connection, or a new one when the back-off allows (``force``: now)."""
@@ -397,6 +439,8 @@ class Outrigger:
             s.settimeout(self.connect_timeout)
             s.connect(self.socket_path)
             s.settimeout(self.send_timeout)
+            if self.debug:
+                s.sendall(_DEBUG_HELLO)  # answered by nothing: it is not an event
         except (OSError, ValueError) as e:
             if s is not None:
                 s.close()
@@ -497,6 +541,8 @@ class Outrigger:
             flushes = conn.flushes
             if ok == n and (not flushes or flushes[0] > last):
                 self._accepted += n  # the usual case: a success for every event
+                if self.debug:
+                    self._io.notify_all()  # an observe() waits for this answer
                 return
             for i, line in enumerate(data.split(b"\n", n)[:n]):
                 seq = first + i
@@ -535,7 +581,7 @@ class Outrigger:
                 self._send_lock.release()
             if sent is None:
                 return False
-            conn, seq = sent
+            conn, seq, _last = sent
             with self._io:
                 try:
                     while seq not in conn.results:
