@@ -10,6 +10,7 @@ mod grants;
 mod harness;
 mod ingest;
 mod languages;
+mod nats;
 mod node;
 mod otlp;
 mod pipeline;

@@ -485,6 +485,20 @@ impl NatsSink {
     }
 }
 
+/// Asks the JetStream API for the account's info and takes any answer that is not an error.
+/// Not `Context::query_account`: its reply type wants fields that servers before 2.10 (Debian
+/// bookworm has 2.9) do not send, so it fails on a healthy server.
+pub async fn jetstream_answers(js: &jetstream::Context) -> Result<(), String> {
+    match js
+        .request::<_, _, jetstream::response::Response<serde_json::Value>>("INFO", b"")
+        .await
+    {
+        Ok(jetstream::response::Response::Ok(_)) => Ok(()),
+        Ok(jetstream::response::Response::Err { error }) => Err(error.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// True when a stream lookup failed because there is no such stream.
 fn stream_missing(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
@@ -539,7 +553,7 @@ pub async fn check(cfg: &NatsSinkConfig, label: &str) -> anyhow::Result<()> {
         let Some(js) = &conn.js else {
             return Ok(());
         };
-        js.query_account()
+        jetstream_answers(js)
             .await
             .map_err(|e| anyhow::anyhow!("JetStream is not available on {}: {e}", cfg.url))?;
         if !cfg.create_stream {
