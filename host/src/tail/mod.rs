@@ -412,7 +412,10 @@ fn decision_key(run_id: &str) -> u64 {
 /// Hands the pages of spilled and decided runs back to the system (see [`crate::memory`]).
 fn trim_heap() {
     let took = crate::memory::release();
-    tracing::debug!(took_us = took.as_micros() as u64, "returned free heap to the system");
+    tracing::debug!(
+        took_us = took.as_micros() as u64,
+        "returned free heap to the system"
+    );
 }
 
 /// Whether a run that no policy kept is kept at `rate`: the native sampler's hash, so a run
