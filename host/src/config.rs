@@ -1037,7 +1037,8 @@ pub struct WeaveSinkConfig {
     pub timeout: Dur,
 }
 
-/// `sinks[]` of `type: nats`: events published to NATS subjects.
+/// `sinks[]` of `type: nats`: events published to NATS subjects, with JetStream
+/// acknowledgements (the default) or as core NATS messages (`jetstream: false`, at most once).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
@@ -1045,10 +1046,86 @@ pub struct NatsSinkConfig {
     pub name: Option<String>,
     #[serde(flatten)]
     pub route: SinkRoute,
+    /// One server or several, comma-separated (`nats://a:4222,nats://b:4222`); `tls://` for
+    /// TLS. User and password may be given in the URL.
     pub url: String,
+    /// The subject each event is published to; `{type}` is the event type with the
+    /// characters NATS does not allow in a token replaced by `_`.
+    #[serde(default = "default_nats_subject")]
     pub subject: String,
-    #[serde(default)]
+    /// Publish to JetStream and wait for every acknowledgement (at least once, deduplicated by
+    /// `Nats-Msg-Id`); false: core NATS publish (at most once).
+    #[serde(default = "default_true")]
     pub jetstream: bool,
+    /// The JetStream stream that takes the subjects.
+    #[serde(default = "default_nats_stream")]
+    pub stream: String,
+    /// Create the stream when it does not exist (subjects, `replicas`, `duplicate_window`,
+    /// `storage`, `max_age`, `max_bytes`); false: a missing stream is an error.
+    #[serde(default = "default_true")]
+    pub create_stream: bool,
+    /// Replicas of a stream the sink creates (1 to 5).
+    #[serde(default = "default_one")]
+    pub replicas: usize,
+    /// A NATS `.creds` file (user JWT and NKey seed).
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// Messages published and not yet acknowledged, at most.
+    #[serde(default = "default_nats_inflight")]
+    pub max_inflight: usize,
+    /// How long to wait for a connection, an acknowledgement or a JetStream API answer.
+    #[serde(default = "default_nats_timeout")]
+    pub timeout: Dur,
+    /// The deduplication window of a stream the sink creates (`Nats-Msg-Id` is remembered
+    /// this long).
+    #[serde(default = "default_nats_duplicate_window")]
+    pub duplicate_window: Dur,
+    /// Storage of a stream the sink creates: `file` or `memory`.
+    #[serde(default)]
+    pub storage: NatsStorage,
+    /// Age limit of a stream the sink creates (null: none).
+    #[serde(default)]
+    pub max_age: Option<Dur>,
+    /// Size limit of a stream the sink creates (null: none); the oldest messages go first.
+    #[serde(default)]
+    pub max_bytes: Option<Size>,
+}
+
+/// `sinks[].storage` of the `nats` sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsStorage {
+    #[default]
+    File,
+    Memory,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_one() -> usize {
+    1
+}
+
+fn default_nats_subject() -> String {
+    "outrigger.events.{type}".into()
+}
+
+fn default_nats_stream() -> String {
+    "OUTRIGGER".into()
+}
+
+fn default_nats_inflight() -> usize {
+    4096
+}
+
+fn default_nats_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+fn default_nats_duplicate_window() -> Dur {
+    Dur(Duration::from_secs(120))
 }
 
 /// `delivery`: retry back-off and the spool every sink shares.
@@ -1647,8 +1724,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "must start with http:// or https://",
                 ));
             }
-            SinkConfig::Nats(n) if !n.url.starts_with("nats://") => {
-                return Err(err(format!("sinks[{i}].url"), "must start with nats://"));
+            SinkConfig::Nats(n) => {
+                if let Err((key, why)) = crate::sinks::nats::validate(n) {
+                    return Err(err(format!("sinks[{i}].{key}"), why));
+                }
             }
             _ => {}
         }

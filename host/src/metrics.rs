@@ -87,6 +87,11 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub sink_batches: IntCounterVec,
     pub spool_bytes: IntGaugeVec,
+    /// `nats_publishes_total{sink, result}`: messages the `nats` sink published, by result:
+    /// `acked` (stored by the stream), `duplicate` (the stream had it already: a resend after
+    /// a lost acknowledgement), `unacked` (no acknowledgement; sent again later), `dropped`
+    /// (larger than the server takes), `sent` (core NATS, no acknowledgement).
+    pub nats_publishes: IntCounterVec,
     /// `condition_errors_total{where}`: conditions that errored on an event (counted false).
     /// `where` is the config key of the condition, so the label set is bounded by the config.
     pub condition_errors: IntCounterVec,
@@ -305,6 +310,14 @@ impl Metrics {
                 &["sink"],
             )
             .expect("valid metric"),
+            nats_publishes: IntCounterVec::new(
+                opts(
+                    "nats_publishes_total",
+                    "Messages the nats sink published, by sink and result",
+                ),
+                &["sink", "result"],
+            )
+            .expect("valid metric"),
             condition_errors: IntCounterVec::new(
                 opts(
                     "condition_errors_total",
@@ -414,6 +427,8 @@ impl Metrics {
                     "Write-ahead log writes, syncs or trims that failed",
                 ),
                 &["op"],
+            )
+            .expect("valid metric"),
             breakpoint_hits: IntCounterVec::new(
                 opts(
                     "breakpoint_hits_total",
@@ -476,6 +491,7 @@ impl Metrics {
             Box::new(m.reloads.clone()),
             Box::new(m.sink_batches.clone()),
             Box::new(m.spool_bytes.clone()),
+            Box::new(m.nats_publishes.clone()),
             Box::new(m.condition_errors.clone()),
             Box::new(m.tail_open_runs.clone()),
             Box::new(m.tail_buffered_bytes.clone()),

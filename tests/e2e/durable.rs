@@ -304,9 +304,15 @@ async fn http_answers_wait_for_the_log_and_reload_keeps_the_log_running() {
         .send_json("POST", "/v1/reload", serde_json::json!({}))
         .await;
     assert_eq!(status, 200);
-    assert!(d.log_text().contains("queue.durable"), "reported as restart-only");
+    assert!(
+        d.log_text().contains("queue.durable"),
+        "reported as restart-only"
+    );
     let before = d.metric("outrigger_wal_appended_total", "").await;
-    assert_eq!(d.send(&[r#"{"type":"after"}"#]).await, [r#"{"success":true}"#]);
+    assert_eq!(
+        d.send(&[r#"{"type":"after"}"#]).await,
+        [r#"{"success":true}"#]
+    );
     assert_eq!(
         d.metric("outrigger_wal_appended_total", "").await,
         before + 1.0,

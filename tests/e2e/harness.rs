@@ -465,3 +465,251 @@ impl Recorder {
         self.bodies.lock().expect("lock").clone()
     }
 }
+
+/// `nats-server` on this machine, or `None` after saying loudly that the NATS tests are not
+/// run. Under CI (`CI` set) a missing server is a failure: `.ci/run` installs it.
+pub fn nats_server_available() -> bool {
+    let ok = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is not installed, and CI must run the NATS tests (.ci/run installs it)"
+        );
+        eprintln!(
+            "\n**** SKIPPED: nats-server is not installed; the NATS sink tests did NOT run \
+             (apt-get install nats-server) ****\n"
+        );
+    }
+    ok
+}
+
+/// One `nats-server` of a [`NatsCluster`], with JetStream; its ports and store directory
+/// stay the same across restarts.
+pub struct NatsNode {
+    pub name: String,
+    pub port: u16,
+    pub conf: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsNode {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (or restarts) the server and waits until it takes connections.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("nats log");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < end, "{} never listened", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL: a node that dies, not one that leaves politely).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A JetStream cluster of `nats-server`s on loopback ports chosen at run time, stores in a
+/// temp dir (a single node is a cluster of one, without routes). Killed on drop.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsNode>,
+    pub dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (free_port().port(), free_port().port()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let name = format!("n{i}");
+            let store = dir.path().join(&name);
+            let mut conf = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n",
+                store.display()
+            );
+            if n > 1 {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .map(|(_, r)| format!("nats-route://127.0.0.1:{r}"))
+                    .collect();
+                conf.push_str(&format!(
+                    "cluster {{ name: outrigger-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                    routes.join(", ")
+                ));
+            }
+            let path = dir.path().join(format!("{name}.conf"));
+            std::fs::write(&path, conf).expect("nats conf");
+            nodes.push(NatsNode {
+                name,
+                port: *port,
+                conf: path,
+                log: dir.path().join(format!("{}.log", i)),
+                child: None,
+            });
+        }
+        for node in &mut nodes {
+            node.start();
+        }
+        NatsCluster { nodes, dir }
+    }
+
+    /// Every node's URL, comma-separated (the sink's `url`).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsNode::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client connected to any node, once JetStream answers (a cluster has elected its
+    /// meta leader).
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(NatsNode::url)
+            .collect();
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let why = match async_nats::connect(urls.as_slice()).await {
+                Ok(c) => {
+                    let js = async_nats::jetstream::new(c);
+                    match outrigger::sinks::nats::jetstream_answers(&js).await {
+                        Ok(()) => return js,
+                        Err(e) => format!("account info: {e}"),
+                    }
+                }
+                Err(e) => format!("connect: {e}"),
+            };
+            assert!(
+                Instant::now() < end,
+                "JetStream never became ready ({why}): {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn index_of(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("---- {} ----\n{}", n.name, tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// Every message of `stream`, in stream order, as parsed JSON payloads with their
+/// `Nats-Msg-Id`; waits until there are `want` (at most `within`).
+pub async fn read_stream(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    want: usize,
+    within: Duration,
+) -> Vec<(String, Value)> {
+    use futures_util::StreamExt;
+    let s = js.get_stream(stream).await.expect("stream");
+    let consumer = s
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(5000)
+        .messages()
+        .await
+        .expect("messages");
+    let mut out = Vec::with_capacity(want);
+    let end = Instant::now() + within;
+    while out.len() < want {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                let id = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                out.push((
+                    id,
+                    serde_json::from_slice(&m.payload).expect("JSON payload"),
+                ));
+            }
+            Ok(Some(Err(e))) => panic!("reading the stream: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Anything past `want` would be a duplicate: give it a moment to show.
+    if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+    {
+        out.push((
+            String::new(),
+            serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
+        ));
+    }
+    out
+}

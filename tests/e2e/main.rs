@@ -13,6 +13,7 @@ mod grants;
 mod harness;
 mod ingest;
 mod languages;
+mod nats;
 mod node;
 mod otlp;
 mod pipeline;

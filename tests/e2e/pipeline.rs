@@ -737,7 +737,7 @@ async fn a_failing_sink_spools_and_the_next_start_delivers_the_spool() {
 }
 
 // `check` used to validate the config and plugins only: a config that `run` refuses (a nats
-// sink, a file sink that cannot open) passed it.
+// sink whose credentials file is missing, a file sink that cannot open) passed it.
 #[test]
 fn check_refuses_what_run_refuses() {
     let dir = tempfile::tempdir().unwrap();
@@ -745,8 +745,8 @@ fn check_refuses_what_run_refuses() {
     let socket = dir.path().join("s.sock");
     let cases = [
         (
-            r#"[{type: nats, url: "nats://127.0.0.1:4222", subject: "x"}]"#,
-            "nats sink is not implemented",
+            r#"[{type: nats, url: "nats://127.0.0.1:4222", subject: "x", credentials: "/nonexistent/x.creds"}]"#,
+            "/nonexistent/x.creds",
         ),
         (
             r#"[{type: file, path: "/dev/null/no/events.ndjson"}]"#,

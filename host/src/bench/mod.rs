@@ -134,6 +134,9 @@ pub struct BenchReport {
     pub dropped: Option<u64>,
     pub dropped_by_reason: std::collections::BTreeMap<String, u64>,
     pub settle_seconds: Option<f64>,
+    /// Events delivered by the (first) sink per second, from the first event sent until the
+    /// pipeline settled: the sink's throughput when the sink, not the ingest, is the limit.
+    pub delivered_per_second: Option<f64>,
     /// The daemon's CPU and wake-ups from the first event sent until the pipeline settled.
     pub daemon: Option<procstat::Usage>,
     /// Daemon CPU per event sent, in microseconds.
@@ -265,6 +268,10 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         report.settle_seconds = Some(settle.elapsed().as_secs_f64());
         report.received = Some(after.received - before.received);
         report.delivered = Some(after.delivered - before.delivered);
+        report.delivered_per_second = Some(
+            (after.delivered - before.delivered) as f64
+                / (report.seconds + report.settle_seconds.unwrap_or(0.0)),
+        );
         report.dropped = Some(after.dropped_total() - before.dropped_total());
         for (k, v) in &after.dropped {
             let d = v - before.dropped.get(k).copied().unwrap_or(0);
@@ -818,6 +825,9 @@ pub fn print(r: &BenchReport) {
             r.dropped_by_reason,
             r.settle_seconds.unwrap_or(0.0)
         );
+    }
+    if let Some(d) = r.delivered_per_second {
+        println!("delivered: {d:.0} events/s (first event sent to pipeline settled)");
     }
     if let (Some(u), Some(per)) = (&r.daemon, r.daemon_cpu_us_per_event) {
         println!(

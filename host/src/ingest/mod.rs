@@ -99,7 +99,11 @@ impl Admission {
 
     /// Ids, the source's count, the kill switch and the observer: what every batch goes
     /// through before it is queued. `None` when nothing is left to queue.
-    fn prepare(&self, source: &prometheus::IntCounter, mut events: Vec<Event>) -> Option<Vec<Event>> {
+    fn prepare(
+        &self,
+        source: &prometheus::IntCounter,
+        mut events: Vec<Event>,
+    ) -> Option<Vec<Event>> {
         if events.is_empty() {
             return None;
         }

@@ -4,7 +4,7 @@
 //! reload, a [`SinkPlan`] that keeps, opens and closes sinks. The set routes each event to the
 //! sinks whose `types`/`when` admit it (an event no sink admits is counted `unrouted`) and hands
 //! each sink an `Arc<Batch>` on its bounded channel. Every sink runs a [`delivery::Delivery`]
-//! (retry, back-off, spool) over its writer (file, stdout, http, weave, otlp) and records in
+//! (retry, back-off, spool) over its writer (file, stdout, http, weave, otlp, nats) and records in
 //! [`Progress`] the sequence it has delivered up to, which answers Weave `flush` requests.
 //! Out: events written; `events_delivered_total{sink}`, `sink_batches_total{sink,result}`, the
 //! ingest-to-sink latency. The set ends when the worker closes it ([`SinkSet::close`]): that
@@ -14,6 +14,7 @@
 pub mod delivery;
 mod file;
 mod http;
+pub mod nats;
 pub mod otlp;
 mod spool;
 
@@ -63,20 +64,19 @@ enum Writer {
     Http(HttpSink),
     Weave(WeaveSink),
     Otlp(otlp::OtlpSink),
+    Nats(nats::NatsSink),
 }
 
 impl Writer {
     /// Opens the writer a sink config describes: what `run` and `check` both do.
-    fn open(cfg: &SinkConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Writer> {
+    fn open(cfg: &SinkConfig, label: &str, metrics: &Arc<Metrics>) -> anyhow::Result<Writer> {
         Ok(match cfg {
             SinkConfig::File(c) => Writer::File(FileSink::open(c)?),
             SinkConfig::Stdout(_) => Writer::Stdout(StdoutSink { buf: Vec::new() }),
             SinkConfig::Http(c) => Writer::Http(HttpSink::new(c)?),
             SinkConfig::Weave(c) => Writer::Weave(WeaveSink::new(c, metrics.clone())?),
             SinkConfig::Otlp(c) => Writer::Otlp(otlp::OtlpSink::new(c, metrics.clone())?),
-            SinkConfig::Nats(_) => anyhow::bail!(
-                "the nats sink is not implemented in this build; use file, stdout, http, weave or otlp"
-            ),
+            SinkConfig::Nats(c) => Writer::Nats(nats::NatsSink::new(c, label, metrics.clone())?),
         })
     }
 }
@@ -89,6 +89,7 @@ impl Deliver for Writer {
             Writer::Http(s) => s.send(batch).await,
             Writer::Weave(s) => s.send(batch).await,
             Writer::Otlp(s) => s.send(batch).await,
+            Writer::Nats(s) => s.send(batch).await,
         }
     }
 
@@ -128,11 +129,39 @@ pub fn check(sinks: &[SinkConfig], metrics: &Arc<Metrics>) -> anyhow::Result<()>
             FileSink::check(c).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
             continue;
         }
-        let mut w =
-            Writer::open(s, metrics).map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
+        // A nats sink is checked against its server: it answers, and the stream is there.
+        if let SinkConfig::Nats(c) = s {
+            block_on(nats::check(c, &label))
+                .and_then(|r| r)
+                .map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
+            continue;
+        }
+        let mut w = Writer::open(s, &label, metrics)
+            .map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
         w.close();
     }
     Ok(())
+}
+
+/// Runs `f` to completion from synchronous code: on the current runtime when there is one
+/// (`check` runs inside `block_in_place`), else on a runtime of its own.
+fn block_on<F>(f: F) -> anyhow::Result<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            Ok(tokio::task::block_in_place(|| h.block_on(f)))
+        }
+        _ => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(std::thread::scope(|s| s.spawn(|| rt.block_on(f)).join())
+                .map_err(|_| anyhow::anyhow!("the check panicked"))?)
+        }
+    }
 }
 
 /// How far one sink has got.
@@ -257,7 +286,7 @@ impl SinkHandle {
         ctx: SinkContext,
         observe_latency: bool,
     ) -> anyhow::Result<SinkHandle> {
-        let writer = Writer::open(&cfg, &ctx.metrics)
+        let writer = Writer::open(&cfg, &label, &ctx.metrics)
             .map_err(|e| anyhow::anyhow!("sink `{label}`: {e:#}"))?;
         let (tx, rx) = mpsc::channel(4);
         let done = ctx.progress.register(&label);

@@ -340,10 +340,17 @@ async fn scan_segment_on_truncated_and_empty_input() {
     }
     // The magic alone is an empty, valid segment.
     let s = scan_segment(&bytes[..8]);
-    assert_eq!((s.scan.records.len(), s.scan.valid_len, s.scan.problem), (0, 8, None));
+    assert_eq!(
+        (s.scan.records.len(), s.scan.valid_len, s.scan.problem),
+        (0, 8, None)
+    );
     // Cut inside the last record's header and inside its payload.
     let last = &whole.records[3];
-    for cut in [last.payload.start - 10, last.payload.start + 1, bytes.len() - 1] {
+    for cut in [
+        last.payload.start - 10,
+        last.payload.start + 1,
+        bytes.len() - 1,
+    ] {
         let s = scan_segment(&bytes[..cut]);
         assert_eq!(s.scan.records.len(), 3, "cut at {cut}");
         assert_eq!(s.scan.valid_len, whole.records[2].payload.end);
@@ -360,13 +367,20 @@ async fn scan_segment_on_flipped_bytes() {
     // A flipped byte in the payload, the checksum, the sequence of record 2: records 0 and 1
     // are kept, and the resync finds records 3, 4 and 5 in what is set aside.
     let r2 = &whole.records[2];
-    for at in [r2.payload.start + 2, r2.payload.start - 10, r2.payload.start - 4] {
+    for at in [
+        r2.payload.start + 2,
+        r2.payload.start - 10,
+        r2.payload.start - 4,
+    ] {
         let mut b = bytes.clone();
         b[at] ^= 0x40;
         let s = scan_segment(&b);
         assert_eq!(s.scan.records, whole.records[..2], "flip at {at}");
         let p = s.scan.problem.unwrap();
-        assert_eq!((p.kind, p.at), (ProblemKind::Checksum, whole.records[1].payload.end));
+        assert_eq!(
+            (p.kind, p.at),
+            (ProblemKind::Checksum, whole.records[1].payload.end)
+        );
         assert_eq!(s.set_aside_bytes, b.len() - p.at);
         assert_eq!(s.intact_after, 3);
     }
@@ -382,7 +396,12 @@ async fn scan_segment_on_flipped_bytes() {
         b[i] = b[i].wrapping_add(0x5b);
         let s = scan_segment(&b);
         assert!(s.scan.valid_len + s.set_aside_bytes == b.len());
-        assert!(s.scan.records.iter().all(|r| r.payload.end <= s.scan.valid_len));
+        assert!(
+            s.scan
+                .records
+                .iter()
+                .all(|r| r.payload.end <= s.scan.valid_len)
+        );
         let p = scan_segment(&bytes[..i]);
         assert!(p.scan.valid_len <= i);
     }

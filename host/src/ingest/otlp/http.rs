@@ -46,8 +46,8 @@ struct Ctx {
 }
 
 /// The two encodings OTLP/HTTP has.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
     Protobuf,
     Json,
 }
@@ -214,16 +214,24 @@ async fn read<T: Message + Default + DeserializeOwned>(
             format!("Content-Encoding {coding:?} is not supported: send gzip or identity"),
         ));
     };
-    let decoded = match enc {
+    decode(enc, bytes).map(|m| (enc, m)).map_err(|msg| {
+        cx.adm.invalid(1);
+        refuse(enc, StatusCode::BAD_REQUEST, msg)
+    })
+}
+
+/// Decodes an export request body (already decompressed) in `enc`; the error is the text of
+/// the `400` answer. Public for the fuzz targets (fuzz/).
+pub fn decode<T: Message + Default + DeserializeOwned>(
+    enc: Encoding,
+    bytes: Bytes,
+) -> Result<T, String> {
+    match enc {
         Encoding::Protobuf => T::decode(bytes).map_err(|e| format!("malformed protobuf: {e}")),
         Encoding::Json => {
             serde_json::from_slice(&bytes).map_err(|e| format!("malformed OTLP/JSON: {e}"))
         }
-    };
-    decoded.map(|m| (enc, m)).map_err(|msg| {
-        cx.adm.invalid(1);
-        refuse(enc, StatusCode::BAD_REQUEST, msg)
-    })
+    }
 }
 
 /// `200` with `msg` in the request's encoding.

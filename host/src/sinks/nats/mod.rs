@@ -1,0 +1,572 @@
+//! The `nats` sink: every event as one NATS message, through JetStream with acknowledgements
+//! (the default) or as a core NATS publish.
+//!
+//! In: batches from the sink's [`Delivery`](super::delivery::Delivery). Out: one message per
+//! event on the subject its type gives ([`subject`]), whose payload is the native JSON line
+//! (without the newline) and whose header `Nats-Msg-Id` is the event id, the same across
+//! retries, spool and replays, so the stream stores each event once within its duplicate
+//! window. With `jetstream`, a batch is delivered when every message of it is acknowledged;
+//! at most `max_inflight` messages wait for an acknowledgement at a time. A message that gets
+//! no acknowledgement (timeout, lost connection, no stream leader) fails the attempt as
+//! retryable, so the delivery's retry and spool take over; the acknowledged messages of the
+//! batch are remembered and only the others are sent again. A message larger than the server
+//! takes is dropped and counted (`sink`). With `jetstream: false` messages are published and
+//! flushed to the server with no acknowledgement: at most once.
+//!
+//! The connection is made on the first attempt (a server that is down fails the attempt and
+//! the batch is spooled, never the start), then kept by the client, which reconnects by
+//! itself; while it is away, attempts fail at once. The stream is looked up (and created,
+//! with `create_stream`) once per connection. Nothing runs on its own besides the client's
+//! connection task, which ends when the sink is dropped.
+
+pub mod subject;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
+use async_nats::{Client, ConnectOptions, ServerAddr};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::watch;
+
+use super::{Batch, SinkError};
+use crate::config::{NatsSinkConfig, NatsStorage};
+use crate::event::{self, Event};
+use crate::metrics::{DropReason, Metrics};
+use subject::SubjectTemplate;
+
+/// Checks what can be checked of a `nats` sink without a server: the key that is wrong and
+/// why.
+pub fn validate(cfg: &NatsSinkConfig) -> Result<(), (&'static str, String)> {
+    servers(&cfg.url).map_err(|e| ("url", e))?;
+    SubjectTemplate::parse(&cfg.subject).map_err(|e| ("subject", e))?;
+    if cfg.jetstream {
+        let bad = |c: char| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace();
+        if cfg.stream.is_empty() || cfg.stream.chars().any(bad) {
+            return Err((
+                "stream",
+                format!(
+                    "`{}` is not a stream name (letters, digits, `-` and `_`; no `.`, `*`, `>`, slashes or spaces)",
+                    cfg.stream
+                ),
+            ));
+        }
+        if !(1..=5).contains(&cfg.replicas) {
+            return Err(("replicas", "must be 1 to 5".into()));
+        }
+        if cfg.duplicate_window.0.is_zero() {
+            return Err((
+                "duplicate_window",
+                "must be more than 0 (it is what makes resent events land once)".into(),
+            ));
+        }
+    }
+    if cfg.max_inflight == 0 {
+        return Err(("max_inflight", "must be at least 1".into()));
+    }
+    if cfg.timeout.0.is_zero() {
+        return Err(("timeout", "must be more than 0".into()));
+    }
+    Ok(())
+}
+
+/// The comma-separated `url` as server addresses.
+fn servers(url: &str) -> Result<Vec<ServerAddr>, String> {
+    let mut out = Vec::new();
+    for u in url.split(',').map(str::trim) {
+        if u.is_empty() {
+            return Err(format!("`{url}` has an empty server between commas"));
+        }
+        if !(u.starts_with("nats://") || u.starts_with("tls://")) {
+            return Err(format!("`{u}` must start with nats:// (or tls://)"));
+        }
+        out.push(
+            u.parse::<ServerAddr>()
+                .map_err(|e| format!("`{u}` is not a server address: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Per-sink counters, resolved once.
+struct NatsMetrics {
+    acked: prometheus::IntCounter,
+    duplicate: prometheus::IntCounter,
+    unacked: prometheus::IntCounter,
+    dropped: prometheus::IntCounter,
+    sent: prometheus::IntCounter,
+}
+
+/// A live connection and what was learnt on it.
+struct Conn {
+    client: Client,
+    js: Option<jetstream::Context>,
+    /// The stream is known to take our subjects (looked up or created on this connection).
+    stream_ready: bool,
+    /// Bumped by the client's event callback on every disconnect.
+    disconnects: watch::Receiver<u64>,
+}
+
+/// The acknowledged messages of the batch being retried.
+struct Resume {
+    key: (u64, usize, u128, u128),
+    acked: Vec<bool>,
+}
+
+impl Resume {
+    fn key(batch: &Batch) -> (u64, usize, u128, u128) {
+        let ids = |e: Option<&Event>| e.map_or(0, |e| e.id);
+        (
+            batch.upto,
+            batch.events.len(),
+            ids(batch.events.first()),
+            ids(batch.events.last()),
+        )
+    }
+}
+
+/// The `nats` sink's writer.
+pub struct NatsSink {
+    label: String,
+    cfg: NatsSinkConfig,
+    servers: Vec<ServerAddr>,
+    /// The `.creds` file's text, read when the sink opens.
+    creds: Option<String>,
+    subjects: SubjectTemplate,
+    conn: Option<Conn>,
+    resume: Option<Resume>,
+    metrics: Arc<Metrics>,
+    m: NatsMetrics,
+}
+
+impl NatsSink {
+    /// Opens the sink: checks the config and reads the credentials file. Connects nothing.
+    pub fn new(
+        cfg: &NatsSinkConfig,
+        label: &str,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<NatsSink> {
+        let servers = servers(&cfg.url).map_err(|e| anyhow::anyhow!("url: {e}"))?;
+        let subjects =
+            SubjectTemplate::parse(&cfg.subject).map_err(|e| anyhow::anyhow!("subject: {e}"))?;
+        let creds = match &cfg.credentials {
+            None => None,
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    anyhow::anyhow!("credentials: cannot read {}: {e}", p.display())
+                })?;
+                // Parsed now so that a bad file is refused at start, not at the first batch.
+                ConnectOptions::with_credentials(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "credentials: {} is not a NATS .creds file: {e}",
+                        p.display()
+                    )
+                })?;
+                Some(text)
+            }
+        };
+        let c = |result| metrics.nats_publishes.with_label_values(&[label, result]);
+        let m = NatsMetrics {
+            acked: c("acked"),
+            duplicate: c("duplicate"),
+            unacked: c("unacked"),
+            dropped: c("dropped"),
+            sent: c("sent"),
+        };
+        Ok(NatsSink {
+            label: label.to_string(),
+            cfg: cfg.clone(),
+            servers,
+            creds,
+            subjects,
+            conn: None,
+            resume: None,
+            metrics,
+            m,
+        })
+    }
+
+    /// Connects to the first server that answers (the client then keeps the connection).
+    async fn connect(&self) -> Result<Conn, String> {
+        let mut opts = match &self.creds {
+            Some(text) => ConnectOptions::with_credentials(text).map_err(|e| e.to_string())?,
+            None => ConnectOptions::new(),
+        };
+        let (tx, disconnects) = watch::channel(0u64);
+        let label = self.label.clone();
+        let timeout = self.cfg.timeout.0;
+        opts = opts
+            .name(format!("outrigger {}", self.label))
+            .connection_timeout(timeout)
+            .request_timeout(Some(timeout))
+            .max_reconnects(None)
+            // Room for a whole window of publishes in the client's queue.
+            .client_capacity(self.cfg.max_inflight.max(2048) * 2)
+            .event_callback(move |ev| {
+                let label = label.clone();
+                let tx = tx.clone();
+                async move {
+                    match ev {
+                        async_nats::Event::Disconnected => {
+                            tx.send_modify(|n| *n += 1);
+                            tracing::warn!(sink = %label, "NATS connection lost; the client reconnects");
+                        }
+                        async_nats::Event::Connected => {
+                            tracing::info!(sink = %label, "NATS connection (re)established")
+                        }
+                        other => tracing::warn!(sink = %label, event = %other, "NATS client event"),
+                    }
+                }
+            });
+        let client = opts
+            .connect(self.servers.as_slice())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.cfg.url))?;
+        tracing::info!(sink = %self.label, url = %self.cfg.url, server = %client.server_info().host, "connected to NATS");
+        let js = self.cfg.jetstream.then(|| {
+            jetstream::ContextBuilder::new()
+                .timeout(timeout)
+                // The sink keeps its own bound; the context's only needs to be above it.
+                .max_ack_inflight(self.cfg.max_inflight + 1)
+                .backpressure_on_inflight(true)
+                .build(client.clone())
+        });
+        Ok(Conn {
+            client,
+            js,
+            stream_ready: false,
+            disconnects,
+        })
+    }
+
+    /// The stream config the sink creates.
+    fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.cfg.stream.clone(),
+            subjects: vec![self.subjects.stream_subject()],
+            num_replicas: self.cfg.replicas,
+            duplicate_window: self.cfg.duplicate_window.0,
+            storage: match self.cfg.storage {
+                NatsStorage::File => stream::StorageType::File,
+                NatsStorage::Memory => stream::StorageType::Memory,
+            },
+            max_age: self.cfg.max_age.map_or(Duration::ZERO, |d| d.0),
+            max_bytes: self.cfg.max_bytes.map_or(-1, |s| s.0 as i64),
+            description: Some("events from outrigger".into()),
+            ..Default::default()
+        }
+    }
+
+    /// Makes sure the stream exists and takes the sink's subjects.
+    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<(), String> {
+        let name = &self.cfg.stream;
+        let info = match js.get_stream(name).await {
+            Ok(mut s) => s
+                .info()
+                .await
+                .map_err(|e| format!("stream `{name}`: {e}"))?
+                .clone(),
+            Err(e) if stream_missing(&e) => {
+                if !self.cfg.create_stream {
+                    return Err(missing_stream_message(name));
+                }
+                let mut s = js
+                    .create_stream(self.stream_config())
+                    .await
+                    .map_err(|e| format!("cannot create stream `{name}`: {e}"))?;
+                tracing::info!(sink = %self.label, stream = %name, replicas = self.cfg.replicas, subjects = %self.subjects.stream_subject(), "created the JetStream stream");
+                s.info()
+                    .await
+                    .map_err(|e| format!("stream `{name}`: {e}"))?
+                    .clone()
+            }
+            Err(e) => return Err(format!("stream `{name}`: {e}")),
+        };
+        if !self.subjects.covered_by(&info.config.subjects) {
+            return Err(format!(
+                "stream `{name}` listens on {:?}, which does not take `{}`: change the stream's subjects or the sink's `subject`",
+                info.config.subjects, self.cfg.subject
+            ));
+        }
+        Ok(())
+    }
+
+    /// The connection, made (and the stream checked) when there is none.
+    async fn ready(&mut self) -> Result<(), SinkError> {
+        if self.conn.is_none() {
+            let c = self.connect().await.map_err(SinkError::Retryable)?;
+            self.conn = Some(c);
+        }
+        let conn = self.conn.as_ref().expect("connected above");
+        if conn.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(SinkError::Retryable(format!(
+                "not connected to NATS ({}); the client is reconnecting",
+                self.cfg.url
+            )));
+        }
+        if let Some(js) = &conn.js
+            && !conn.stream_ready
+        {
+            self.ensure_stream(js).await.map_err(SinkError::Retryable)?;
+            if let Some(c) = self.conn.as_mut() {
+                c.stream_ready = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// One attempt at a batch.
+    pub async fn send(&mut self, batch: &Batch) -> Result<usize, SinkError> {
+        self.ready().await?;
+        let payloads = encode(&batch.events);
+        if self.cfg.jetstream {
+            self.publish_acked(batch, &payloads).await
+        } else {
+            self.publish_core(batch, &payloads).await
+        }
+    }
+
+    /// Core NATS: publish everything, then a flush (a round trip) so that an attempt that
+    /// returns `Ok` has reached the server.
+    async fn publish_core(
+        &mut self,
+        batch: &Batch,
+        payloads: &[Bytes],
+    ) -> Result<usize, SinkError> {
+        let client = self.conn.as_ref().expect("ready").client.clone();
+        for (e, p) in batch.events.iter().zip(payloads) {
+            let subject = self.subjects.subject(&e.kind);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                event::format_id(e.id).as_str(),
+            );
+            client
+                .publish_with_headers(subject, headers, p.clone())
+                .await
+                .map_err(|e| SinkError::Retryable(format!("publish: {e}")))?;
+        }
+        tokio::time::timeout(self.cfg.timeout.0, client.flush())
+            .await
+            .map_err(|_| SinkError::Retryable("flush: no answer from the server".into()))?
+            .map_err(|e| SinkError::Retryable(format!("flush: {e}")))?;
+        self.m.sent.inc_by(batch.events.len() as u64);
+        Ok(batch.events.len())
+    }
+
+    /// JetStream: publish every message not yet acknowledged, at most `max_inflight` waiting,
+    /// and wait for the acknowledgements. Stops publishing at the first failure and returns it
+    /// once the messages in flight are answered (or the connection is lost).
+    async fn publish_acked(
+        &mut self,
+        batch: &Batch,
+        payloads: &[Bytes],
+    ) -> Result<usize, SinkError> {
+        let key = Resume::key(batch);
+        let mut resume = match self.resume.take() {
+            Some(r) if r.key == key => r,
+            _ => Resume {
+                key,
+                acked: vec![false; batch.events.len()],
+            },
+        };
+        let conn = self.conn.as_ref().expect("ready");
+        let js = conn.js.clone().expect("jetstream context");
+        let mut disconnects = conn.disconnects.clone();
+        disconnects.mark_unchanged();
+        let max = self.cfg.max_inflight;
+        let mut inflight = FuturesUnordered::new();
+        let mut failure: Option<String> = None;
+        let mut dropped = 0usize;
+        let mut lost_stream = false;
+
+        for (i, (e, p)) in batch.events.iter().zip(payloads).enumerate() {
+            if resume.acked[i] {
+                continue;
+            }
+            while inflight.len() >= max && failure.is_none() {
+                let next = tokio::select! {
+                    r = inflight.next() => r,
+                    _ = disconnects.changed() => {
+                        failure = Some("connection lost while waiting for acknowledgements".into());
+                        None
+                    }
+                };
+                if let Some((j, r)) = next {
+                    self.on_ack(j, r, &mut resume, &mut failure, &mut lost_stream);
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            let subject = self.subjects.subject(&e.kind);
+            let msg = PublishMessage::build()
+                .payload(p.clone())
+                .message_id(event::format_id(e.id));
+            match js.send_publish(subject, msg).await {
+                Ok(ack) => inflight.push(async move { (i, ack.await) }),
+                Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    resume.acked[i] = true;
+                    dropped += 1;
+                    tracing::warn!(sink = %self.label, bytes = p.len(), error = %err, "event larger than the NATS server takes, dropped (counted as sink)");
+                }
+                Err(err) => {
+                    failure = Some(format!("publish: {err}"));
+                    break;
+                }
+            }
+        }
+        while !inflight.is_empty() {
+            let next = tokio::select! {
+                r = inflight.next() => r,
+                _ = disconnects.changed() => {
+                    failure.get_or_insert_with(|| "connection lost while waiting for acknowledgements".into());
+                    break;
+                }
+            };
+            if let Some((j, r)) = next {
+                self.on_ack(j, r, &mut resume, &mut failure, &mut lost_stream);
+            }
+        }
+        if lost_stream && let Some(c) = self.conn.as_mut() {
+            c.stream_ready = false;
+        }
+        if dropped > 0 {
+            self.m.dropped.inc_by(dropped as u64);
+            self.metrics.dropped(DropReason::Sink, dropped as u64);
+        }
+        match failure {
+            None => Ok(batch.events.len() - dropped),
+            Some(why) => {
+                let done = resume.acked.iter().filter(|a| **a).count();
+                self.m.unacked.inc_by((batch.events.len() - done) as u64);
+                self.resume = Some(resume);
+                Err(SinkError::Retryable(format!(
+                    "{why} ({done} of {} events acknowledged; the others are sent again)",
+                    batch.events.len()
+                )))
+            }
+        }
+    }
+
+    fn on_ack(
+        &self,
+        i: usize,
+        r: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+        resume: &mut Resume,
+        failure: &mut Option<String>,
+        lost_stream: &mut bool,
+    ) {
+        match r {
+            Ok(ack) => {
+                resume.acked[i] = true;
+                if ack.duplicate {
+                    self.m.duplicate.inc();
+                } else {
+                    self.m.acked.inc();
+                }
+            }
+            Err(e) => {
+                if e.kind() == PublishErrorKind::StreamNotFound {
+                    *lost_stream = true;
+                    failure.get_or_insert_with(|| {
+                        format!(
+                            "no stream takes subject of `{}` (was stream `{}` deleted?)",
+                            self.cfg.subject, self.cfg.stream
+                        )
+                    });
+                } else {
+                    failure.get_or_insert_with(|| format!("no acknowledgement: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Asks the JetStream API for the account's info and takes any answer that is not an error.
+/// Not `Context::query_account`: its reply type wants fields that servers before 2.10 (Debian
+/// bookworm has 2.9) do not send, so it fails on a healthy server.
+pub async fn jetstream_answers(js: &jetstream::Context) -> Result<(), String> {
+    match js
+        .request::<_, _, jetstream::response::Response<serde_json::Value>>("INFO", b"")
+        .await
+    {
+        Ok(jetstream::response::Response::Ok(_)) => Ok(()),
+        Ok(jetstream::response::Response::Err { error }) => Err(error.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// True when a stream lookup failed because there is no such stream.
+fn stream_missing(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+fn missing_stream_message(name: &str) -> String {
+    format!(
+        "stream `{name}` does not exist and create_stream is false: create it (nats stream add {name}) or set create_stream: true"
+    )
+}
+
+/// Every event as its native JSON line without the newline, all in one buffer.
+fn encode(events: &[Event]) -> Vec<Bytes> {
+    let mut buf = Vec::with_capacity(events.iter().map(|e| e.encoded_len()).sum());
+    let mut ends = Vec::with_capacity(events.len());
+    for e in events {
+        e.write_native(&mut buf);
+        buf.pop(); // the newline
+        ends.push(buf.len());
+    }
+    let buf = Bytes::from(buf);
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let b = buf.slice(start..end);
+            start = end;
+            b
+        })
+        .collect()
+}
+
+/// `outrigger check` for a `nats` sink: a server answers and, with JetStream, JetStream is
+/// enabled; with `create_stream: false` the stream exists and takes the subjects. Changes
+/// nothing on the server.
+pub async fn check(cfg: &NatsSinkConfig, label: &str) -> anyhow::Result<()> {
+    let sink = NatsSink::new(cfg, label, Arc::new(Metrics::new()))?;
+    let conn = tokio::time::timeout(cfg.timeout.0 * 2, sink.connect())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no NATS server answered at {} within {:?}",
+                cfg.url,
+                cfg.timeout.0 * 2
+            )
+        })?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let result = async {
+        let Some(js) = &conn.js else {
+            return Ok(());
+        };
+        jetstream_answers(js)
+            .await
+            .map_err(|e| anyhow::anyhow!("JetStream is not available on {}: {e}", cfg.url))?;
+        if !cfg.create_stream {
+            sink.ensure_stream(js)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = conn.client.drain().await;
+    result
+}
+
+#[cfg(test)]
+mod tests;
