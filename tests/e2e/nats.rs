@@ -289,7 +289,7 @@ async fn core_nats_publishes_to_subscribers() {
                 .unwrap()
                 .to_string();
             assert_eq!(v["id"].as_str(), Some(id.as_str()));
-            let want = if v["data"].as_u64().unwrap() % 2 == 0 {
+            let want = if v["data"].as_u64().unwrap().is_multiple_of(2) {
                 "core.a_b"
             } else {
                 "core.plain"

@@ -64,7 +64,7 @@ enum Writer {
     Http(HttpSink),
     Weave(WeaveSink),
     Otlp(otlp::OtlpSink),
-    Nats(nats::NatsSink),
+    Nats(Box<nats::NatsSink>),
 }
 
 impl Writer {
@@ -76,7 +76,9 @@ impl Writer {
             SinkConfig::Http(c) => Writer::Http(HttpSink::new(c)?),
             SinkConfig::Weave(c) => Writer::Weave(WeaveSink::new(c, metrics.clone())?),
             SinkConfig::Otlp(c) => Writer::Otlp(otlp::OtlpSink::new(c, metrics.clone())?),
-            SinkConfig::Nats(c) => Writer::Nats(nats::NatsSink::new(c, label, metrics.clone())?),
+            SinkConfig::Nats(c) => {
+                Writer::Nats(Box::new(nats::NatsSink::new(c, label, metrics.clone())?))
+            }
         })
     }
 }
