@@ -59,7 +59,13 @@ fn assert_exactly_once(got: &[(String, Value)], n: u64, ordered: bool) {
             .iter()
             .map(|(_, v)| v["data"].as_u64().unwrap())
             .collect();
-        assert!(data.windows(2).all(|w| w[0] < w[1]), "out of order");
+        if let Some(at) = data.windows(2).position(|w| w[0] > w[1]) {
+            let from = at.saturating_sub(3);
+            panic!(
+                "out of order at stream position {at}: {:?}",
+                &data[from..(at + 5).min(data.len())]
+            );
+        }
     }
 }
 

@@ -9,7 +9,11 @@
 //! at most `max_inflight` messages wait for an acknowledgement at a time. A message that gets
 //! no acknowledgement (timeout, lost connection, no stream leader) fails the attempt as
 //! retryable, so the delivery's retry and spool take over; the acknowledged messages of the
-//! batch are remembered and only the others are sent again. A message larger than the server
+//! batch are remembered and only the others are sent again. After a failure the next attempt
+//! publishes one message and waits for its acknowledgement before it sends the rest, so that
+//! a stream coming back (refusing at first, then storing) keeps the events in order; a leader
+//! change in the middle of a window can still store the messages of that window out of order
+//! (each once). A message larger than the server
 //! takes is dropped and counted (`sink`). With `jetstream: false` messages are published and
 //! flushed to the server with no acknowledgement: at most once.
 //!
@@ -137,6 +141,11 @@ pub struct NatsSink {
     subjects: SubjectTemplate,
     conn: Option<Conn>,
     resume: Option<Resume>,
+    /// After a failed attempt (and before the first), the next attempt publishes one message
+    /// and waits for its acknowledgement before it opens the window: while a stream comes
+    /// back (no leader yet), a window of messages could see the first refused and later ones
+    /// stored, which would put the stream out of order.
+    probe: bool,
     metrics: Arc<Metrics>,
     m: NatsMetrics,
 }
@@ -183,6 +192,7 @@ impl NatsSink {
             subjects,
             conn: None,
             resume: None,
+            probe: true,
             metrics,
             m,
         })
@@ -319,7 +329,10 @@ impl NatsSink {
 
     /// One attempt at a batch.
     pub async fn send(&mut self, batch: &Batch) -> Result<usize, SinkError> {
-        self.ready().await?;
+        if let Err(e) = self.ready().await {
+            self.probe = true;
+            return Err(e);
+        }
         let payloads = encode(&batch.events);
         if self.cfg.jetstream {
             self.publish_acked(batch, &payloads).await
@@ -377,6 +390,7 @@ impl NatsSink {
         let mut disconnects = conn.disconnects.clone();
         disconnects.mark_unchanged();
         let max = self.cfg.max_inflight;
+        let mut probing = self.probe;
         let mut inflight = FuturesUnordered::new();
         let mut failure: Option<String> = None;
         let mut dropped = 0usize;
@@ -386,7 +400,7 @@ impl NatsSink {
             if resume.acked[i] {
                 continue;
             }
-            while inflight.len() >= max && failure.is_none() {
+            while !inflight.is_empty() && (inflight.len() >= max || probing) && failure.is_none() {
                 let next = tokio::select! {
                     r = inflight.next() => r,
                     _ = disconnects.changed() => {
@@ -396,6 +410,7 @@ impl NatsSink {
                 };
                 if let Some((j, r)) = next {
                     self.on_ack(j, r, &mut resume, &mut failure, &mut lost_stream);
+                    probing &= !resume.acked[j];
                 }
             }
             if failure.is_some() {
@@ -430,6 +445,7 @@ impl NatsSink {
                 self.on_ack(j, r, &mut resume, &mut failure, &mut lost_stream);
             }
         }
+        self.probe = failure.is_some();
         if lost_stream && let Some(c) = self.conn.as_mut() {
             c.stream_ready = false;
         }
