@@ -479,14 +479,17 @@ async fn outrigger_debug_in_a_terminal() {
     let mut stdin = cli.stdin.take().unwrap();
     let mut out = BufReader::new(cli.stdout.take().unwrap());
     let mut seen = String::new();
-    // Reads the CLI's output until `want` shows (its prompt has no newline: read bytes).
-    async fn until(
+    // Reads the CLI's output until `want` shows after byte `from` of what it said (its prompt
+    // has no newline: read bytes). Earlier sessions printed the same prompts, so a wait for the
+    // next one must not be met by an old one.
+    async fn until_after(
         out: &mut BufReader<tokio::process::ChildStdout>,
         seen: &mut String,
+        from: usize,
         want: &str,
     ) {
         let r = tokio::time::timeout(Duration::from_secs(30), async {
-            while !seen.contains(want) {
+            while !seen[from..].contains(want) {
                 let mut b = [0u8; 4096];
                 let n = tokio::io::AsyncReadExt::read(out, &mut b)
                     .await
@@ -497,6 +500,13 @@ async fn outrigger_debug_in_a_terminal() {
         })
         .await;
         assert!(r.is_ok(), "`{want}` never showed; the CLI said:\n{seen}");
+    }
+    async fn until(
+        out: &mut BufReader<tokio::process::ChildStdout>,
+        seen: &mut String,
+        want: &str,
+    ) {
+        until_after(out, seen, 0, want).await
     }
     until(&mut out, &mut seen, "waiting for a hit").await;
     let mut c = debug_conn(&d).await;
@@ -526,8 +536,8 @@ async fn outrigger_debug_in_a_terminal() {
     );
     write_line(&mut c, r#"{"type":"next","run_id":"j1"}"#).await;
     let before = seen.len();
-    until(&mut out, &mut seen, ", step)").await;
-    until(&mut out, &mut seen, "[c]ontinue").await;
+    until_after(&mut out, &mut seen, before, ", step)").await;
+    until_after(&mut out, &mut seen, before, "[c]ontinue").await;
     assert!(seen[before..].contains("\"type\": \"next\""), "{seen}");
     stdin.write_all(b"c\n").await.unwrap();
     assert_eq!(
