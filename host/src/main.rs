@@ -189,6 +189,18 @@ enum Command {
         /// only counts lines (and answers them with --ack).
         #[arg(long)]
         baseline: bool,
+        /// Measure a NATS server's own ceiling instead (no daemon): publish -n messages of
+        /// about --size bytes straight to JetStream at this URL (comma-separated for a cluster)
+        /// with async-nats, at most --nats-inflight waiting for their acknowledgement, to a
+        /// stream made for the run and deleted after.
+        #[arg(long, value_name = "URL")]
+        nats_direct: Option<String>,
+        /// With --nats-direct: messages waiting for their acknowledgement, at most.
+        #[arg(long, default_value_t = 8192, requires = "nats_direct")]
+        nats_inflight: usize,
+        /// With --nats-direct: replicas of the stream.
+        #[arg(long, default_value_t = 1, requires = "nats_direct")]
+        nats_replicas: usize,
         /// Send nothing: watch the running daemon for this many seconds and report its CPU,
         /// wake-ups per thread and RSS.
         #[arg(long, value_name = "SECONDS")]
@@ -409,7 +421,34 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             failing,
             otlp,
             spans,
+            nats_direct,
+            nats_inflight,
+            nats_replicas,
         } => {
+            if let Some(url) = nats_direct {
+                let r = outrigger::bench::nats::direct(
+                    &url,
+                    events,
+                    size,
+                    nats_inflight.max(1),
+                    nats_replicas,
+                )
+                .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!(
+                        "nats direct: {} messages of {} B to {url} (stream of {} replicas, {} in flight) in {:.3}s: {:.0} acknowledged messages/s",
+                        r.messages,
+                        r.message_bytes,
+                        r.replicas,
+                        r.inflight,
+                        r.seconds,
+                        r.messages_per_second
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let (cfg, _) = load_config(config.as_deref())?;
             let daemon_socket = socket.clone().unwrap_or(cfg.ingest.socket.clone());
             let pid = match (pid, baseline) {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+pub mod nats;
 pub mod procstat;
 use serde::Serialize;
 
@@ -145,7 +146,7 @@ pub struct BenchReport {
     pub runs: Option<RunsReport>,
 }
 
-fn event_line(kind: &str, size: usize, i: u64) -> String {
+pub(crate) fn event_line(kind: &str, size: usize, i: u64) -> String {
     let pad = size.saturating_sub(40);
     format!(
         "{{\"type\":\"{kind}\",\"run_id\":\"bench-{}\",\"data\":{{\"i\":{i},\"status\":\"passed\",\"pad\":\"{}\"}}}}\n",

@@ -28,11 +28,10 @@ pub mod subject;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
+use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
 
 use super::{Batch, SinkError};
@@ -111,6 +110,16 @@ struct Conn {
     stream_ready: bool,
     /// Bumped by the client's event callback on every disconnect.
     disconnects: watch::Receiver<u64>,
+    /// With JetStream: where the acknowledgements arrive (subscribed once per connection; the
+    /// client subscribes again by itself after a reconnect).
+    acks: Option<AckInbox>,
+}
+
+/// The one subscription (`INBOX.>`) that receives the acknowledgements of every publish on a
+/// connection; a message's reply subject is `INBOX.ATTEMPT.INDEX`.
+struct AckInbox {
+    prefix: String,
+    sub: async_nats::Subscriber,
 }
 
 /// The acknowledged messages of the batch being retried.
@@ -146,6 +155,9 @@ pub struct NatsSink {
     /// back (no leader yet), a window of messages could see the first refused and later ones
     /// stored, which would put the stream out of order.
     probe: bool,
+    /// Attempts so far: the middle token of reply subjects, so that a late answer to an
+    /// earlier attempt is not taken for one of this attempt.
+    attempt: u64,
     metrics: Arc<Metrics>,
     m: NatsMetrics,
 }
@@ -193,6 +205,7 @@ impl NatsSink {
             conn: None,
             resume: None,
             probe: true,
+            attempt: 0,
             metrics,
             m,
         })
@@ -214,6 +227,9 @@ impl NatsSink {
             .max_reconnects(None)
             // Room for a whole window of publishes in the client's queue.
             .client_capacity(self.cfg.max_inflight.max(2048) * 2)
+            // Room for a whole window of acknowledgements in the subscription's queue (a full
+            // one drops messages: the attempt would then wait for its timeout).
+            .subscription_capacity(self.cfg.max_inflight.max(2048) * 2)
             .event_callback(move |ev| {
                 let label = label.clone();
                 let tx = tx.clone();
@@ -248,6 +264,7 @@ impl NatsSink {
             js,
             stream_ready: false,
             disconnects,
+            acks: None,
         })
     }
 
@@ -316,6 +333,20 @@ impl NatsSink {
                 self.cfg.url
             )));
         }
+        if conn.js.is_some() && conn.acks.is_none() {
+            let prefix = conn.client.new_inbox();
+            let sub = conn
+                .client
+                .subscribe(format!("{prefix}.>"))
+                .await
+                .map_err(|e| {
+                    SinkError::Retryable(format!("subscribe for acknowledgements: {e}"))
+                })?;
+            if let Some(c) = self.conn.as_mut() {
+                c.acks = Some(AckInbox { prefix, sub });
+            }
+        }
+        let conn = self.conn.as_ref().expect("connected above");
         if let Some(js) = &conn.js
             && !conn.stream_ready
         {
@@ -371,7 +402,14 @@ impl NatsSink {
 
     /// JetStream: publish every message not yet acknowledged, at most `max_inflight` waiting,
     /// and wait for the acknowledgements. Stops publishing at the first failure and returns it
-    /// once the messages in flight are answered (or the connection is lost).
+    /// once the messages in flight are answered, the connection is lost or no answer came for
+    /// `timeout`.
+    ///
+    /// Each message is a core publish whose reply subject is `INBOX.ATTEMPT.INDEX` on the
+    /// connection's one acknowledgement subscription ([`AckInbox`]): no request, timer or
+    /// channel per message (what a JetStream context's `publish` costs), one deadline for the
+    /// whole window. Answers to an earlier attempt are ignored (the message was sent again and
+    /// the stream answers `duplicate`).
     async fn publish_acked(
         &mut self,
         batch: &Batch,
@@ -385,66 +423,128 @@ impl NatsSink {
                 acked: vec![false; batch.events.len()],
             },
         };
-        let conn = self.conn.as_ref().expect("ready");
-        let js = conn.js.clone().expect("jetstream context");
+        self.attempt += 1;
+        let attempt = self.attempt;
+        let timeout = self.cfg.timeout.0;
+        let max = self.cfg.max_inflight;
+        let conn = self.conn.as_mut().expect("ready");
+        let client = conn.client.clone();
         let mut disconnects = conn.disconnects.clone();
         disconnects.mark_unchanged();
-        let max = self.cfg.max_inflight;
+        let inbox = conn
+            .acks
+            .as_mut()
+            .expect("ready subscribes for acknowledgements");
+        let prefix = format!("{}.{attempt}.", inbox.prefix);
+        // 0: not sent in this attempt, 1: waiting for its answer, 2: answered.
+        let mut state = vec![0u8; batch.events.len()];
         let mut probing = self.probe;
-        let mut inflight = FuturesUnordered::new();
+        let mut waiting = 0usize;
+        let mut next = 0usize;
         let mut failure: Option<String> = None;
         let mut dropped = 0usize;
         let mut lost_stream = false;
+        let mut tally = Tally::default();
+        let mut deadline = tokio::time::Instant::now() + timeout;
 
-        for (i, (e, p)) in batch.events.iter().zip(payloads).enumerate() {
-            if resume.acked[i] {
-                continue;
-            }
-            while !inflight.is_empty() && (inflight.len() >= max || probing) && failure.is_none() {
-                let next = tokio::select! {
-                    r = inflight.next() => r,
-                    _ = disconnects.changed() => {
-                        failure = Some("connection lost while waiting for acknowledgements".into());
-                        None
+        loop {
+            let window = if probing { 1 } else { max };
+            while failure.is_none() && waiting < window && next < batch.events.len() {
+                let i = next;
+                next += 1;
+                if resume.acked[i] {
+                    continue;
+                }
+                let e = &batch.events[i];
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    event::format_id(e.id).as_str(),
+                );
+                let subject = self.subjects.subject(&e.kind);
+                match client
+                    .publish_with_reply_and_headers(
+                        subject,
+                        format!("{prefix}{i}"),
+                        headers,
+                        payloads[i].clone(),
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        if waiting == 0 {
+                            deadline = tokio::time::Instant::now() + timeout;
+                        }
+                        state[i] = 1;
+                        waiting += 1;
                     }
-                };
-                if let Some((j, r)) = next {
-                    self.on_ack(j, r, &mut resume, &mut failure, &mut lost_stream);
-                    probing &= !resume.acked[j];
+                    Err(err)
+                        if err.kind()
+                            == async_nats::client::PublishErrorKind::MaxPayloadExceeded =>
+                    {
+                        resume.acked[i] = true;
+                        dropped += 1;
+                        tracing::warn!(sink = %self.label, bytes = payloads[i].len(), error = %err, "event larger than the NATS server takes, dropped (counted as sink)");
+                    }
+                    Err(err) => failure = Some(format!("publish: {err}")),
                 }
             }
-            if failure.is_some() {
+            if waiting == 0 {
                 break;
             }
-            let subject = self.subjects.subject(&e.kind);
-            let msg = PublishMessage::build()
-                .payload(p.clone())
-                .message_id(event::format_id(e.id));
-            match js.send_publish(subject, msg).await {
-                Ok(ack) => inflight.push(async move { (i, ack.await) }),
-                Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    resume.acked[i] = true;
-                    dropped += 1;
-                    tracing::warn!(sink = %self.label, bytes = p.len(), error = %err, "event larger than the NATS server takes, dropped (counted as sink)");
-                }
-                Err(err) => {
-                    failure = Some(format!("publish: {err}"));
-                    break;
-                }
-            }
-        }
-        while !inflight.is_empty() {
-            let next = tokio::select! {
-                r = inflight.next() => r,
+            let msg = tokio::select! {
+                m = inbox.sub.next() => m,
                 _ = disconnects.changed() => {
                     failure.get_or_insert_with(|| "connection lost while waiting for acknowledgements".into());
                     break;
                 }
+                _ = tokio::time::sleep_until(deadline) => {
+                    failure.get_or_insert_with(|| format!("no acknowledgement within {timeout:?}"));
+                    break;
+                }
             };
-            if let Some((j, r)) = next {
-                self.on_ack(j, r, &mut resume, &mut failure, &mut lost_stream);
+            let Some(msg) = msg else {
+                failure.get_or_insert_with(|| "the acknowledgement subscription ended".into());
+                break;
+            };
+            let Some(i) = msg
+                .subject
+                .as_str()
+                .strip_prefix(prefix.as_str())
+                .and_then(|s| s.parse::<usize>().ok())
+                .filter(|i| state.get(*i) == Some(&1))
+            else {
+                continue; // an answer to an earlier attempt, or a second answer
+            };
+            state[i] = 2;
+            waiting -= 1;
+            deadline = tokio::time::Instant::now() + timeout;
+            match read_ack(&msg) {
+                Ack::Stored { duplicate } => {
+                    resume.acked[i] = true;
+                    probing = false;
+                    if duplicate {
+                        tally.duplicate += 1;
+                    } else {
+                        tally.acked += 1;
+                    }
+                }
+                Ack::NoStream => {
+                    lost_stream = true;
+                    failure.get_or_insert_with(|| {
+                        format!(
+                            "no stream takes subject of `{}` (was stream `{}` deleted?)",
+                            self.cfg.subject, self.cfg.stream
+                        )
+                    });
+                }
+                Ack::Refused(why) => {
+                    failure.get_or_insert_with(|| format!("no acknowledgement: {why}"));
+                }
             }
         }
+        self.m.acked.inc_by(tally.acked);
+        self.m.duplicate.inc_by(tally.duplicate);
         self.probe = failure.is_some();
         if lost_stream && let Some(c) = self.conn.as_mut() {
             c.stream_ready = false;
@@ -466,40 +566,72 @@ impl NatsSink {
             }
         }
     }
+}
 
-    fn on_ack(
-        &self,
-        i: usize,
-        r: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-        resume: &mut Resume,
-        failure: &mut Option<String>,
-        lost_stream: &mut bool,
-    ) {
-        match r {
-            Ok(ack) => {
-                resume.acked[i] = true;
-                if ack.duplicate {
-                    self.m.duplicate.inc();
-                } else {
-                    self.m.acked.inc();
-                }
+/// Acknowledgements counted in one attempt, added to the counters once.
+#[derive(Default)]
+struct Tally {
+    acked: u64,
+    duplicate: u64,
+}
+
+/// What JetStream answered to one publish.
+#[derive(Debug, PartialEq)]
+enum Ack {
+    /// `{"stream": …, "seq": …}`, with `"duplicate": true` when the stream already had the
+    /// message id.
+    Stored { duplicate: bool },
+    /// No stream takes the subject (the server's `503 No Responders`).
+    NoStream,
+    /// `{"error": …}` or an answer that is not an acknowledgement.
+    Refused(String),
+}
+
+/// Reads a JetStream publish acknowledgement.
+fn read_ack(msg: &async_nats::Message) -> Ack {
+    if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        return Ack::NoStream;
+    }
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        #[serde(default)]
+        stream: Option<String>,
+        #[serde(default)]
+        duplicate: bool,
+        #[serde(default)]
+        error: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Reply>(&msg.payload) {
+        Ok(Reply {
+            error: Some(err), ..
+        }) => {
+            let code = err.get("err_code").and_then(|c| c.as_u64());
+            if code == Some(STREAM_NOT_FOUND) {
+                return Ack::NoStream;
             }
-            Err(e) => {
-                if e.kind() == PublishErrorKind::StreamNotFound {
-                    *lost_stream = true;
-                    failure.get_or_insert_with(|| {
-                        format!(
-                            "no stream takes subject of `{}` (was stream `{}` deleted?)",
-                            self.cfg.subject, self.cfg.stream
-                        )
-                    });
-                } else {
-                    failure.get_or_insert_with(|| format!("no acknowledgement: {e}"));
-                }
-            }
+            Ack::Refused(
+                err.get("description")
+                    .and_then(|d| d.as_str())
+                    .map_or_else(|| err.to_string(), str::to_string),
+            )
         }
+        Ok(Reply {
+            stream: Some(_),
+            duplicate,
+            ..
+        }) => Ack::Stored { duplicate },
+        _ => Ack::Refused(match msg.status {
+            Some(s) => format!("status {s} {}", msg.description.as_deref().unwrap_or("")),
+            None => format!(
+                "not an acknowledgement: {}",
+                String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(200)])
+            ),
+        }),
     }
 }
+
+/// JetStream's error code for a stream that does not exist.
+const STREAM_NOT_FOUND: u64 = 10059;
 
 /// Asks the JetStream API for the account's info and takes any answer that is not an error.
 /// Not `Context::query_account`: its reply type wants fields that servers before 2.10 (Debian

@@ -211,3 +211,54 @@ async fn a_server_that_is_down_fails_the_attempt_as_retryable() {
         "{e}"
     );
 }
+
+fn reply(payload: &str, status: Option<async_nats::StatusCode>) -> async_nats::Message {
+    async_nats::Message {
+        subject: "_INBOX.x.1.0".into(),
+        reply: None,
+        payload: Bytes::from(payload.to_string()),
+        headers: None,
+        status,
+        description: None,
+        length: payload.len(),
+    }
+}
+
+#[test]
+fn acknowledgements_are_read_as_the_server_sends_them() {
+    assert_eq!(
+        read_ack(&reply(r#"{"stream":"EV","seq":7}"#, None)),
+        Ack::Stored { duplicate: false }
+    );
+    assert_eq!(
+        read_ack(&reply(
+            r#"{"stream":"EV","domain":"d","seq":7,"duplicate":true}"#,
+            None
+        )),
+        Ack::Stored { duplicate: true }
+    );
+    assert_eq!(
+        read_ack(&reply("", Some(async_nats::StatusCode::NO_RESPONDERS))),
+        Ack::NoStream
+    );
+    assert_eq!(
+        read_ack(&reply(
+            r#"{"error":{"code":404,"err_code":10059,"description":"stream not found"}}"#,
+            None
+        )),
+        Ack::NoStream
+    );
+    match read_ack(&reply(
+        r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+        None,
+    )) {
+        Ack::Refused(why) => assert_eq!(why, "maximum messages exceeded"),
+        other => panic!("{other:?}"),
+    }
+    for junk in ["", "{}", "not json", r#"{"seq":1}"#] {
+        assert!(
+            matches!(read_ack(&reply(junk, None)), Ack::Refused(_)),
+            "{junk}"
+        );
+    }
+}
