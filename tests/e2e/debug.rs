@@ -535,10 +535,14 @@ async fn outrigger_debug_in_a_terminal() {
         Some(r#"{"success":true}"#)
     );
     write_line(&mut c, r#"{"type":"next","run_id":"j1"}"#).await;
+    // The second session shows the next event, then its own prompt (the first session's
+    // prompt may still be on its way when the step is answered: wait past the new event).
     let before = seen.len();
-    until_after(&mut out, &mut seen, before, ", step)").await;
-    until_after(&mut out, &mut seen, before, "[c]ontinue").await;
-    assert!(seen[before..].contains("\"type\": \"next\""), "{seen}");
+    until_after(&mut out, &mut seen, before, "== session 2 (pause, step)").await;
+    let at = before + seen[before..].find("== session 2").unwrap();
+    until_after(&mut out, &mut seen, at, "\"type\": \"next\"").await;
+    let at = at + seen[at..].find("\"type\": \"next\"").unwrap();
+    until_after(&mut out, &mut seen, at, "[c]ontinue").await;
     stdin.write_all(b"c\n").await.unwrap();
     assert_eq!(
         answer_within(&mut c, Duration::from_secs(30))
