@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
         events.push(e);
     }
     let n = events.len();
-    let enc = WeaveSink::encode(&Batch { events, upto: 1 });
+    let enc = WeaveSink::encode(&Batch {
+        events,
+        upto: 1,
+        floor: 1,
+    });
     let refused: u64 = enc.refused.iter().sum();
     assert_eq!(enc.calls as u64 + refused, n as u64);
     if enc.calls > 0 {
