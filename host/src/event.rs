@@ -75,6 +75,8 @@ pub enum LineError {
     Empty,
     #[error("\"id\" must be a string of 1 to 32 hex digits, not all zero")]
     Id,
+    #[error("a line has \"type\" (native) or \"method\" (Weave), not both")]
+    Mixed,
 }
 
 static NULL: &[u8] = b"null";
@@ -223,7 +225,10 @@ pub fn parse_line_with(
         });
     }
     let (kind, data) = match (wire.kind, wire.method) {
-        (Some(k), _) => (k, wire.data),
+        // Which of the two would win is a guess: a Weave line's payload would be lost, or a
+        // native line's data. Refused, so that the sender learns of it.
+        (Some(_), Some(_)) => return Err(LineError::Mixed),
+        (Some(k), None) => (k, wire.data),
         (None, Some(m)) if m == "flush" => return Ok(Line::Flush),
         (None, Some(m)) => (m, wire.payload),
         (None, None) => return Err(LineError::MissingType),
@@ -524,6 +529,16 @@ mod tests {
             parse(r#"{"method":"flush","payload":{}}"#),
             Ok(Line::Flush)
         ));
+        // Both formats at once (found by the weave fuzz target: a payload that closes itself
+        // and adds a "type"): refused, not taken as one and the other's fields dropped.
+        for mixed in [
+            r#"{"method":"call_start","payload":"`","type":"`&t"}"#,
+            r#"{"type":"x","data":1,"method":"flush"}"#,
+        ] {
+            let err = parse(mixed).err().expect("refused");
+            assert!(matches!(err, LineError::Mixed), "{mixed}: {err}");
+            assert!(err.to_string().contains("not both"));
+        }
         assert!(matches!(
             parse(r#"{"hello":{"ack":false}}"#),
             Ok(Line::Hello {
