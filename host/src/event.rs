@@ -535,7 +535,9 @@ mod tests {
             r#"{"method":"call_start","payload":"`","type":"`&t"}"#,
             r#"{"type":"x","data":1,"method":"flush"}"#,
         ] {
-            let err = parse(mixed).err().expect("refused");
+            let Err(err) = parse(mixed) else {
+                panic!("{mixed} was taken")
+            };
             assert!(matches!(err, LineError::Mixed), "{mixed}: {err}");
             assert!(err.to_string().contains("not both"));
         }
