@@ -306,3 +306,49 @@ async fn core_nats_publishes_to_subscribers() {
     }
     assert_eq!(got, (0..100).collect::<Vec<_>>());
 }
+
+// `bench --nats-direct`, the server's own ceiling that the sink's benchmark is set beside:
+// every message acknowledged, the figure reported, and its stream deleted after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_nats_direct_measures_the_server_and_cleans_up() {
+    if !nats_server_available() {
+        return;
+    }
+    let cluster = NatsCluster::start(1);
+    let js = cluster.jetstream().await;
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "bench",
+            "--nats-direct",
+            &cluster.urls(),
+            "-n",
+            "3000",
+            "--size",
+            "100",
+            "--nats-inflight",
+            "256",
+            "--json",
+        ])
+        .output()
+        .await
+        .expect("outrigger bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(v["messages"], 3000, "{v}");
+    assert_eq!(v["inflight"], 256, "{v}");
+    assert!(v["messages_per_second"].as_f64().unwrap() > 0.0, "{v}");
+    use futures_util::StreamExt;
+    let mut names = js.stream_names();
+    let mut left = Vec::new();
+    while let Some(n) = names.next().await {
+        left.push(n.expect("stream name"));
+    }
+    assert!(
+        left.iter().all(|n| !n.starts_with("BENCH_DIRECT")),
+        "the bench stream was not deleted: {left:?}"
+    );
+}
