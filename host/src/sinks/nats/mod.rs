@@ -252,11 +252,10 @@ impl NatsSink {
             .map_err(|e| format!("cannot connect to {}: {e}", self.cfg.url))?;
         tracing::info!(sink = %self.label, url = %self.cfg.url, server = %client.server_info().host, "connected to NATS");
         let js = self.cfg.jetstream.then(|| {
+            // Only for the JetStream API (the stream's lookup and creation): publishes go
+            // through the client and `AckInbox`.
             jetstream::ContextBuilder::new()
                 .timeout(timeout)
-                // The sink keeps its own bound; the context's only needs to be above it.
-                .max_ack_inflight(self.cfg.max_inflight + 1)
-                .backpressure_on_inflight(true)
                 .build(client.clone())
         });
         Ok(Conn {
@@ -444,7 +443,8 @@ impl NatsSink {
         let mut failure: Option<String> = None;
         let mut dropped = 0usize;
         let mut lost_stream = false;
-        let mut tally = Tally::default();
+        // Acknowledgements of this attempt, added to the counters once at the end.
+        let (mut acked, mut duplicates) = (0u64, 0u64);
         let mut deadline = tokio::time::Instant::now() + timeout;
 
         loop {
@@ -524,9 +524,9 @@ impl NatsSink {
                     resume.acked[i] = true;
                     probing = false;
                     if duplicate {
-                        tally.duplicate += 1;
+                        duplicates += 1;
                     } else {
-                        tally.acked += 1;
+                        acked += 1;
                     }
                 }
                 Ack::NoStream => {
@@ -543,8 +543,8 @@ impl NatsSink {
                 }
             }
         }
-        self.m.acked.inc_by(tally.acked);
-        self.m.duplicate.inc_by(tally.duplicate);
+        self.m.acked.inc_by(acked);
+        self.m.duplicate.inc_by(duplicates);
         self.probe = failure.is_some();
         if lost_stream && let Some(c) = self.conn.as_mut() {
             c.stream_ready = false;
@@ -568,13 +568,6 @@ impl NatsSink {
     }
 }
 
-/// Acknowledgements counted in one attempt, added to the counters once.
-#[derive(Default)]
-struct Tally {
-    acked: u64,
-    duplicate: u64,
-}
-
 /// What JetStream answered to one publish.
 #[derive(Debug, PartialEq)]
 enum Ack {
@@ -594,8 +587,10 @@ fn read_ack(msg: &async_nats::Message) -> Ack {
     }
     #[derive(serde::Deserialize)]
     struct Reply {
+        // Present in every acknowledgement; only whether it is there matters (no allocation
+        // per acknowledgement).
         #[serde(default)]
-        stream: Option<String>,
+        stream: Option<serde::de::IgnoredAny>,
         #[serde(default)]
         duplicate: bool,
         #[serde(default)]
