@@ -174,24 +174,35 @@ impl Hasher for Fnv {
 }
 
 /// Shares the `type` and `run_id` strings that repeat on a connection, so that parsing
-/// allocates only for new ones. Bounded: it forgets everything past `MAX` entries.
+/// allocates only for new ones. Bounded: each set forgets everything past `MAX` entries. Types
+/// and run ids are kept apart so that many runs do not flush the few types: a type then stays
+/// one allocation however many runs come and go (the tail stage holds the types of open runs).
 #[derive(Default)]
 pub struct Interner {
-    set: HashSet<Arc<str>, BuildHasherDefault<Fnv>>,
+    kinds: HashSet<Arc<str>, BuildHasherDefault<Fnv>>,
+    runs: HashSet<Arc<str>, BuildHasherDefault<Fnv>>,
 }
 
 impl Interner {
     const MAX: usize = 4096;
 
-    pub fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.set.get(s) {
+    pub fn kind(&mut self, s: &str) -> Arc<str> {
+        Self::get(&mut self.kinds, s)
+    }
+
+    pub fn run(&mut self, s: &str) -> Arc<str> {
+        Self::get(&mut self.runs, s)
+    }
+
+    fn get(set: &mut HashSet<Arc<str>, BuildHasherDefault<Fnv>>, s: &str) -> Arc<str> {
+        if let Some(a) = set.get(s) {
             return a.clone();
         }
-        if self.set.len() >= Self::MAX {
-            self.set.clear();
+        if set.len() >= Self::MAX {
+            set.clear();
         }
         let a: Arc<str> = Arc::from(s);
-        self.set.insert(a.clone());
+        set.insert(a.clone());
         a
     }
 }
@@ -253,12 +264,12 @@ pub fn parse_line_with(
         id,
         seq: 0,
         kind: match interner.as_deref_mut() {
-            Some(i) => i.get(&kind),
+            Some(i) => i.kind(&kind),
             None => Arc::from(&*kind),
         },
         ts_ns,
         run_id: wire.run_id.map(|r| match interner {
-            Some(i) => i.get(&r),
+            Some(i) => i.run(&r),
             None => Arc::from(&*r),
         }),
         attributes: wire.attributes.map(|a| a.0).unwrap_or_default(),

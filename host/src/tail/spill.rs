@@ -1,21 +1,36 @@
 //! Spill files for the tail sampler: open runs that do not fit in `sampling.tail.max_bytes`.
 //!
-//! In: the native NDJSON lines of one run's in-memory events ([`SpillStore::write`]), appended
+//! In: the native NDJSON lines of one run's in-memory events, each group behind a
+//! [`CHUNK_HEADER`] that says where the run's previous chunk is ([`chunk_header`]), appended
 //! to the current segment file in `sampling.tail.spill.dir` (`tail-<pid>-<n>.seg`, append-only,
-//! rolled over at a size). Out: an [`Extent`] that says where they are; [`Extent::read`] reads
-//! them back in order when the run is decided. A segment is shared by many runs and removed
-//! from disk when the last extent in it is dropped and it is no longer written to (its `Drop`
-//! deletes the file), so a decided run frees its bytes without compaction. The store refuses a
-//! write that would take its files past `spill.max_bytes` ([`SpillError::Full`]) and reports
-//! I/O errors (a full or read-only disk) as [`SpillError::Io`]; the caller then decides runs
-//! early instead. Spill files do not survive the process: on open, segments left by a process
-//! that is gone are removed (and logged). Blocking file I/O, on the pipeline worker's thread.
+//! rolled over at a size) by [`SpillStore::write_many`]. Out: an [`Extent`] per chunk, which
+//! the run folds into its [`Chain`]: the last chunk's place and the segments its chunks are in,
+//! so a run spilled many times costs the same memory as a run spilled once; [`Chain::read`]
+//! follows the headers back and gives the chunks in order when the run is decided. A segment
+//! is shared by many runs and removed from disk when the last chain in it is dropped and it is
+//! no longer written to (its `Drop` deletes the file), so a decided run frees its bytes
+//! without compaction. The store refuses a write that would take its files past
+//! `spill.max_bytes` ([`SpillError::Full`]) and reports I/O errors (a full or read-only disk)
+//! as [`SpillError::Io`]; the caller then decides runs early instead. Spill files do not
+//! survive the process: on open, segments left by a process that is gone are removed (and
+//! logged). Blocking file I/O, on the pipeline worker's thread.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+/// Bytes before each chunk's lines: the previous chunk's segment (`u32`, `u32::MAX` for none),
+/// length (`u32`) and offset (`u64`), little-endian.
+pub const CHUNK_HEADER: usize = 16;
+const NO_PREV: u32 = u32::MAX;
+
+/// Segment numbers, unique in the process: a store made by a reload never reuses a file name
+/// or a number that a run's chain may still refer to.
+static NEXT_SEGMENT: AtomicU32 = AtomicU32::new(0);
 
 /// Why a spill did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +44,7 @@ pub enum SpillError {
 
 /// One segment file. Deleted when the last reference goes (the store's and the extents').
 pub struct Segment {
+    no: u32,
     path: PathBuf,
     file: File,
     /// Bytes written so far (the file's length).
@@ -49,7 +65,7 @@ impl Drop for Segment {
     }
 }
 
-/// A run's events written in one spill: where they are and how many.
+/// One write of a run's events (a chunk): where it went and how many events it holds.
 pub struct Extent {
     seg: Arc<Segment>,
     offset: u64,
@@ -59,17 +75,142 @@ pub struct Extent {
 }
 
 impl Extent {
-    /// Bytes of the extent on disk.
+    /// Bytes of the chunk on disk, its header included.
     pub fn bytes(&self) -> u64 {
         self.len as u64
     }
 
-    /// Reads the extent back: the lines as they were written.
+    /// Reads the chunk back as written, header included.
     pub fn read(&self) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; self.len as usize];
         self.seg.file.read_exact_at(&mut buf, self.offset)?;
         Ok(buf)
     }
+}
+
+/// The header of a chunk that follows `chain`'s last one (or starts a chain).
+pub fn chunk_header(chain: Option<&Chain>) -> [u8; CHUNK_HEADER] {
+    let (seg, len, off) = match chain {
+        Some(c) => (c.last_no, c.len, c.offset),
+        None => (NO_PREV, 0, 0),
+    };
+    let mut h = [0u8; CHUNK_HEADER];
+    h[0..4].copy_from_slice(&seg.to_le_bytes());
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..16].copy_from_slice(&off.to_le_bytes());
+    h
+}
+
+/// A run's spilled chunks: the last one's place, and the segments that hold them (each once,
+/// in order of writing); each chunk's header points at the one before. Holding the segments
+/// keeps their files.
+pub struct Chain {
+    segs: Vec<Arc<Segment>>,
+    offset: u64,
+    len: u32,
+    /// The last segment's number (as `segs.last()`'s, without reading it).
+    last_no: u32,
+}
+
+impl Chain {
+    /// Adds the chunk just written (whose header was [`chunk_header`] of `chain`).
+    pub fn extend(chain: &mut Option<Chain>, ext: Extent) {
+        match chain {
+            Some(c) => {
+                if c.last_no != ext.seg.no {
+                    c.last_no = ext.seg.no;
+                    c.segs.push(ext.seg);
+                }
+                c.offset = ext.offset;
+                c.len = ext.len;
+            }
+            None => {
+                *chain = Some(Chain {
+                    last_no: ext.seg.no,
+                    segs: vec![ext.seg],
+                    offset: ext.offset,
+                    len: ext.len,
+                })
+            }
+        }
+    }
+
+    /// Heap bytes the chain holds in memory.
+    pub fn heap_bytes(&self) -> usize {
+        self.segs.capacity() * std::mem::size_of::<Arc<Segment>>()
+    }
+
+    /// Reads the chunks back, oldest first, each as its lines (headers stripped). A chunk
+    /// that cannot be read ends the walk: the chunks after it come back and the error says
+    /// why the ones before did not.
+    pub fn read(&self) -> (Vec<Bytes>, Option<std::io::Error>) {
+        let mut parts = Vec::new();
+        let mut at = self
+            .segs
+            .len()
+            .checked_sub(1)
+            .map(|i| (i, self.offset, self.len));
+        let mut err = None;
+        while let Some((i, off, len)) = at {
+            let seg = &self.segs[i];
+            let mut buf = vec![0u8; len as usize];
+            if let Err(e) = seg.file.read_exact_at(&mut buf, off) {
+                err = Some(e);
+                break;
+            }
+            let Some((prev, lines)) = parse_header(&buf) else {
+                err = Some(corrupt(&seg.path, off));
+                break;
+            };
+            at = match prev {
+                None => None,
+                // The previous chunk is earlier in this segment, or in an earlier one of the
+                // chain: every step goes back, so a damaged header cannot loop.
+                Some((no, plen, poff)) if no == seg.no => {
+                    if poff.saturating_add(plen as u64) > off {
+                        err = Some(corrupt(&seg.path, off));
+                        None
+                    } else {
+                        Some((i, poff, plen))
+                    }
+                }
+                Some((no, plen, poff)) => match self.segs[..i].iter().rposition(|s| s.no == no) {
+                    Some(j) => Some((j, poff, plen)),
+                    None => {
+                        err = Some(corrupt(&seg.path, off));
+                        None
+                    }
+                },
+            };
+            let b = Bytes::from(buf);
+            parts.push(b.slice(lines..));
+        }
+        parts.reverse();
+        (parts, err)
+    }
+}
+
+/// A chunk's previous chunk (segment, length, offset) and where its lines start.
+#[allow(clippy::type_complexity)]
+fn parse_header(buf: &[u8]) -> Option<(Option<(u32, u32, u64)>, usize)> {
+    let h = buf.get(..CHUNK_HEADER)?;
+    let seg = u32::from_le_bytes(h[0..4].try_into().ok()?);
+    let len = u32::from_le_bytes(h[4..8].try_into().ok()?);
+    let off = u64::from_le_bytes(h[8..16].try_into().ok()?);
+    if seg == NO_PREV {
+        return Some((None, CHUNK_HEADER));
+    }
+    if (len as usize) < CHUNK_HEADER {
+        return None;
+    }
+    Some((Some((seg, len, off)), CHUNK_HEADER))
+}
+
+fn corrupt(path: &Path, off: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{}: the chunk at {off} points nowhere", path.display()),
+    )
 }
 
 /// Where spills go and how much they may take.
@@ -78,7 +219,6 @@ pub struct SpillStore {
     max_bytes: u64,
     segment_bytes: u64,
     current: Option<Arc<Segment>>,
-    next: u64,
     disk: Arc<AtomicU64>,
 }
 
@@ -96,7 +236,6 @@ impl SpillStore {
             max_bytes,
             segment_bytes: (max_bytes / 16).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
             current: None,
-            next: 0,
             disk: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -194,10 +333,13 @@ impl SpillStore {
     fn open_segment(&mut self) -> Result<Segment, SpillError> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| SpillError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
+        let mut no = NEXT_SEGMENT.fetch_add(1, Ordering::Relaxed);
+        if no == NO_PREV {
+            no = NEXT_SEGMENT.fetch_add(1, Ordering::Relaxed);
+        }
         let path = self
             .dir
-            .join(format!("tail-{}-{}.seg", std::process::id(), self.next));
-        self.next += 1;
+            .join(format!("tail-{}-{no}.seg", std::process::id()));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -206,6 +348,7 @@ impl SpillStore {
             .open(&path)
             .map_err(|e| SpillError::Io(format!("cannot create {}: {e}", path.display())))?;
         Ok(Segment {
+            no,
             path,
             file,
             len: AtomicU64::new(0),
@@ -299,6 +442,73 @@ mod tests {
         drop(second);
         assert_eq!(seg_files(dir.path()), 2);
         assert!(s.write(&big, 1).is_ok(), "room again");
+    }
+
+    /// Writes `lines` as the next chunk of `chain`.
+    fn append(s: &mut SpillStore, chain: &mut Option<Chain>, lines: &[u8]) {
+        let mut buf = chunk_header(chain.as_ref()).to_vec();
+        buf.extend_from_slice(lines);
+        let ext = s.write(&buf, 1).unwrap();
+        Chain::extend(chain, ext);
+    }
+
+    fn joined(chain: &Chain) -> Vec<u8> {
+        let (parts, err) = chain.read();
+        assert!(err.is_none(), "{err:?}");
+        parts.concat()
+    }
+
+    #[test]
+    fn chains_read_back_in_order_across_segments_and_free_them_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SpillStore::new(dir.path(), 16 << 20); // segments of 1 MiB
+        let (mut a, mut b) = (None, None);
+        let (mut want_a, mut want_b) = (Vec::new(), Vec::new());
+        for i in 0..12 {
+            // Interleaved chunks; every fourth is large enough to roll the segment over.
+            let size = if i % 4 == 3 { 600 << 10 } else { 10 };
+            let la = format!("a{i}:{}\n", "x".repeat(size)).into_bytes();
+            let lb = format!("b{i}\n").into_bytes();
+            append(&mut s, &mut a, &la);
+            append(&mut s, &mut b, &lb);
+            want_a.extend_from_slice(&la);
+            want_b.extend_from_slice(&lb);
+        }
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.segs.len() > 2, "the chain spans segments");
+        assert_eq!(a.segs.len(), b.segs.len(), "each segment once per chain");
+        assert_eq!(joined(&a), want_a);
+        assert_eq!(joined(&b), want_b);
+        let files = seg_files(dir.path());
+        assert!(files > 2);
+        drop(a);
+        s.release_idle();
+        assert_eq!(seg_files(dir.path()), files, "b still has a chunk in each");
+        drop(b);
+        s.release_idle();
+        assert_eq!(seg_files(dir.path()), 0);
+        assert_eq!(s.disk_bytes(), 0);
+    }
+
+    #[test]
+    fn a_damaged_chain_ends_with_an_error_instead_of_looping() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SpillStore::new(dir.path(), 1 << 30);
+        let mut c = None;
+        append(&mut s, &mut c, b"one\n");
+        append(&mut s, &mut c, b"two\n");
+        append(&mut s, &mut c, b"three\n");
+        let c = c.unwrap();
+        // The last chunk's header points at itself.
+        let seg = c.segs.last().unwrap();
+        let mut h = [0u8; CHUNK_HEADER];
+        h[0..4].copy_from_slice(&seg.no.to_le_bytes());
+        h[4..8].copy_from_slice(&c.len.to_le_bytes());
+        h[8..16].copy_from_slice(&c.offset.to_le_bytes());
+        seg.file.write_all_at(&h, c.offset).unwrap();
+        let (parts, err) = c.read();
+        assert!(err.is_some());
+        assert_eq!(parts.concat(), b"three\n", "what was read comes back");
     }
 
     #[test]
