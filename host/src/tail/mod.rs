@@ -12,15 +12,17 @@
 //! Out: [`Released`] events, in arrival order within each run, each kept event carrying
 //! `outrigger.kept_by`; events without a run pass straight through.
 //!
-//! Memory is bounded by the bytes actually held (event data, attributes, the per-event and
-//! per-run bookkeeping, allocation slack): past `max_bytes` the largest open runs are written
-//! to spill segments ([`spill`]) and read back in order when decided; when the spill is off,
+//! Memory is bounded by the bytes actually held (the held events' blocks in the tail's own
+//! [`pool`], the per-run bookkeeping, the remembered decisions and the runs view): past
+//! `max_bytes` the largest open runs are written to spill segments ([`spill`]), one chain per
+//! run, and read back in order when decided; when the spill is off,
 //! full or failing, the oldest open runs are decided early (`kept_by` gets `/early`). A run
 //! past `max_run_bytes` is decided early on its own. Decided runs go to the [`runs::RunsView`]
 //! for `GET /v1/runs`. Holds no task: the worker calls [`Tail::poll`] at
 //! [`Tail::next_deadline`] and when [`Tail::notified`] fires, and [`Tail::shutdown`] at the
 //! end, which decides every open run by what it holds.
 
+pub mod pool;
 pub mod runs;
 pub mod spill;
 
@@ -33,7 +35,6 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -46,6 +47,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::queue::{Lost, LostFilter};
 use crate::reload::Reconfigure;
 use crate::sampler::{fnv1a, unit};
+use pool::{Blocks, Pool};
 use runs::{RunSummary, RunsBounds, RunsView, Stored, TypeCounts};
 use spill::{Chain, SpillError, SpillStore};
 
@@ -126,26 +128,6 @@ pub enum KeepOutcome {
     Disabled,
 }
 
-/// One held event; its data is a range of the run's `data`.
-struct Held {
-    /// The event's id as two halves: a `u128` would align the struct to 16 bytes and add 8
-    /// bytes of padding to every held event.
-    id: [u64; 2],
-    kind: Arc<str>,
-    ts_ns: u64,
-    attributes: Vec<(String, String)>,
-    len: u32,
-    received: std::time::Instant,
-}
-
-fn split_id(id: u128) -> [u64; 2] {
-    [(id >> 64) as u64, id as u64]
-}
-
-fn join_id(id: [u64; 2]) -> u128 {
-    ((id[0] as u128) << 64) | id[1] as u128
-}
-
 struct OpenRun {
     seq: u64,
     /// Its entry in `State::slots`.
@@ -153,11 +135,9 @@ struct OpenRun {
     /// The queue sequence of the run's first event: runs open in queue order, so the oldest
     /// open run holds the oldest event the tail holds (what the write-ahead log keeps).
     first_seq: u64,
-    held: Vec<Held>,
-    /// The data of `held`, concatenated.
-    data: Vec<u8>,
-    /// Heap bytes of the held events' attributes.
-    attr_bytes: usize,
+    /// The events held in memory, in blocks of the tail's pool.
+    held: Blocks,
+    held_events: u32,
     /// What the run takes in memory now, as counted in `State::mem`.
     mem: usize,
     /// Spilled chunks (they come before `held`): the last one's place and their segments.
@@ -180,9 +160,63 @@ struct OpenRun {
     lost: u64,
 }
 
-/// Bookkeeping per open run beyond its id and events: the run itself, its map entry, its age
-/// entry, its deadline entry and its slot.
-const RUN_OVERHEAD: usize = std::mem::size_of::<OpenRun>() + 160 + 2 * std::mem::size_of::<Slot>();
+/// What the allocator takes for `n` bytes: glibc's chunks have an 8-byte header and are
+/// multiples of 16, at least 32 bytes.
+const fn chunk(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let c = (n + 8).next_multiple_of(16);
+    if c < 32 { 32 } else { c }
+}
+
+/// The run record of an open run (boxed). Its entries in the map, the age and deadline
+/// indexes and the slots are counted with those ([`index_bytes`]).
+const RUN_OVERHEAD: usize = chunk(std::mem::size_of::<OpenRun>());
+
+/// Bytes of the open-run indexes as allocated (capacity, not length): the map, the age and
+/// deadline indexes, the slots. They stay as large as the most runs open at once until
+/// [`compact`] shrinks them.
+fn index_bytes(st: &State) -> usize {
+    // hashbrown: a bucket per slot and one control byte each; eight buckets per seven slots.
+    st.open.capacity() * 8 / 7 * (std::mem::size_of::<(Arc<str>, Box<OpenRun>)>() + 1)
+        // B-tree leaves of eleven 24-byte entries in 288-byte nodes, about two-thirds full.
+        + st.by_age.len() * 40
+        + st.deadlines.capacity() * std::mem::size_of::<Reverse<(Instant, u64)>>()
+        + st.slots.capacity() * std::mem::size_of::<Slot>()
+        + st.free_slots.capacity() * std::mem::size_of::<u32>()
+}
+
+/// Shrinks the open-run indexes after many runs have closed: the deadline heap keeps an entry
+/// of a decided run until its time comes (so a million short runs leave a million entries for
+/// `idle`), and the map and the slots keep the capacity of their largest moment.
+fn compact(st: &mut State) {
+    let open = st.open.len();
+    if st.deadlines.len() > 2 * open + 1024 {
+        let entries: Vec<Reverse<(Instant, u64)>> = st
+            .open
+            .values()
+            .map(|r| {
+                let at = (r.last_seen + st.cfg.idle.0).min(r.opened + st.cfg.max_duration.0);
+                Reverse((at, r.seq))
+            })
+            .collect();
+        st.deadlines = entries.into();
+    }
+    if st.open.capacity() > 4 * open + 1024 {
+        st.open.shrink_to(2 * open);
+    }
+    if st.free_slots.len() > 1024 && st.free_slots.len() > 3 * open {
+        // Keep the slots in use; the free ones past the last used one go.
+        while st.slots.last().is_some_and(|s| s.id.is_none()) {
+            st.slots.pop();
+        }
+        let n = st.slots.len() as u32;
+        st.free_slots.retain(|&i| i < n);
+        st.slots.shrink_to_fit();
+        st.free_slots.shrink_to_fit();
+    }
+}
 
 /// What choosing runs to spill reads of an open run: its spillable bytes and its id, in a
 /// dense array (one entry per open run, reused when the run is decided), so that a choice
@@ -196,61 +230,15 @@ struct Slot {
 impl OpenRun {
     fn footprint(&self, id_len: usize) -> usize {
         RUN_OVERHEAD
-            + id_len
-            + self.held.capacity() * std::mem::size_of::<Held>()
-            + self.data.capacity()
-            + self.attr_bytes
-            + self.types.heap_bytes()
-            + self.chain.as_ref().map_or(0, Chain::heap_bytes)
+            + chunk(2 * std::mem::size_of::<usize>() + id_len)
+            + self.held.bytes()
+            + chunk(self.types.heap_bytes())
+            + self.chain.as_ref().map_or(0, |c| chunk(c.heap_bytes()))
     }
 
     /// Bytes that spilling the run would free.
     fn spillable(&self) -> usize {
-        self.held.capacity() * std::mem::size_of::<Held>() + self.data.capacity() + self.attr_bytes
-    }
-
-    fn push(&mut self, e: Event) {
-        if self.held.is_empty() {
-            // Runs are rarely one event long: room for a few more saves regrowing per event
-            // (the capacity is what `footprint` counts).
-            self.held.reserve(4);
-            self.data.reserve(e.data.len() * 4);
-        }
-        self.data.extend_from_slice(&e.data);
-        self.attr_bytes += attr_heap(&e.attributes);
-        self.held.push(Held {
-            id: split_id(e.id),
-            kind: e.kind,
-            ts_ns: e.ts_ns,
-            attributes: e.attributes,
-            len: e.data.len() as u32,
-            received: e.received,
-        });
-    }
-
-    /// The held events' data, one slice per event, without copying.
-    fn take_held(&mut self, run_id: &Arc<str>) -> Vec<Event> {
-        let data = Bytes::from(std::mem::take(&mut self.data));
-        let mut at = 0usize;
-        let held = std::mem::take(&mut self.held);
-        self.attr_bytes = 0;
-        held.into_iter()
-            .map(|h| {
-                let end = at + h.len as usize;
-                let d = data.slice(at..end);
-                at = end;
-                Event {
-                    id: join_id(h.id),
-                    seq: 0,
-                    kind: h.kind,
-                    ts_ns: h.ts_ns,
-                    run_id: Some(run_id.clone()),
-                    attributes: h.attributes,
-                    data: d,
-                    received: h.received,
-                }
-            })
-            .collect()
+        self.held.bytes()
     }
 
     fn summary(&self, run_id: &str) -> RunSummary {
@@ -268,14 +256,6 @@ impl OpenRun {
             lost_events: (self.lost > 0).then_some(self.lost),
         }
     }
-}
-
-#[allow(clippy::ptr_arg)] // the Vec's capacity is what is held
-fn attr_heap(a: &Vec<(String, String)>) -> usize {
-    a.capacity() * std::mem::size_of::<(String, String)>()
-        + a.iter()
-            .map(|(k, v)| k.capacity() + v.capacity())
-            .sum::<usize>()
 }
 
 /// The tail's policies as the queue's [`LostFilter`]: a dropped event of a run that closes it
@@ -446,6 +426,19 @@ fn trim_heap() {
     );
 }
 
+/// Hands the pages of the pool's free blocks back when a quarter of it is free, at most ten
+/// times a second: when many runs close at once, their blocks' memory goes back to the system
+/// before the runs view and the new runs take theirs. (Blocks freed by spilling are mostly
+/// taken again at once, and scattered: trimming for them would only fault pages back in.)
+fn trim_pool(st: &mut State, now: Instant) {
+    if st.pool.free_bytes() > (st.pool.bytes() / 4).max(4 << 20)
+        && st.pool_trim_at.is_none_or(|t| now >= t)
+    {
+        st.pool.trim();
+        st.pool_trim_at = Some(now + std::time::Duration::from_millis(100));
+    }
+}
+
 /// Whether a run that no policy kept is kept at `rate`: the native sampler's hash, so a run
 /// gets the same answer in every process.
 pub fn rate_keeps(run_id: &str, rate: f64) -> bool {
@@ -467,6 +460,12 @@ struct State {
     slots: Vec<Slot>,
     /// Slots of decided runs, for the next runs.
     free_slots: Vec<u32>,
+    /// Where held events are.
+    pool: Pool,
+    /// What held events' receive times count from.
+    epoch: std::time::Instant,
+    /// The pool's free pages are not trimmed again before then.
+    pool_trim_at: Option<Instant>,
     /// When to look at a run again (idle, max_duration); one entry per open run, re-pushed
     /// when its deadline has moved.
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -558,6 +557,9 @@ impl Tail {
                     by_age: BTreeMap::new(),
                     slots: Vec::new(),
                     free_slots: Vec::new(),
+                    pool: Pool::default(),
+                    epoch: std::time::Instant::now(),
+                    pool_trim_at: None,
                     deadlines: BinaryHeap::new(),
                     seq: 0,
                     mem: 0,
@@ -631,6 +633,7 @@ impl Tail {
         }
         self.enforce(&mut st, now, &mut out);
         self.publish(&st);
+        trim_pool(&mut st, now);
         let trim = st.trim.due(now);
         drop(st);
         if trim {
@@ -713,6 +716,8 @@ impl Tail {
             by_age,
             slots,
             free_slots,
+            pool,
+            epoch,
             ..
         } = st;
         let r = match open.entry_ref(&*run) {
@@ -737,9 +742,8 @@ impl Tail {
                         seq: *seq,
                         slot,
                         first_seq: e.seq,
-                        held: Vec::new(),
-                        data: Vec::new(),
-                        attr_bytes: 0,
+                        held: Blocks::default(),
+                        held_events: 0,
                         mem: 0,
                         chain: None,
                         spilled_events: 0,
@@ -771,7 +775,10 @@ impl Tail {
         if closes {
             r.closing = Some(e.received);
         }
-        r.push(e);
+        let received = e.received.saturating_duration_since(*epoch).as_nanos() as u64;
+        pool.push(&mut r.held, &e, received);
+        r.held_events += 1;
+        drop(e);
         if let Some(s) = slots.get_mut(r.slot as usize) {
             s.size = u32::try_from(r.spillable()).unwrap_or(u32::MAX);
         }
@@ -793,7 +800,9 @@ impl Tail {
         // with the number of runs: they count against `max_bytes` too (lock order: state,
         // then the view, as in `decide`).
         let view = self.inner.runs.lock().counts().1;
-        let max = budget(st.cfg.max_bytes.0 as usize, st.decisions.bytes() + view);
+        compact(st);
+        let other = st.decisions.bytes() + view + index_bytes(st);
+        let max = budget(st.cfg.max_bytes.0 as usize, other);
         if st.mem <= max {
             return;
         }
@@ -831,6 +840,7 @@ impl Tail {
         cands[..k].sort_unstable_by_key(|a| Reverse(a.0));
         let mut cands = cands.into_iter();
         let mut lines: Vec<u8> = Vec::new();
+        let mut scratch: Vec<u8> = Vec::new();
         let mut group: Vec<(Arc<str>, u32, u32)> = Vec::new();
         while st.mem > target {
             // A group: runs until their bytes would bring memory to the target, or a write's
@@ -844,22 +854,21 @@ impl Tail {
                 let Some(r) = st.open.get(&id) else { continue };
                 let start = lines.len();
                 lines.extend_from_slice(&spill::chunk_header(r.chain.as_ref()));
-                let mut at = 0usize;
-                for h in &r.held {
-                    let end = at + h.len as usize;
+                scratch.clear();
+                st.pool.read_into(&r.held, &mut scratch);
+                Pool::decode(&scratch, |h| {
                     crate::event::write_native_parts(
                         &mut lines,
-                        join_id(h.id),
-                        &h.kind,
+                        h.id,
+                        h.kind,
                         h.ts_ns,
                         Some(&id),
                         &h.attributes,
-                        &r.data[at..end],
-                    );
-                    at = end;
-                }
+                        &scratch[h.data],
+                    )
+                });
                 let len = (lines.len() - start) as u32;
-                group.push((id, len, r.held.len() as u32));
+                group.push((id, len, r.held_events));
                 pending += size;
                 if lines.len() >= SPILL_WRITE_BYTES || st.mem.saturating_sub(pending) <= target {
                     break;
@@ -893,6 +902,7 @@ impl Tail {
                     mem,
                     trim,
                     slots,
+                    pool,
                     ..
                 } = &mut *st;
                 for ((id, _, count), ext) in group.drain(..).zip(exts) {
@@ -904,9 +914,8 @@ impl Tail {
                     if let Some(s) = slots.get_mut(r.slot as usize) {
                         s.size = 0;
                     }
-                    r.held = Vec::new();
-                    r.data = Vec::new();
-                    r.attr_bytes = 0;
+                    pool.release(&mut r.held);
+                    r.held_events = 0;
                     let before = r.mem;
                     r.mem = r.footprint(id.len());
                     trim.freed(before - r.mem);
@@ -987,6 +996,7 @@ impl Tail {
         let Some(attr) = attr else {
             m.dropped(DropReason::SampledOut, r.events);
             r.chain = None;
+            st.pool.release(&mut r.held);
             if let Some(s) = st.spill.as_mut() {
                 s.release_idle();
             }
@@ -1009,7 +1019,11 @@ impl Tail {
         if let Some(s) = st.spill.as_mut() {
             s.release_idle();
         }
-        out.events.extend(r.take_held(id));
+        let epoch = st.epoch;
+        out.events.extend(st.pool.events(&r.held, id, |ns| {
+            epoch + std::time::Duration::from_nanos(ns)
+        }));
+        st.pool.release(&mut r.held);
         let attr_s = attr.to_string();
         for e in &mut out.events[start..] {
             e.attributes.push((KEPT_BY.to_string(), attr_s.clone()));
@@ -1062,6 +1076,7 @@ impl Tail {
             }
         }
         self.publish(&st);
+        trim_pool(&mut st, now);
         let trim = st.trim.due(now);
         drop(st);
         if trim {
@@ -1101,7 +1116,12 @@ impl Tail {
                 st.policies.keep.iter().map(|(n, _)| n.clone()).collect();
             st.policies = Policies::new(&new);
             st.counters.clear();
-            let State { open, policies, .. } = &mut *st;
+            let State {
+                open,
+                policies,
+                pool,
+                ..
+            } = &mut *st;
             let m = &*self.inner.metrics;
             for (id, r) in open.iter_mut() {
                 // A match stays under its name; the events still in memory are evaluated
@@ -1110,20 +1130,8 @@ impl Tail {
                     .matched
                     .and_then(|i| old_names.get(i))
                     .and_then(|n| policies.keep.iter().position(|(p, _)| p == n));
-                let mut at = 0usize;
-                for h in &r.held {
-                    let end = at + h.len as usize;
-                    let e = Event {
-                        id: join_id(h.id),
-                        seq: 0,
-                        kind: h.kind.clone(),
-                        ts_ns: h.ts_ns,
-                        run_id: Some(id.clone()),
-                        attributes: h.attributes.clone(),
-                        data: Bytes::copy_from_slice(&r.data[at..end]),
-                        received: h.received,
-                    };
-                    at = end;
+                let now = std::time::Instant::now();
+                for e in pool.events(&r.held, id, |_| now) {
                     policies.evaluate(&e, &mut r.matched, m);
                 }
             }
@@ -1229,22 +1237,21 @@ impl Tail {
         {
             let st = self.inner.state.lock();
             if let Some(r) = st.open.get(run_id) {
-                let mut at = r.data.len();
+                let buf = st.pool.read(&r.held);
                 let mut events = Vec::new();
-                for h in r.held.iter().rev().take(limit) {
-                    let start = at - h.len as usize;
+                Pool::decode(&buf, |h| {
                     events.push(crate::control::views::render(
-                        join_id(h.id),
-                        &h.kind,
+                        h.id,
+                        h.kind,
                         h.ts_ns,
                         Some(run_id),
                         &h.attributes,
-                        &r.data[start..at],
+                        &buf[h.data],
                         &redact,
-                    ));
-                    at = start;
-                }
-                events.reverse();
+                    ))
+                });
+                let skip = events.len().saturating_sub(limit);
+                events.drain(..skip);
                 return Some((r.summary(run_id), events));
             }
         }

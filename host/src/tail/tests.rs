@@ -466,3 +466,30 @@ fn a_policy_that_does_not_compile_names_its_key() {
     assert_eq!(err.path, "sampling.tail.end_when", "{err}");
     assert_eq!(err.line, Some(3), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn closed_runs_leave_no_index_behind() {
+    let (t, _m) = tail("enabled: true\nelse_rate: 0.0\nmax_bytes: 64MiB\nspill: null\n");
+    let n = 20_000;
+    t.admit((0..n).map(|r| ev(&format!("r{r}"), "step", "{}")).collect());
+    {
+        let st = t.inner.state.lock();
+        assert_eq!(st.open.len(), n);
+        assert!(index_bytes(&st) > n * 100, "the indexes are counted");
+    }
+    t.admit(
+        (0..n)
+            .map(|r| ev(&format!("r{r}"), "test_end", "{}"))
+            .collect(),
+    );
+    // The next admission finds every run closed and compacts.
+    t.admit(vec![ev("next", "step", "{}")]);
+    let st = t.inner.state.lock();
+    assert_eq!(st.open.len(), 1);
+    assert!(
+        st.deadlines.len() <= 1024 + 3,
+        "deadlines of closed runs: {}",
+        st.deadlines.len()
+    );
+    assert!(index_bytes(&st) < 64 << 10, "{}", index_bytes(&st));
+}
