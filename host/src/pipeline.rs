@@ -243,10 +243,7 @@ impl Worker {
         // With tail sampling on, events with a run id are decided with their run instead.
         let tail = self.tail.enabled();
         self.queue.set_lost_filter(self.tail.lost_filter());
-        if !chunk.lost_before.is_empty() {
-            let released = self.tail.lost(chunk.lost_before);
-            self.forward(st, released).await;
-        }
+        self.lost(st, chunk.lost_before).await;
         self.sampler.apply(&mut events, tail);
         if !tail || events.len() <= TAIL_SLICE {
             let released = self.tail.admit(events);
@@ -264,11 +261,23 @@ impl Worker {
                 self.forward(st, released).await;
             }
         }
-        if !chunk.lost_after.is_empty() {
-            let released = self.tail.lost(chunk.lost_after);
+        self.lost(st, chunk.lost_after).await;
+        st.batcher.settle(chunk.upto);
+    }
+
+    /// Shows the tail stage the marks of events the queue dropped, a slice at a time: each
+    /// mark can close a run and bring it back from the spill, and a full queue can leave tens
+    /// of thousands of marks in one chunk.
+    async fn lost(&mut self, st: &mut Running, marks: Vec<crate::queue::Lost>) {
+        let mut rest = marks.into_iter();
+        loop {
+            let slice: Vec<crate::queue::Lost> = rest.by_ref().take(TAIL_SLICE).collect();
+            if slice.is_empty() {
+                break;
+            }
+            let released = self.tail.lost(slice);
             self.forward(st, released).await;
         }
-        st.batcher.settle(chunk.upto);
     }
 
     /// Runs released events through the plugins (whole runs per call where they fit) and

@@ -1262,13 +1262,17 @@ impl Tail {
 
     /// Open runs, their memory, and the runs view's size: for `/v1/stats`.
     pub fn stats(&self) -> serde_json::Value {
-        let (open, mem, spilled, enabled) = {
+        let (open, mem, spilled, enabled, pool, pool_free, index, decisions) = {
             let st = self.inner.state.lock();
             (
                 st.open.len(),
                 st.mem,
                 st.spill.as_ref().map_or(0, |s| s.disk_bytes()),
                 st.cfg.enabled,
+                st.pool.bytes(),
+                st.pool.free_bytes(),
+                index_bytes(&st),
+                st.decisions.bytes(),
             )
         };
         let (remembered, bytes) = self.inner.runs.lock().counts();
@@ -1279,6 +1283,12 @@ impl Tail {
             "spilled_bytes": spilled,
             "remembered_runs": remembered,
             "remembered_bytes": bytes,
+            // Where `max_bytes` goes beside the open runs, and the block pool their events
+            // are in (its free blocks included).
+            "index_bytes": index,
+            "decisions_bytes": decisions,
+            "pool_bytes": pool,
+            "pool_free_bytes": pool_free,
         })
     }
 
