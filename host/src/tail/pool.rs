@@ -23,6 +23,9 @@ const PAYLOAD: usize = BLOCK - LINK;
 const SLAB_BLOCKS: usize = 4096;
 const NONE: u32 = u32::MAX;
 const PAGE: usize = 4096;
+/// Bytes before an encoded event's type: id, timestamp, receive time, and the lengths of its
+/// data, its type and its attributes.
+const HEAD: usize = 44;
 
 /// A run's held events as a chain of blocks.
 #[derive(Debug)]
@@ -173,16 +176,16 @@ impl Pool {
     /// Encodes `e` (all but its run id) at the end of the chain.
     pub fn push(&mut self, b: &mut Blocks, e: &Event, received_ns: u64) {
         let kind = e.kind.as_bytes();
-        let kind_len = kind.len().min(u16::MAX as usize);
+        let kind_len = kind.len();
         let mut head = [0u8; 48];
         head[0..16].copy_from_slice(&e.id.to_le_bytes());
         head[16..24].copy_from_slice(&e.ts_ns.to_le_bytes());
         head[24..32].copy_from_slice(&received_ns.to_le_bytes());
         head[32..36].copy_from_slice(&(e.data.len() as u32).to_le_bytes());
-        head[36..38].copy_from_slice(&(kind_len as u16).to_le_bytes());
-        head[38..42].copy_from_slice(&(e.attributes.len() as u32).to_le_bytes());
-        self.append(b, &head[..42]);
-        self.append(b, &kind[..kind_len]);
+        head[36..40].copy_from_slice(&(kind_len as u32).to_le_bytes());
+        head[40..44].copy_from_slice(&(e.attributes.len() as u32).to_le_bytes());
+        self.append(b, &head[..HEAD]);
+        self.append(b, kind);
         for (k, v) in &e.attributes {
             self.append(b, &(k.len() as u32).to_le_bytes());
             self.append(b, k.as_bytes());
@@ -229,15 +232,15 @@ impl Pool {
     pub fn decode<'a>(buf: &'a [u8], mut f: impl FnMut(HeldRef<'a>)) {
         let mut at = 0usize;
         let u32_at = |p: usize| u32::from_le_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]);
-        while at + 42 <= buf.len() {
+        while at + HEAD <= buf.len() {
             let id = u128::from_le_bytes(buf[at..at + 16].try_into().unwrap_or_default());
             let ts_ns = u64::from_le_bytes(buf[at + 16..at + 24].try_into().unwrap_or_default());
             let received_ns =
                 u64::from_le_bytes(buf[at + 24..at + 32].try_into().unwrap_or_default());
             let data_len = u32_at(at + 32) as usize;
-            let kind_len = u16::from_le_bytes([buf[at + 36], buf[at + 37]]) as usize;
-            let n_attrs = u32_at(at + 38) as usize;
-            at += 42;
+            let kind_len = u32_at(at + 36) as usize;
+            let n_attrs = u32_at(at + 40) as usize;
+            at += HEAD;
             let kind = std::str::from_utf8(&buf[at..at + kind_len]).unwrap_or("");
             at += kind_len;
             let mut attributes = Vec::with_capacity(n_attrs);
@@ -368,12 +371,13 @@ mod tests {
             } else {
                 &[]
             };
-            let e = ev(
-                i,
-                if i % 2 == 0 { "step" } else { "test_end" },
-                &data,
-                attrs,
-            );
+            let long = "t".repeat(70_000); // longer than a u16 says
+            let kind = match i % 3 {
+                0 => "step",
+                1 => "test_end",
+                _ => &long,
+            };
+            let e = ev(i, kind, &data, attrs);
             p.push(&mut a, &e, i * 10);
             p.push(&mut b, &ev(i, "other", "{}", &[]), 0);
             want.push(e);
