@@ -569,6 +569,13 @@ impl Daemon {
         stop: CancellationToken,
         force: CancellationToken,
     ) -> anyhow::Result<Stopped> {
+        // Watching and the SIGHUP handler start before the daemon says it is ready: a plugin
+        // dropped in as soon as `/readyz` answers must not land before the watch exists (it
+        // would go unseen until the next change), nor a SIGHUP before the handler (it would
+        // end the process).
+        use tokio::signal::unix::{SignalKind, signal};
+        let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let watching = start_watcher(&self.reloader);
         self.control_state.ready.store(true, Ordering::Release);
         let cfg = &self.reloader.config;
         tracing::info!(
@@ -580,15 +587,17 @@ impl Daemon {
             config = %self.reloader.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
             "outrigger ready"
         );
-        self.serve_reloads(&stop).await?;
+        self.serve_reloads(&stop, hangup, watching).await?;
         Ok(self.drain(force).await)
     }
 
     /// Applies reloads from the API, SIGHUP and the file watcher until `stop`.
-    async fn serve_reloads(&mut self, stop: &CancellationToken) -> anyhow::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let mut watching = start_watcher(&self.reloader);
+    async fn serve_reloads(
+        &mut self,
+        stop: &CancellationToken,
+        mut hangup: tokio::signal::unix::Signal,
+        mut watching: Option<(ConfigWatcher, mpsc::Receiver<Targets>)>,
+    ) -> anyhow::Result<()> {
         loop {
             let targets = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
