@@ -69,6 +69,9 @@ enum Close {
     Off,
 }
 
+/// What one open run may hold in memory whatever the config (see `hold`).
+const MAX_HELD_BYTES: usize = 1 << 31;
+
 /// Lines written to the spill per system call, at most (a spill of many small runs is one
 /// write per this many bytes, not one per run).
 const SPILL_WRITE_BYTES: usize = 1 << 20;
@@ -785,7 +788,9 @@ impl Tail {
         let before = r.mem;
         r.mem = r.footprint(run.len());
         *mem = *mem + r.mem - before;
-        let too_big = r.bytes > cfg.max_run_bytes.0;
+        // The pool counts a run's held bytes in 32 bits: a run holding 2 GiB in memory (only
+        // possible with `max_run_bytes` and `max_bytes` set that high) is decided early too.
+        let too_big = r.bytes > cfg.max_run_bytes.0 || r.held.bytes() > MAX_HELD_BYTES;
         if closes {
             self.decide(st, &run, Close::End, out);
         } else if too_big {
