@@ -251,12 +251,7 @@ impl Worker {
         } else {
             // Each closing event can bring a whole run back from the spill: admit a slice at a
             // time, so that what is read back at once stays bounded.
-            let mut rest = events.into_iter();
-            loop {
-                let slice: Vec<crate::event::Event> = rest.by_ref().take(TAIL_SLICE).collect();
-                if slice.is_empty() {
-                    break;
-                }
+            for slice in slices(events) {
                 let released = self.tail.admit(slice);
                 self.forward(st, released).await;
             }
@@ -269,12 +264,7 @@ impl Worker {
     /// mark can close a run and bring it back from the spill, and a full queue can leave tens
     /// of thousands of marks in one chunk.
     async fn lost(&mut self, st: &mut Running, marks: Vec<crate::queue::Lost>) {
-        let mut rest = marks.into_iter();
-        loop {
-            let slice: Vec<crate::queue::Lost> = rest.by_ref().take(TAIL_SLICE).collect();
-            if slice.is_empty() {
-                break;
-            }
+        for slice in slices(marks) {
             let released = self.tail.lost(slice);
             self.forward(st, released).await;
         }
@@ -343,8 +333,17 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Events admitted to the tail stage at once (see `process`).
+/// Events (or dropped-event marks) shown to the tail stage at once (see `process`).
 const TAIL_SLICE: usize = 256;
+
+/// `items` in slices of at most [`TAIL_SLICE`], in order.
+fn slices<T>(items: Vec<T>) -> impl Iterator<Item = Vec<T>> {
+    let mut rest = items.into_iter();
+    std::iter::from_fn(move || {
+        let slice: Vec<T> = rest.by_ref().take(TAIL_SLICE).collect();
+        (!slice.is_empty()).then_some(slice)
+    })
+}
 
 /// How long `flush` waits for delivery before answering with an error.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);

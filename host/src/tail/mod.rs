@@ -196,15 +196,7 @@ fn index_bytes(st: &State) -> usize {
 fn compact(st: &mut State) {
     let open = st.open.len();
     if st.deadlines.len() > 2 * open + 1024 {
-        let entries: Vec<Reverse<(Instant, u64)>> = st
-            .open
-            .values()
-            .map(|r| {
-                let at = (r.last_seen + st.cfg.idle.0).min(r.opened + st.cfg.max_duration.0);
-                Reverse((at, r.seq))
-            })
-            .collect();
-        st.deadlines = entries.into();
+        rebuild_deadlines(st);
     }
     if st.open.capacity() > 4 * open + 1024 {
         st.open.shrink_to(2 * open);
@@ -219,6 +211,16 @@ fn compact(st: &mut State) {
         st.slots.shrink_to_fit();
         st.free_slots.shrink_to_fit();
     }
+}
+
+/// One deadline entry per open run, at its current deadline.
+fn rebuild_deadlines(st: &mut State) {
+    let entries: Vec<Reverse<(Instant, u64)>> = st
+        .open
+        .values()
+        .map(|r| Reverse((r.deadline(&st.cfg), r.seq)))
+        .collect();
+    st.deadlines = entries.into();
 }
 
 /// What choosing runs to spill reads of an open run: its spillable bytes and its id, in a
@@ -237,6 +239,11 @@ impl OpenRun {
             + self.held.bytes()
             + chunk(self.types.heap_bytes())
             + self.chain.as_ref().map_or(0, |c| chunk(c.heap_bytes()))
+    }
+
+    /// When the run closes by `idle` or `max_duration` if nothing more arrives.
+    fn deadline(&self, cfg: &TailConfig) -> Instant {
+        (self.last_seen + cfg.idle.0).min(self.opened + cfg.max_duration.0)
     }
 
     /// Bytes that spilling the run would free.
@@ -896,7 +903,7 @@ impl Tail {
         now: Instant,
     ) -> bool {
         let m = &self.inner.metrics;
-        let parts: Vec<(u32, u32)> = group.iter().map(|(_, l, c)| (*l, *c)).collect();
+        let parts: Vec<u32> = group.iter().map(|(_, l, _)| *l).collect();
         let Some(store) = st.spill.as_mut() else {
             return false;
         };
@@ -1070,14 +1077,13 @@ impl Tail {
                 continue;
             };
             let Some(r) = st.open.get(&id) else { continue };
-            let idle_at = r.last_seen + st.cfg.idle.0;
-            let max_at = r.opened + st.cfg.max_duration.0;
-            if max_at <= now {
+            if r.opened + st.cfg.max_duration.0 <= now {
                 self.decide(&mut st, &id, Close::MaxDuration, &mut out);
-            } else if idle_at <= now {
+            } else if r.last_seen + st.cfg.idle.0 <= now {
                 self.decide(&mut st, &id, Close::Idle, &mut out);
             } else {
-                st.deadlines.push(Reverse((idle_at.min(max_at), seq)));
+                let at = r.deadline(&st.cfg);
+                st.deadlines.push(Reverse((at, seq)));
             }
         }
         self.publish(&st);
@@ -1161,15 +1167,7 @@ impl Tail {
             );
             self.decide_all(st, Close::Off, out);
         } else if timing_changed {
-            let entries: Vec<Reverse<(Instant, u64)>> = st
-                .open
-                .values()
-                .map(|r| {
-                    let at = (r.last_seen + st.cfg.idle.0).min(r.opened + st.cfg.max_duration.0);
-                    Reverse((at, r.seq))
-                })
-                .collect();
-            st.deadlines = entries.into();
+            rebuild_deadlines(st);
         }
         self.inner.enabled.store(st.cfg.enabled, Ordering::Relaxed);
         *self.inner.lost.write() = LostMarks::new(&st.cfg, &self.inner.metrics);

@@ -55,6 +55,7 @@ impl Blocks {
         self.count as usize * BLOCK
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

@@ -65,13 +65,11 @@ impl Drop for Segment {
     }
 }
 
-/// One write of a run's events (a chunk): where it went and how many events it holds.
+/// One write of a run's events (a chunk): where it went.
 pub struct Extent {
     seg: Arc<Segment>,
     offset: u64,
     len: u32,
-    /// Events in it.
-    pub count: u32,
 }
 
 impl Extent {
@@ -81,6 +79,7 @@ impl Extent {
     }
 
     /// Reads the chunk back as written, header included.
+    #[cfg(test)]
     pub fn read(&self) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; self.len as usize];
         self.seg.file.read_exact_at(&mut buf, self.offset)?;
@@ -266,23 +265,19 @@ impl SpillStore {
         }
     }
 
-    /// Appends `lines` (`count` events) and says where they went.
-    pub fn write(&mut self, lines: &[u8], count: u32) -> Result<Extent, SpillError> {
+    /// Appends `lines` and says where they went.
+    pub fn write(&mut self, lines: &[u8]) -> Result<Extent, SpillError> {
         let len = u32::try_from(lines.len()).map_err(|_| SpillError::Full {
             used: self.disk_bytes(),
             max: self.max_bytes,
         })?;
-        let mut v = self.write_many(lines, &[(len, count)])?;
+        let mut v = self.write_many(lines, &[len])?;
         v.pop().ok_or_else(|| SpillError::Io("no extent".into()))
     }
 
     /// Appends the parts of several runs in one write: `lines` is their lines one after the
-    /// other, `parts` each one's (bytes, events). Gives one [`Extent`] per part, in order.
-    pub fn write_many(
-        &mut self,
-        lines: &[u8],
-        parts: &[(u32, u32)],
-    ) -> Result<Vec<Extent>, SpillError> {
+    /// other, `parts` each one's bytes. Gives one [`Extent`] per part, in order.
+    pub fn write_many(&mut self, lines: &[u8], parts: &[u32]) -> Result<Vec<Extent>, SpillError> {
         let used = self.disk_bytes();
         if used + lines.len() as u64 > self.max_bytes {
             return Err(SpillError::Full {
@@ -317,12 +312,11 @@ impl SpillStore {
         let mut at = offset;
         Ok(parts
             .iter()
-            .map(|&(len, count)| {
+            .map(|&len| {
                 let e = Extent {
                     seg: seg.clone(),
                     offset: at,
                     len,
-                    count,
                 };
                 at += len as u64;
                 e
@@ -406,8 +400,8 @@ mod tests {
     fn extents_read_back_and_segments_go_with_their_last_extent() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SpillStore::new(dir.path(), 1 << 30);
-        let a = s.write(b"{\"type\":\"a\"}\n", 1).unwrap();
-        let b = s.write(b"{\"type\":\"b\"}\n{\"type\":\"c\"}\n", 2).unwrap();
+        let a = s.write(b"{\"type\":\"a\"}\n").unwrap();
+        let b = s.write(b"{\"type\":\"b\"}\n{\"type\":\"c\"}\n").unwrap();
         assert_eq!(a.read().unwrap(), b"{\"type\":\"a\"}\n");
         assert_eq!(b.read().unwrap(), b"{\"type\":\"b\"}\n{\"type\":\"c\"}\n");
         assert_eq!(s.disk_bytes(), a.bytes() + b.bytes());
@@ -427,12 +421,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SpillStore::new(dir.path(), 3 << 20);
         let big = vec![b'x'; 700 << 10];
-        let first = s.write(&big, 1).unwrap();
-        let second = s.write(&big, 1).unwrap(); // rolls over (segments of 1 MiB)
+        let first = s.write(&big).unwrap();
+        let second = s.write(&big).unwrap(); // rolls over (segments of 1 MiB)
         assert_eq!(seg_files(dir.path()), 2);
-        let _third = s.write(&big, 1).unwrap();
-        let _fourth = s.write(&big, 1).unwrap();
-        assert!(matches!(s.write(&big, 1), Err(SpillError::Full { .. })));
+        let _third = s.write(&big).unwrap();
+        let _fourth = s.write(&big).unwrap();
+        assert!(matches!(s.write(&big), Err(SpillError::Full { .. })));
         drop(first);
         assert_eq!(
             seg_files(dir.path()),
@@ -441,14 +435,14 @@ mod tests {
         );
         drop(second);
         assert_eq!(seg_files(dir.path()), 2);
-        assert!(s.write(&big, 1).is_ok(), "room again");
+        assert!(s.write(&big).is_ok(), "room again");
     }
 
     /// Writes `lines` as the next chunk of `chain`.
     fn append(s: &mut SpillStore, chain: &mut Option<Chain>, lines: &[u8]) {
         let mut buf = chunk_header(chain.as_ref()).to_vec();
         buf.extend_from_slice(lines);
-        let ext = s.write(&buf, 1).unwrap();
+        let ext = s.write(&buf).unwrap();
         Chain::extend(chain, ext);
     }
 
@@ -514,7 +508,7 @@ mod tests {
     #[test]
     fn an_unwritable_dir_is_an_error_not_a_panic() {
         let mut s = SpillStore::new(Path::new("/proc/outrigger-no-such/dir"), 1 << 30);
-        assert!(matches!(s.write(b"x\n", 1), Err(SpillError::Io(_))));
+        assert!(matches!(s.write(b"x\n"), Err(SpillError::Io(_))));
     }
 
     #[test]
