@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, Daemon, eventually, free_port, merge};
+use crate::harness::{BIN, Daemon, eventually, free_port, free_ports, merge};
 
 const KEY: &str = "s3cret-key";
 
@@ -51,7 +51,7 @@ async fn start_with_args(extra: &str, args: &[String]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
     let socket = dir.path().join("outrigger.sock");
-    let (http, control) = (free_port(), free_port());
+    let [http, control] = free_ports();
     let mut cfg = Daemon::base_config(dir.path(), &socket, http, control);
     if !extra.trim().is_empty() {
         merge(&mut cfg, serde_yaml::from_str(extra).unwrap());

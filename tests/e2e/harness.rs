@@ -21,8 +21,17 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_outrigger");
 
 /// A port that was free a moment ago.
 pub fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr")
+    free_ports::<1>()[0]
+}
+
+/// `N` different ports that were free a moment ago. Each is held until all are chosen: ports
+/// asked for one after another can come back the same once the first is let go (a cluster
+/// of three then had two nodes on one port).
+pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr"))
 }
 
 /// Deep-merges mapping `b` into `a` (b wins; sequences are replaced).
@@ -118,7 +127,7 @@ log: {{level: "info,outrigger=debug"}}
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
         let socket = dir.path().join("outrigger.sock");
-        let (http, control) = (free_port(), free_port());
+        let [http, control] = free_ports();
         let mut cfg = Daemon::base_config(dir.path(), &socket, http, control);
         let extra = extra.replace("{dir}", &dir.path().display().to_string());
         if !extra.trim().is_empty() {
@@ -550,9 +559,13 @@ pub struct NatsCluster {
 impl NatsCluster {
     pub fn start(n: usize) -> NatsCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<(u16, u16)> = (0..n)
-            .map(|_| (free_port().port(), free_port().port()))
+        // Held together: every node's client and route port differ.
+        let held: Vec<TcpListener> = (0..2 * n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
             .collect();
+        let port = |i: usize| held[i].local_addr().expect("local addr").port();
+        let ports: Vec<(u16, u16)> = (0..n).map(|i| (port(2 * i), port(2 * i + 1))).collect();
+        drop(held);
         let mut nodes = Vec::new();
         for (i, (port, route)) in ports.iter().enumerate() {
             let name = format!("n{i}");

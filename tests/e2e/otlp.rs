@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use prost::Message;
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, eventually, free_port, read_ndjson};
+use crate::harness::{Daemon, eventually, free_ports, read_ndjson};
 
 const OTEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/e2e/otel");
 
@@ -39,7 +39,7 @@ fn python() -> PathBuf {
 /// A daemon with both OTLP receivers on free ports; `extra` is merged over it (its
 /// `ingest.otlp` keys beside the ports).
 async fn otlp_daemon(extra: &str) -> (Daemon, std::net::SocketAddr, std::net::SocketAddr) {
-    let (http, grpc) = (free_port(), free_port());
+    let [http, grpc] = free_ports();
     let mut cfg: serde_yaml::Value = serde_yaml::from_str(&format!(
         "ingest: {{otlp: {{http: \"{http}\", grpc: \"{grpc}\"}}}}"
     ))
