@@ -263,6 +263,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)>
 }
 
 fn main() -> ExitCode {
+    outrigger::memory::configure();
     let cli = Cli::parse();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -59,6 +59,25 @@ impl Trimmer {
     }
 }
 
+/// Allocations of at least this size get pages of their own (`mmap`), which go back to the
+/// system when freed.
+pub const MMAP_THRESHOLD: usize = 1 << 20;
+
+/// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`] (called once, before the first thread).
+/// Left alone, glibc raises it to the size of any mapped chunk that is freed (up to 32 MiB):
+/// after the tail stage frees one large index, allocations of up to that size come from the
+/// heap, where they are copied as they grow and stay resident after they are freed. Measured
+/// with 100 000 open runs: a new round of runs then rebuilt a 25 MB slab on the heap and the
+/// RSS rose 18 MB above what the daemon held.
+pub fn configure() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator; it is called before any other
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+    }
+}
+
 /// Returns free heap pages to the system; how long that took.
 pub fn release() -> Duration {
     let start = std::time::Instant::now();

@@ -22,12 +22,13 @@
 //! [`Tail::next_deadline`] and when [`Tail::notified`] fires, and [`Tail::shutdown`] at the
 //! end, which decides every open run by what it holds.
 
+pub mod open;
 pub mod pool;
 pub mod runs;
 pub mod spill;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 /// Maps keyed by run id (or its hash): foldhash, a fast seeded hash.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -47,6 +48,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::queue::{Lost, LostFilter};
 use crate::reload::Reconfigure;
 use crate::sampler::{fnv1a, unit};
+use open::{OpenRuns, Record};
 use pool::{Blocks, Pool};
 use runs::{RunSummary, RunsBounds, RunsView, Stored, TypeCounts};
 use spill::{Chain, SpillError, SpillStore};
@@ -132,9 +134,10 @@ pub enum KeepOutcome {
 }
 
 struct OpenRun {
+    /// The run id, allocated by the tail (see [`OpenRuns`]).
+    id: Arc<str>,
+    /// Open order (the age index's key).
     seq: u64,
-    /// Its entry in `State::slots`.
-    slot: u32,
     /// The queue sequence of the run's first event: runs open in queue order, so the oldest
     /// open run holds the oldest event the tail holds (what the write-ahead log keeps).
     first_seq: u64,
@@ -160,7 +163,7 @@ struct OpenRun {
     /// When the closing event arrived (for the decision latency).
     closing: Option<std::time::Instant>,
     /// Events of the run the queue dropped (`queue_full`), seen by [`Tail::lost`].
-    lost: u64,
+    lost: u32,
 }
 
 /// What the allocator takes for `n` bytes: glibc's chunks have an 8-byte header and are
@@ -173,69 +176,47 @@ const fn chunk(n: usize) -> usize {
     if c < 32 { 32 } else { c }
 }
 
-/// The run record of an open run (boxed). Its entries in the map, the age and deadline
-/// indexes and the slots are counted with those ([`index_bytes`]).
-const RUN_OVERHEAD: usize = chunk(std::mem::size_of::<OpenRun>());
+impl Record for OpenRun {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
 
-/// Bytes of the open-run indexes as allocated (capacity, not length): the map, the age and
-/// deadline indexes, the slots. They stay as large as the most runs open at once until
-/// [`compact`] shrinks them.
+/// Bytes of the open runs' records and indexes as the system holds them: the slab of run
+/// records, the id and age indexes ([`OpenRuns::bytes`]) and the deadline heap (by capacity).
+/// They stay as large as the most runs open at once until [`compact`] shrinks them.
 fn index_bytes(st: &State) -> usize {
-    // hashbrown: a bucket per slot and one control byte each; eight buckets per seven slots.
-    st.open.capacity() * 8 / 7 * (std::mem::size_of::<(Arc<str>, Box<OpenRun>)>() + 1)
-        // B-tree leaves of eleven 24-byte entries in 288-byte nodes, about two-thirds full.
-        + st.by_age.len() * 40
-        + st.deadlines.capacity() * std::mem::size_of::<Reverse<(Instant, u64)>>()
-        + st.slots.capacity() * std::mem::size_of::<Slot>()
-        + st.free_slots.capacity() * std::mem::size_of::<u32>()
+    st.open.bytes() + st.deadlines.capacity() * std::mem::size_of::<Reverse<(Instant, u64)>>()
 }
 
 /// Shrinks the open-run indexes after many runs have closed: the deadline heap keeps an entry
 /// of a decided run until its time comes (so a million short runs leave a million entries for
-/// `idle`), and the map and the slots keep the capacity of their largest moment.
-fn compact(st: &mut State) {
-    let open = st.open.len();
-    if st.deadlines.len() > 2 * open + 1024 {
+/// `idle`), and the slab and the id table keep the size of their largest moment.
+fn compact(st: &mut State, now: Instant) {
+    if st.deadlines.len() > 2 * st.open.len() + 1024 {
         rebuild_deadlines(st);
     }
-    if st.open.capacity() > 4 * open + 1024 {
-        st.open.shrink_to(2 * open);
-    }
-    if st.free_slots.len() > 1024 && st.free_slots.len() > 3 * open {
-        // Keep the slots in use; the free ones past the last used one go.
-        while st.slots.last().is_some_and(|s| s.id.is_none()) {
-            st.slots.pop();
-        }
-        let n = st.slots.len() as u32;
-        st.free_slots.retain(|&i| i < n);
-        st.slots.shrink_to_fit();
-        st.free_slots.shrink_to_fit();
-    }
+    st.open.compact(now);
 }
 
 /// One deadline entry per open run, at its current deadline.
 fn rebuild_deadlines(st: &mut State) {
     let entries: Vec<Reverse<(Instant, u64)>> = st
         .open
-        .values()
-        .map(|r| Reverse((r.deadline(&st.cfg), r.seq)))
+        .iter()
+        .map(|(_, r)| Reverse((r.deadline(&st.cfg), r.seq)))
         .collect();
     st.deadlines = entries.into();
 }
 
-/// What choosing runs to spill reads of an open run: its spillable bytes and its id, in a
-/// dense array (one entry per open run, reused when the run is decided), so that a choice
-/// among 100 000 open runs reads 2.4 MB in order instead of every run record.
-#[derive(Default)]
-struct Slot {
-    size: u32,
-    id: Option<Arc<str>>,
-}
-
 impl OpenRun {
-    fn footprint(&self, id_len: usize) -> usize {
-        RUN_OVERHEAD
-            + chunk(2 * std::mem::size_of::<usize>() + id_len)
+    /// What the run takes outside its record in the slab (counted with the indexes): its id,
+    /// held events, type counts and spill chain.
+    fn footprint(&self) -> usize {
+        chunk(2 * std::mem::size_of::<usize>() + self.id.len())
             + self.held.bytes()
             + chunk(self.types.heap_bytes())
             + self.chain.as_ref().map_or(0, |c| chunk(c.heap_bytes()))
@@ -251,9 +232,9 @@ impl OpenRun {
         self.held.bytes()
     }
 
-    fn summary(&self, run_id: &str) -> RunSummary {
+    fn summary(&self) -> RunSummary {
         RunSummary {
-            run_id: run_id.to_string(),
+            run_id: self.id.to_string(),
             state: "open",
             kept_by: None,
             events: self.events,
@@ -263,7 +244,7 @@ impl OpenRun {
             types: self.types.to_map(),
             spilled_events: Some(self.spilled_events),
             spilled_bytes: Some(self.spilled_bytes),
-            lost_events: (self.lost > 0).then_some(self.lost),
+            lost_events: (self.lost > 0).then_some(self.lost.into()),
         }
     }
 }
@@ -459,17 +440,10 @@ struct State {
     cfg: TailConfig,
     pending: Option<TailConfig>,
     policies: Policies,
-    /// Boxed: the table then holds 24 bytes a slot, not a whole run, so its slack (up to half
-    /// its slots, and both tables while it grows) stays small with 100 000 runs open.
-    /// hashbrown's for `entry_ref`: a new run's key is allocated here, not taken from the
-    /// event (whose id the ingest thread allocated among short-lived event data: a run open
-    /// for seconds would keep that page from going back to the system).
-    open: hashbrown::HashMap<Arc<str>, Box<OpenRun>, foldhash::fast::RandomState>,
-    /// Open runs by age (open sequence), oldest first.
-    by_age: BTreeMap<u64, Arc<str>>,
-    slots: Vec<Slot>,
-    /// Slots of decided runs, for the next runs.
-    free_slots: Vec<u32>,
+    /// A new run's id is allocated here, not taken from the event (whose id the ingest
+    /// thread allocated among short-lived event data: a run open for seconds would keep that
+    /// page from going back to the system).
+    open: OpenRuns<OpenRun>,
     /// Where held events are.
     pool: Pool,
     /// What held events' receive times count from.
@@ -563,10 +537,7 @@ impl Tail {
                     },
                     cfg: t.clone(),
                     pending: None,
-                    open: hashbrown::HashMap::default(),
-                    by_age: BTreeMap::new(),
-                    slots: Vec::new(),
-                    free_slots: Vec::new(),
+                    open: OpenRuns::default(),
                     pool: Pool::default(),
                     epoch: std::time::Instant::now(),
                     pool_trim_at: None,
@@ -626,7 +597,8 @@ impl Tail {
                 out.events.push(e);
                 continue;
             };
-            if !st.open.contains_key(&run)
+            let slot = st.open.find(&run);
+            if slot.is_none()
                 && let Some(d) = st.decisions.map.get(&decision_key(&run))
             {
                 match d {
@@ -639,7 +611,7 @@ impl Tail {
                 }
                 continue;
             }
-            self.hold(&mut st, run, e, now, &mut out);
+            self.hold(&mut st, slot, &run, e, now, &mut out);
         }
         self.enforce(&mut st, now, &mut out);
         self.publish(&st);
@@ -676,10 +648,13 @@ impl Tail {
         }
         for l in marks {
             let State { open, policies, .. } = &mut *st;
-            let Some(r) = open.get_mut(&l.run) else {
+            let Some(slot) = open.find(&l.run) else {
                 continue;
             };
-            r.lost += 1;
+            let Some(r) = open.get_mut(slot) else {
+                continue;
+            };
+            r.lost = r.lost.saturating_add(1);
             if let Some(p) = &l.policy
                 && let Some(i) = policies.keep.iter().position(|(n, _)| n == p)
                 && r.matched.is_none_or(|m| i < m)
@@ -688,7 +663,7 @@ impl Tail {
             }
             if l.ends {
                 r.closing = Some(l.received);
-                self.decide(&mut st, &l.run, Close::End, &mut out);
+                self.decide(&mut st, slot, Close::End, &mut out);
             }
         }
         self.publish(&st);
@@ -700,8 +675,7 @@ impl Tail {
     /// it.
     pub fn oldest_held_seq(&self) -> Option<u64> {
         let st = self.inner.state.lock();
-        let (_, run) = st.by_age.first_key_value()?;
-        st.open.get(run).map(|r| r.first_seq)
+        st.open.get(st.open.oldest()?).map(|r| r.first_seq)
     }
 
     /// What the queue should show dropped events to (`None` while tail sampling is off).
@@ -714,64 +688,55 @@ impl Tail {
     }
 
     /// Holds `e` in its run; decides the run when `e` closes it or makes it too big.
-    fn hold(&self, st: &mut State, run: Arc<str>, e: Event, now: Instant, out: &mut Released) {
+    fn hold(
+        &self,
+        st: &mut State,
+        slot: Option<u32>,
+        run: &str,
+        e: Event,
+        now: Instant,
+        out: &mut Released,
+    ) {
         let m = &*self.inner.metrics;
+        let slot = match slot {
+            Some(s) => s,
+            None => {
+                st.seq += 1;
+                let deadline = now + st.cfg.idle.0.min(st.cfg.max_duration.0);
+                st.deadlines.push(Reverse((deadline, st.seq)));
+                st.open.insert(OpenRun {
+                    id: Arc::from(run),
+                    seq: st.seq,
+                    first_seq: e.seq,
+                    held: Blocks::default(),
+                    held_events: 0,
+                    mem: 0,
+                    chain: None,
+                    spilled_events: 0,
+                    spilled_bytes: 0,
+                    events: 0,
+                    bytes: 0,
+                    first_ts_ns: e.ts_ns,
+                    last_ts_ns: e.ts_ns,
+                    opened: now,
+                    last_seen: now,
+                    matched: None,
+                    types: TypeCounts::default(),
+                    closing: None,
+                    lost: 0,
+                })
+            }
+        };
         let State {
             open,
             policies,
             mem,
             cfg,
-            seq,
-            deadlines,
-            by_age,
-            slots,
-            free_slots,
             pool,
             epoch,
             ..
         } = st;
-        let r = match open.entry_ref(&*run) {
-            hashbrown::hash_map::EntryRef::Occupied(o) => o.into_mut(),
-            hashbrown::hash_map::EntryRef::Vacant(v) => {
-                let key: Arc<str> = Arc::from(&*run);
-                *seq += 1;
-                let deadline = now + cfg.idle.0.min(cfg.max_duration.0);
-                deadlines.push(Reverse((deadline, *seq)));
-                by_age.insert(*seq, key.clone());
-                let slot = match free_slots.pop() {
-                    Some(i) => i,
-                    None => {
-                        slots.push(Slot::default());
-                        (slots.len() - 1) as u32
-                    }
-                };
-                slots[slot as usize].id = Some(key.clone());
-                v.insert_with_key(
-                    key,
-                    Box::new(OpenRun {
-                        seq: *seq,
-                        slot,
-                        first_seq: e.seq,
-                        held: Blocks::default(),
-                        held_events: 0,
-                        mem: 0,
-                        chain: None,
-                        spilled_events: 0,
-                        spilled_bytes: 0,
-                        events: 0,
-                        bytes: 0,
-                        first_ts_ns: e.ts_ns,
-                        last_ts_ns: e.ts_ns,
-                        opened: now,
-                        last_seen: now,
-                        matched: None,
-                        types: TypeCounts::default(),
-                        closing: None,
-                        lost: 0,
-                    }),
-                )
-            }
-        };
+        let Some(r) = open.get_mut(slot) else { return };
         if r.matched != Some(0) {
             policies.evaluate(&e, &mut r.matched, m);
         }
@@ -789,19 +754,18 @@ impl Tail {
         pool.push(&mut r.held, &e, received);
         r.held_events += 1;
         drop(e);
-        if let Some(s) = slots.get_mut(r.slot as usize) {
-            s.size = u32::try_from(r.spillable()).unwrap_or(u32::MAX);
-        }
         let before = r.mem;
-        r.mem = r.footprint(run.len());
+        r.mem = r.footprint();
         *mem = *mem + r.mem - before;
         // The pool counts a run's held bytes in 32 bits: a run holding 2 GiB in memory (only
         // possible with `max_run_bytes` and `max_bytes` set that high) is decided early too.
         let too_big = r.bytes > cfg.max_run_bytes.0 || r.held.bytes() > MAX_HELD_BYTES;
+        let spillable = r.spillable();
+        open.set_size(slot, spillable);
         if closes {
-            self.decide(st, &run, Close::End, out);
+            self.decide(st, slot, Close::End, out);
         } else if too_big {
-            self.decide(st, &run, Close::Early, out);
+            self.decide(st, slot, Close::Early, out);
         }
     }
 
@@ -812,22 +776,24 @@ impl Tail {
         // with the number of runs: they count against `max_bytes` too (lock order: state,
         // then the view, as in `decide`).
         let view = self.inner.runs.lock().counts().1;
-        compact(st);
+        compact(st, now);
         let other = st.decisions.bytes() + view + index_bytes(st);
         let max = budget(st.cfg.max_bytes.0 as usize, other);
-        if st.mem <= max {
+        // The pool's resident pages without a block in use count too (blocks freed by
+        // spilling stay in memory until their page is handed back).
+        if st.mem + st.pool.idle_bytes() <= max {
             return;
         }
         let target = max - max / 8;
         if st.spill.is_some() && st.spill_retry.is_none_or(|t| now >= t) {
             self.spill_largest(st, target, now);
         }
+        st.pool.trim();
         while st.mem > target {
-            let Some((_, oldest)) = st.by_age.first_key_value() else {
+            let Some(oldest) = st.open.oldest() else {
                 break;
             };
-            let oldest = oldest.clone();
-            self.decide(st, &oldest, Close::Early, out);
+            self.decide(st, oldest, Close::Early, out);
         }
     }
 
@@ -835,11 +801,12 @@ impl Tail {
     /// system call (at most [`SPILL_WRITE_BYTES`] of lines at a time).
     fn spill_largest(&self, st: &mut State, target: usize, now: Instant) {
         let mut cands: Vec<(u32, u32)> = st
-            .slots
+            .open
+            .sizes()
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.size > 0)
-            .map(|(i, s)| (s.size, i as u32))
+            .filter(|(_, s)| **s > 0)
+            .map(|(i, s)| (*s, i as u32))
             .collect();
         // Only the largest few are needed: sort those that would free twice what is asked
         // (the rest, all smaller, follow unsorted if it is not enough).
@@ -853,17 +820,14 @@ impl Tail {
         let mut cands = cands.into_iter();
         let mut lines: Vec<u8> = Vec::new();
         let mut scratch: Vec<u8> = Vec::new();
-        let mut group: Vec<(Arc<str>, u32, u32)> = Vec::new();
+        let mut group: Vec<(u32, u32, u32)> = Vec::new();
         while st.mem > target {
             // A group: runs until their bytes would bring memory to the target, or a write's
             // worth of lines.
             let mut pending = 0usize;
             for (size, slot) in cands.by_ref() {
-                let Some(id) = st.slots.get(slot as usize).and_then(|s| s.id.clone()) else {
-                    continue;
-                };
                 let size = size as usize;
-                let Some(r) = st.open.get(&id) else { continue };
+                let Some(r) = st.open.get(slot) else { continue };
                 let start = lines.len();
                 lines.extend_from_slice(&spill::chunk_header(r.chain.as_ref()));
                 scratch.clear();
@@ -874,13 +838,13 @@ impl Tail {
                         h.id,
                         h.kind,
                         h.ts_ns,
-                        Some(&id),
+                        Some(&r.id),
                         &h.attributes,
                         &scratch[h.data],
                     )
                 });
                 let len = (lines.len() - start) as u32;
-                group.push((id, len, r.held_events));
+                group.push((slot, len, r.held_events));
                 pending += size;
                 if lines.len() >= SPILL_WRITE_BYTES || st.mem.saturating_sub(pending) <= target {
                     break;
@@ -899,7 +863,7 @@ impl Tail {
         &self,
         st: &mut State,
         lines: &[u8],
-        group: &mut Vec<(Arc<str>, u32, u32)>,
+        group: &mut Vec<(u32, u32, u32)>,
         now: Instant,
     ) -> bool {
         let m = &self.inner.metrics;
@@ -913,25 +877,24 @@ impl Tail {
                     open,
                     mem,
                     trim,
-                    slots,
                     pool,
                     ..
                 } = &mut *st;
-                for ((id, _, count), ext) in group.drain(..).zip(exts) {
-                    let Some(r) = open.get_mut(&id) else { continue };
+                for ((slot, _, count), ext) in group.drain(..).zip(exts) {
+                    let Some(r) = open.get_mut(slot) else {
+                        continue;
+                    };
                     m.tail_spilled_events.inc_by(count as u64);
                     r.spilled_events += count as u64;
                     r.spilled_bytes += ext.bytes();
                     Chain::extend(&mut r.chain, ext);
-                    if let Some(s) = slots.get_mut(r.slot as usize) {
-                        s.size = 0;
-                    }
                     pool.release(&mut r.held);
                     r.held_events = 0;
                     let before = r.mem;
-                    r.mem = r.footprint(id.len());
+                    r.mem = r.footprint();
                     trim.freed(before - r.mem);
                     *mem = *mem + r.mem - before;
+                    open.set_size(slot, 0);
                 }
                 true
             }
@@ -954,20 +917,14 @@ impl Tail {
         }
     }
 
-    /// Decides `id` and releases it when kept.
-    fn decide(&self, st: &mut State, id: &Arc<str>, how: Close, out: &mut Released) {
+    /// Decides the open run at `slot` and releases it when kept.
+    fn decide(&self, st: &mut State, slot: u32, how: Close, out: &mut Released) {
         let inner = &*self.inner;
         let m = &*inner.metrics;
-        // The map's key from here on: the tail allocated it (see `State::open`).
-        let Some((id, mut r)) = st.open.remove_entry(&**id) else {
+        let Some(mut r) = st.open.remove(slot) else {
             return;
         };
-        let id = &id;
-        st.by_age.remove(&r.seq);
-        if let Some(s) = st.slots.get_mut(r.slot as usize) {
-            *s = Slot::default();
-            st.free_slots.push(r.slot);
-        }
+        let id = &r.id.clone();
         st.mem -= r.mem;
         st.trim.freed(r.mem);
         let policy = r
@@ -1065,7 +1022,9 @@ impl Tail {
         let mut out = Released::default();
         self.apply_pending(&mut st, &mut out);
         for id in std::mem::take(&mut st.forced) {
-            self.decide(&mut st, &id, Close::Forced, &mut out);
+            if let Some(slot) = st.open.find(&id) {
+                self.decide(&mut st, slot, Close::Forced, &mut out);
+            }
         }
         let now = Instant::now();
         while let Some(Reverse((t, seq))) = st.deadlines.peek().copied() {
@@ -1073,19 +1032,21 @@ impl Tail {
                 break;
             }
             st.deadlines.pop();
-            let Some(id) = st.by_age.get(&seq).cloned() else {
+            let Some(slot) = st.open.by_seq(seq) else {
                 continue;
             };
-            let Some(r) = st.open.get(&id) else { continue };
+            let Some(r) = st.open.get(slot) else { continue };
             if r.opened + st.cfg.max_duration.0 <= now {
-                self.decide(&mut st, &id, Close::MaxDuration, &mut out);
+                self.decide(&mut st, slot, Close::MaxDuration, &mut out);
             } else if r.last_seen + st.cfg.idle.0 <= now {
-                self.decide(&mut st, &id, Close::Idle, &mut out);
+                self.decide(&mut st, slot, Close::Idle, &mut out);
             } else {
                 let at = r.deadline(&st.cfg);
                 st.deadlines.push(Reverse((at, seq)));
             }
         }
+        // After a load, the last runs close by their deadlines: the indexes shrink here too.
+        compact(&mut st, now);
         self.publish(&st);
         trim_pool(&mut st, now);
         let trim = st.trim.due(now);
@@ -1108,9 +1069,8 @@ impl Tail {
     }
 
     fn decide_all(&self, st: &mut State, how: Close, out: &mut Released) {
-        let ids: Vec<Arc<str>> = st.by_age.values().cloned().collect();
-        for id in ids {
-            self.decide(st, &id, how, out);
+        for slot in st.open.slots_by_age() {
+            self.decide(st, slot, how, out);
         }
         st.deadlines.clear();
     }
@@ -1134,7 +1094,7 @@ impl Tail {
                 ..
             } = &mut *st;
             let m = &*self.inner.metrics;
-            for (id, r) in open.iter_mut() {
+            for r in open.iter_mut() {
                 // A match stays under its name; the events still in memory are evaluated
                 // against the new policies (spilled ones are not read back for it).
                 r.matched = r
@@ -1142,7 +1102,7 @@ impl Tail {
                     .and_then(|i| old_names.get(i))
                     .and_then(|n| policies.keep.iter().position(|(p, _)| p == n));
                 let now = std::time::Instant::now();
-                for e in pool.events(&r.held, id, |_| now) {
+                for e in pool.events(&r.held, &r.id, |_| now) {
                     policies.evaluate(&e, &mut r.matched, m);
                 }
             }
@@ -1188,8 +1148,8 @@ impl Tail {
         if !st.cfg.enabled {
             return KeepOutcome::Disabled;
         }
-        if let Some((id, _)) = st.open.get_key_value(run_id) {
-            let id = id.clone();
+        if let Some(r) = st.open.find(run_id).and_then(|s| st.open.get(s)) {
+            let id = r.id.clone();
             // A keep already asked for (the pipeline applies it on its next turn) counts as
             // kept: a second request is answered as one after the decision would be.
             if st.forced.contains(&id) {
@@ -1213,17 +1173,13 @@ impl Tail {
         let mut out: Vec<(u64, RunSummary)> = Vec::new();
         if state.is_none_or(|s| s == "open") {
             let st = self.inner.state.lock();
-            let mut recent: Vec<(u64, &Arc<str>)> =
-                st.open.iter().map(|(id, r)| (r.last_ts_ns, id)).collect();
+            let mut recent: Vec<(u64, &OpenRun)> =
+                st.open.iter().map(|(_, r)| (r.last_ts_ns, r)).collect();
             if recent.len() > limit && limit > 0 {
                 recent.select_nth_unstable_by(limit - 1, |a, b| b.0.cmp(&a.0));
             }
             recent.truncate(limit);
-            out.extend(
-                recent
-                    .into_iter()
-                    .filter_map(|(t, id)| Some((t, st.open.get(id)?.summary(id)))),
-            );
+            out.extend(recent.into_iter().map(|(t, r)| (t, r.summary())));
         }
         if state != Some("open") {
             out.extend(self.inner.runs.lock().list(state, limit));
@@ -1239,7 +1195,7 @@ impl Tail {
         let redact = self.inner.redact.read().clone();
         {
             let st = self.inner.state.lock();
-            if let Some(r) = st.open.get(run_id) {
+            if let Some(r) = st.open.find(run_id).and_then(|s| st.open.get(s)) {
                 let buf = st.pool.read(&r.held);
                 let mut events = Vec::new();
                 Pool::decode(&buf, |h| {
@@ -1255,7 +1211,7 @@ impl Tail {
                 });
                 let skip = events.len().saturating_sub(limit);
                 events.drain(..skip);
-                return Some((r.summary(run_id), events));
+                return Some((r.summary(), events));
             }
         }
         let (s, stored) = self.inner.runs.lock().get(run_id)?;
@@ -1265,7 +1221,7 @@ impl Tail {
 
     /// Open runs, their memory, and the runs view's size: for `/v1/stats`.
     pub fn stats(&self) -> serde_json::Value {
-        let (open, mem, spilled, enabled, pool, pool_free, index, decisions) = {
+        let (open, mem, spilled, enabled, pool, pool_free, pool_idle, index, decisions) = {
             let st = self.inner.state.lock();
             (
                 st.open.len(),
@@ -1274,6 +1230,7 @@ impl Tail {
                 st.cfg.enabled,
                 st.pool.bytes(),
                 st.pool.free_bytes(),
+                st.pool.idle_bytes(),
                 index_bytes(&st),
                 st.decisions.bytes(),
             )
@@ -1292,6 +1249,8 @@ impl Tail {
             "decisions_bytes": decisions,
             "pool_bytes": pool,
             "pool_free_bytes": pool_free,
+            // Free blocks' pages still in memory (counted against `max_bytes`).
+            "pool_idle_bytes": pool_idle,
         })
     }
 

@@ -23,6 +23,8 @@ const PAYLOAD: usize = BLOCK - LINK;
 const SLAB_BLOCKS: usize = 4096;
 const NONE: u32 = u32::MAX;
 const PAGE: usize = 4096;
+/// Blocks in a page.
+const PER_PAGE: usize = PAGE / BLOCK;
 /// Bytes before an encoded event's type: id, timestamp, receive time, and the lengths of its
 /// data, its type and its attributes.
 const HEAD: usize = 44;
@@ -73,6 +75,10 @@ pub struct Pool {
     free_count: usize,
     /// Words of `free` below this one have no free block.
     hint: usize,
+    /// One bit per page of blocks, set while the page is resident (written since it was
+    /// last handed back).
+    resident: Vec<u64>,
+    resident_pages: usize,
     /// Shares the types of decoded events.
     kinds: Interner,
 }
@@ -98,6 +104,19 @@ impl Pool {
         self.free_count * BLOCK
     }
 
+    /// Bytes of the pool's pages that are resident: the pages of blocks in use, and of free
+    /// blocks that were used since [`Pool::trim`] last handed their page back.
+    pub fn resident_bytes(&self) -> usize {
+        self.resident_pages * PAGE
+    }
+
+    /// Resident bytes that hold no block in use (what a trim could hand back, and pages
+    /// that a block in use keeps).
+    pub fn idle_bytes(&self) -> usize {
+        self.resident_bytes()
+            .saturating_sub((self.slabs.len() * SLAB_BLOCKS - self.free_count) * BLOCK)
+    }
+
     fn block(&self, i: u32) -> &[u8] {
         let (s, o) = (i as usize / SLAB_BLOCKS, i as usize % SLAB_BLOCKS);
         let (slab, base) = &self.slabs[s];
@@ -120,10 +139,15 @@ impl Pool {
             let base = self.slabs.len() * SLAB_BLOCKS;
             // Zeroed, so taken with `calloc`: a slab this large is its own mapping, and its
             // pages become resident only when written.
-            let slab = vec![0u8; SLAB_BLOCKS * BLOCK + PAGE].into_boxed_slice();
+            let mut slab = vec![0u8; SLAB_BLOCKS * BLOCK + PAGE].into_boxed_slice();
             let at = slab.as_ptr() as usize;
             let offset = at.next_multiple_of(PAGE) - at;
+            // Not resident until a block is written (whether `calloc` mapped it fresh or
+            // zeroed a reused chunk): `resident` counts from here.
+            discard(&mut slab[offset..offset + SLAB_BLOCKS * BLOCK]);
             self.slabs.push((slab, offset));
+            self.resident
+                .resize((base + SLAB_BLOCKS).div_ceil(PER_PAGE).div_ceil(64), 0);
             self.free.resize((base + SLAB_BLOCKS).div_ceil(64), 0);
             for i in base..base + SLAB_BLOCKS {
                 self.free[i / 64] |= 1 << (i % 64);
@@ -139,6 +163,11 @@ impl Pool {
         self.free[w] &= !(1 << bit);
         self.free_count -= 1;
         let i = (w * 64 + bit) as u32;
+        let page = i as usize / PER_PAGE;
+        if self.resident[page / 64] & (1 << (page % 64)) == 0 {
+            self.resident[page / 64] |= 1 << (page % 64);
+            self.resident_pages += 1;
+        }
         self.block_mut(i)[..LINK].copy_from_slice(&NONE.to_le_bytes());
         i
     }
@@ -292,15 +321,25 @@ impl Pool {
         out
     }
 
-    /// Hands the pages that hold only free blocks back to the system.
+    /// Hands the resident pages that hold only free blocks back to the system.
     pub fn trim(&mut self) {
-        const PER_PAGE: usize = PAGE / BLOCK;
         const PAGES: usize = SLAB_BLOCKS / PER_PAGE;
         let mask: u64 = (1 << PER_PAGE) - 1;
         for (s, (slab, base)) in self.slabs.iter_mut().enumerate() {
-            let page_free = |p: usize| {
+            let free = &self.free;
+            let resident = &mut self.resident;
+            let resident_pages = &mut self.resident_pages;
+            let mut page_free = |p: usize| {
                 let i = s * SLAB_BLOCKS + p * PER_PAGE;
-                (self.free[i / 64] >> (i % 64)) & mask == mask
+                let page = i / PER_PAGE;
+                let bit = 1u64 << (page % 64);
+                let idle =
+                    resident[page / 64] & bit != 0 && (free[i / 64] >> (i % 64)) & mask == mask;
+                if idle {
+                    resident[page / 64] &= !bit;
+                    *resident_pages -= 1;
+                }
+                idle
             };
             let mut from: Option<usize> = None;
             for p in 0..=PAGES {
@@ -426,5 +465,38 @@ mod tests {
         let run: Arc<str> = Arc::from("r");
         let back = p.events(&r, &run, |_| std::time::Instant::now());
         assert_eq!(back[0].data, e.data, "a trimmed block works again");
+    }
+
+    #[test]
+    fn resident_pages_are_counted_until_trimmed() {
+        let mut p = Pool::default();
+        assert_eq!(p.resident_bytes(), 0);
+        let e = ev(1, "step", &"z".repeat(1000), &[]);
+        let mut runs: Vec<Blocks> = (0..64).map(|_| Blocks::default()).collect();
+        for r in &mut runs {
+            p.push(r, &e, 0);
+        }
+        let used: usize = runs.iter().map(Blocks::bytes).sum();
+        // A slab is not resident until its blocks are written: only the pages written count.
+        assert!(p.bytes() >= 1 << 20);
+        assert_eq!(p.resident_bytes(), used.next_multiple_of(PAGE));
+        assert!(p.idle_bytes() < PAGE);
+        // Freed blocks stay resident (idle) until a trim hands their pages back; a page with
+        // one block in use stays.
+        for r in runs.iter_mut().skip(1) {
+            p.release(r);
+        }
+        assert_eq!(p.resident_bytes(), used.next_multiple_of(PAGE));
+        assert!(p.idle_bytes() >= used - runs[0].bytes() - PAGE);
+        p.trim();
+        assert_eq!(p.resident_bytes(), runs[0].bytes().next_multiple_of(PAGE));
+        assert!(p.idle_bytes() < PAGE);
+        // Written again, the pages count again.
+        let mut r = Blocks::default();
+        p.push(&mut r, &e, 0);
+        assert_eq!(
+            p.resident_bytes(),
+            (runs[0].bytes() + r.bytes()).next_multiple_of(PAGE)
+        );
     }
 }

@@ -35,6 +35,9 @@ impl TypeCounts {
         {
             c.1 += n;
         } else if self.0.len() < MAX_TYPES_PER_RUN {
+            // Exactly as many as there are: most runs have one to three types, and a `Vec`'s
+            // first allocation would be room for four (112 bytes a run with one).
+            self.0.reserve_exact(1);
             self.0.push((kind.clone(), n));
         } else {
             let other: Arc<str> = Arc::from("_other");

@@ -118,6 +118,8 @@ impl Chain {
             Some(c) => {
                 if c.last_no != ext.seg.no {
                     c.last_no = ext.seg.no;
+                    // Exactly as many as there are (a chain spans few segments).
+                    c.segs.reserve_exact(1);
                     c.segs.push(ext.seg);
                 }
                 c.offset = ext.offset;

@@ -482,7 +482,9 @@ async fn closed_runs_leave_no_index_behind() {
             .map(|r| ev(&format!("r{r}"), "test_end", "{}"))
             .collect(),
     );
-    // The next admission finds every run closed and compacts.
+    // The next admissions find every run closed, and compact once that has lasted.
+    t.admit(vec![ev("next", "step", "{}")]);
+    tokio::time::advance(open::COMPACT_AFTER).await;
     t.admit(vec![ev("next", "step", "{}")]);
     let st = t.inner.state.lock();
     assert_eq!(st.open.len(), 1);
