@@ -48,7 +48,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::queue::{Lost, LostFilter};
 use crate::reload::Reconfigure;
 use crate::sampler::{fnv1a, unit};
-use open::{OpenRuns, Record};
+use open::{OpenRuns, Record, RunId};
 use pool::{Blocks, Pool};
 use runs::{RunSummary, RunsBounds, RunsView, Stored, TypeCounts};
 use spill::{Chain, SpillError, SpillStore};
@@ -134,8 +134,8 @@ pub enum KeepOutcome {
 }
 
 struct OpenRun {
-    /// The run id, allocated by the tail (see [`OpenRuns`]).
-    id: Arc<str>,
+    /// The run id, kept by the tail (see [`OpenRuns`]).
+    id: RunId,
     /// Open order (the age index's key).
     seq: u64,
     /// The queue sequence of the run's first event: runs open in queue order, so the oldest
@@ -178,7 +178,10 @@ const fn chunk(n: usize) -> usize {
 
 impl Record for OpenRun {
     fn id(&self) -> &str {
-        &self.id
+        self.id.as_str()
+    }
+    fn id_is(&self, id: &str) -> bool {
+        self.id.as_bytes() == id.as_bytes()
     }
     fn seq(&self) -> u64 {
         self.seq
@@ -189,7 +192,12 @@ impl Record for OpenRun {
 /// records, the id and age indexes ([`OpenRuns::bytes`]) and the deadline heap (by capacity).
 /// They stay as large as the most runs open at once until [`compact`] shrinks them.
 fn index_bytes(st: &State) -> usize {
-    st.open.bytes() + st.deadlines.capacity() * std::mem::size_of::<Reverse<(Instant, u64)>>()
+    st.open.bytes() + deadline_bytes(st)
+}
+
+/// The deadline heap, by capacity.
+fn deadline_bytes(st: &State) -> usize {
+    st.deadlines.capacity() * std::mem::size_of::<Reverse<(Instant, u64)>>()
 }
 
 /// Shrinks the open-run indexes after many runs have closed: the deadline heap keeps an entry
@@ -216,7 +224,7 @@ impl OpenRun {
     /// What the run takes outside its record in the slab (counted with the indexes): its id,
     /// held events, type counts and spill chain.
     fn footprint(&self) -> usize {
-        chunk(2 * std::mem::size_of::<usize>() + self.id.len())
+        chunk(self.id.heap_bytes())
             + self.held.bytes()
             + chunk(self.types.heap_bytes())
             + self.chain.as_ref().map_or(0, |c| chunk(c.heap_bytes()))
@@ -234,7 +242,7 @@ impl OpenRun {
 
     fn summary(&self) -> RunSummary {
         RunSummary {
-            run_id: self.id.to_string(),
+            run_id: self.id.as_str().to_string(),
             state: "open",
             kept_by: None,
             events: self.events,
@@ -402,8 +410,9 @@ fn decision_key(run_id: &str) -> u64 {
     crate::sampler::fnv1a_prefixed(0x5a, run_id.as_bytes())
 }
 
-/// What open runs may hold when the tail's bookkeeping takes `other` bytes of `max_bytes`;
-/// at least half of it, so that a large runs view cannot starve the runs themselves.
+/// What open runs may take (their events, records and index entries) when the rest of the
+/// tail's bookkeeping takes `other` bytes of `max_bytes`; at least half of it, so that a large
+/// runs view cannot starve the runs themselves.
 fn budget(max_bytes: usize, other: usize) -> usize {
     max_bytes.saturating_sub(other).max(max_bytes / 2)
 }
@@ -705,7 +714,7 @@ impl Tail {
                 let deadline = now + st.cfg.idle.0.min(st.cfg.max_duration.0);
                 st.deadlines.push(Reverse((deadline, st.seq)));
                 st.open.insert(OpenRun {
-                    id: Arc::from(run),
+                    id: RunId::new(run),
                     seq: st.seq,
                     first_seq: e.seq,
                     held: Blocks::default(),
@@ -777,19 +786,23 @@ impl Tail {
         // then the view, as in `decide`).
         let view = self.inner.runs.lock().counts().1;
         compact(st, now);
-        let other = st.decisions.bytes() + view + index_bytes(st);
+        // What deciding runs does not shrink: the decisions, the view, the indexes' slack and
+        // the deadline heap. The open runs get the rest (at least half of `max_bytes`), their
+        // records and index entries included.
+        let other = st.decisions.bytes() + view + st.open.slack_bytes() + deadline_bytes(st);
         let max = budget(st.cfg.max_bytes.0 as usize, other);
+        let records = |st: &State| st.open.len() * OpenRuns::<OpenRun>::per_run();
         // The pool's resident pages without a block in use count too (blocks freed by
         // spilling stay in memory until their page is handed back).
-        if st.mem + st.pool.idle_bytes() <= max {
+        if st.mem + records(st) + st.pool.idle_bytes() <= max {
             return;
         }
         let target = max - max / 8;
         if st.spill.is_some() && st.spill_retry.is_none_or(|t| now >= t) {
-            self.spill_largest(st, target, now);
+            self.spill_largest(st, target.saturating_sub(records(st)), now);
         }
         st.pool.trim();
-        while st.mem > target {
+        while st.mem + records(st) > target {
             let Some(oldest) = st.open.oldest() else {
                 break;
             };
@@ -838,7 +851,7 @@ impl Tail {
                         h.id,
                         h.kind,
                         h.ts_ns,
-                        Some(&r.id),
+                        Some(r.id.as_str()),
                         &h.attributes,
                         &scratch[h.data],
                     )
@@ -924,7 +937,7 @@ impl Tail {
         let Some(mut r) = st.open.remove(slot) else {
             return;
         };
-        let id = &r.id.clone();
+        let id: &Arc<str> = &Arc::from(r.id.as_str());
         st.mem -= r.mem;
         st.trim.freed(r.mem);
         let policy = r
@@ -1102,7 +1115,8 @@ impl Tail {
                     .and_then(|i| old_names.get(i))
                     .and_then(|n| policies.keep.iter().position(|(p, _)| p == n));
                 let now = std::time::Instant::now();
-                for e in pool.events(&r.held, &r.id, |_| now) {
+                let id: Arc<str> = Arc::from(r.id.as_str());
+                for e in pool.events(&r.held, &id, |_| now) {
                     policies.evaluate(&e, &mut r.matched, m);
                 }
             }
@@ -1149,7 +1163,7 @@ impl Tail {
             return KeepOutcome::Disabled;
         }
         if let Some(r) = st.open.find(run_id).and_then(|s| st.open.get(s)) {
-            let id = r.id.clone();
+            let id: Arc<str> = Arc::from(r.id.as_str());
             // A keep already asked for (the pipeline applies it on its next turn) counts as
             // kept: a second request is answered as one after the decision would be.
             if st.forced.contains(&id) {

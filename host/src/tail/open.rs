@@ -21,10 +21,66 @@ use tokio::time::Instant;
 /// round), which would grow the slab straight back.
 pub const COMPACT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Bytes of a run id kept inside its record.
+const INLINE: usize = 38;
+
+/// A run id as a record keeps it: inside the record when it is short (UUIDs, test ids), so
+/// that finding a run reads its record and nothing else, and a run costs no allocation for
+/// its id; on the heap otherwise.
+pub enum RunId {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl RunId {
+    pub fn new(id: &str) -> RunId {
+        if id.len() <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..id.len()].copy_from_slice(id.as_bytes());
+            RunId::Inline {
+                len: id.len() as u8,
+                buf,
+            }
+        } else {
+            RunId::Heap(id.into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // The bytes were copied from a `str`, whole.
+            RunId::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default()
+            }
+            RunId::Heap(s) => s,
+        }
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RunId::Inline { len, buf } => &buf[..*len as usize],
+            RunId::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    /// Bytes of the id outside the record.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            RunId::Inline { .. } => 0,
+            RunId::Heap(s) => s.len(),
+        }
+    }
+}
+
 /// What the store needs of a run record.
 pub trait Record {
     /// The run id.
     fn id(&self) -> &str;
+    /// Whether the run id is `id` (on every event: no UTF-8 check).
+    fn id_is(&self, id: &str) -> bool {
+        self.id() == id
+    }
     /// The open sequence (unique, increasing): the age order.
     fn seq(&self) -> u64;
 }
@@ -77,7 +133,7 @@ impl<R: Record> OpenRuns<R> {
         let slab = &self.slab;
         self.table
             .find(self.hash(id), |&s| {
-                slab[s as usize].as_ref().is_some_and(|r| r.id() == id)
+                slab[s as usize].as_ref().is_some_and(|r| r.id_is(id))
             })
             .copied()
     }
@@ -174,6 +230,19 @@ impl<R: Record> OpenRuns<R> {
             + self.free.capacity() * std::mem::size_of::<u32>()
     }
 
+    /// Bytes that each open run takes here: its record and size, its id-table bucket (at the
+    /// table's most loaded) and its age entry. What deciding a run gives back.
+    pub fn per_run() -> usize {
+        std::mem::size_of::<Option<R>>() + 4 + (std::mem::size_of::<u32>() + 1) * 8 / 7 + 26
+    }
+
+    /// [`OpenRuns::bytes`] past what the open runs take ([`OpenRuns::per_run`] each): free
+    /// slots, the table's spare buckets, the free list. Deciding runs does not shrink it;
+    /// [`OpenRuns::compact`] does.
+    pub fn slack_bytes(&self) -> usize {
+        self.bytes().saturating_sub(self.len() * Self::per_run())
+    }
+
     /// Moves the records down into a smaller slab when most slots have been free for
     /// [`COMPACT_AFTER`] (many runs have closed since the most were open), and shrinks the
     /// table. Slots change: the caller holds none across this.
@@ -229,6 +298,23 @@ mod tests {
         fn seq(&self) -> u64 {
             self.1
         }
+    }
+
+    #[test]
+    fn run_ids_short_and_long_read_back_whole() {
+        for id in [
+            "",
+            "r",
+            &"é".repeat(19),
+            &"x".repeat(38),
+            &"y".repeat(39),
+            &"z".repeat(5000),
+        ] {
+            let r = RunId::new(id);
+            assert_eq!(r.as_str(), id);
+            assert_eq!(r.heap_bytes() > 0, id.len() > INLINE, "{}", id.len());
+        }
+        assert_eq!(std::mem::size_of::<RunId>(), 40);
     }
 
     #[test]
