@@ -27,6 +27,9 @@ use crate::config::OnFull;
 use crate::event::Event;
 use crate::metrics::{DropReason, Metrics};
 
+/// Room for marks kept allocated between bursts.
+const MARKS_KEPT: usize = 1024;
+
 /// What the tail needs to know of a dropped event of a run.
 #[derive(Debug)]
 pub struct Lost {
@@ -288,6 +291,11 @@ impl Queue {
             };
             to.push(q.lost.pop_front().unwrap().1);
         }
+        if q.lost.is_empty() && q.lost.capacity() > MARKS_KEPT {
+            // A burst of marks (many runs' closing events dropped at once) leaves no room
+            // behind it.
+            q.lost = VecDeque::new();
+        }
         Some(Chunk {
             events,
             lost_before,
@@ -414,6 +422,15 @@ mod tests {
         let c = q.pop(2).await.unwrap();
         assert_eq!(data(&c.events), ["2"]);
         assert_eq!(runs(&c.lost_after), ["r3", "r4"]);
+
+        // A burst of marks, once taken, leaves no room allocated.
+        let q = Queue::new(10_000, OnFull::DropOldest, m.clone());
+        q.set_lost_filter(Some(Arc::new(Every)));
+        q.push((0..30_000).map(run_ev).collect());
+        assert!(q.inner.lock().lost.capacity() >= 20_000);
+        let c = q.pop(10).await.unwrap();
+        assert_eq!(c.lost_before.len(), 20_000);
+        assert_eq!(q.inner.lock().lost.capacity(), 0);
 
         // Without a filter nothing is kept.
         let q = Queue::new(1, OnFull::DropOldest, m);

@@ -558,7 +558,7 @@ impl Tail {
                     forced: Vec::new(),
                     names: Names::default(),
                     counters: HashMap::default(),
-                    trim: Trimmer::default(),
+                    trim: Trimmer::new(4 << 20, std::time::Duration::from_millis(100)),
                 }),
                 runs: Mutex::new(RunsView::new(bounds(cfg))),
                 lost: RwLock::new(LostMarks::new(t, &metrics)),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::event::Event;
 
@@ -24,7 +25,7 @@ pub const MAX_TYPES_PER_RUN: usize = 32;
 
 /// Per-type event counts of one run, bounded by [`MAX_TYPES_PER_RUN`].
 #[derive(Clone, Debug, Default)]
-pub struct TypeCounts(Vec<(Arc<str>, u64)>);
+pub struct TypeCounts(SmallVec<[(Arc<str>, u64); 3]>);
 
 impl TypeCounts {
     pub fn add(&mut self, kind: &Arc<str>, n: u64) {
@@ -35,8 +36,8 @@ impl TypeCounts {
         {
             c.1 += n;
         } else if self.0.len() < MAX_TYPES_PER_RUN {
-            // Exactly as many as there are: most runs have one to three types, and a `Vec`'s
-            // first allocation would be room for four (112 bytes a run with one).
+            // Up to three inside (most runs have one to three types: no allocation of their
+            // own, so deciding many runs frees nothing into the heap); then exactly as many.
             self.0.reserve_exact(1);
             self.0.push((kind.clone(), n));
         } else {
@@ -60,7 +61,11 @@ impl TypeCounts {
 
     /// Heap bytes taken (the type strings are shared with the events).
     pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * std::mem::size_of::<(Arc<str>, u64)>()
+        if self.0.spilled() {
+            self.0.capacity() * std::mem::size_of::<(Arc<str>, u64)>()
+        } else {
+            0
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// Bytes before each chunk's lines: the previous chunk's segment (`u32`, `u32::MAX` for none),
 /// length (`u32`) and offset (`u64`), little-endian.
@@ -104,7 +105,8 @@ pub fn chunk_header(chain: Option<&Chain>) -> [u8; CHUNK_HEADER] {
 /// in order of writing); each chunk's header points at the one before. Holding the segments
 /// keeps their files.
 pub struct Chain {
-    segs: Vec<Arc<Segment>>,
+    /// The first two inside (a chain spans few segments: no allocation of its own).
+    segs: SmallVec<[Arc<Segment>; 2]>,
     offset: u64,
     len: u32,
     /// The last segment's number (as `segs.last()`'s, without reading it).
@@ -128,7 +130,7 @@ impl Chain {
             None => {
                 *chain = Some(Chain {
                     last_no: ext.seg.no,
-                    segs: vec![ext.seg],
+                    segs: smallvec::smallvec![ext.seg],
                     offset: ext.offset,
                     len: ext.len,
                 })
@@ -138,7 +140,11 @@ impl Chain {
 
     /// Heap bytes the chain holds in memory.
     pub fn heap_bytes(&self) -> usize {
-        self.segs.capacity() * std::mem::size_of::<Arc<Segment>>()
+        if self.segs.spilled() {
+            self.segs.capacity() * std::mem::size_of::<Arc<Segment>>()
+        } else {
+            0
+        }
     }
 
     /// Reads the chunks back, oldest first, each as its lines (headers stripped). A chunk
