@@ -280,7 +280,18 @@ impl Queue {
         let events: Vec<Event> = q.items.drain(..n).collect();
         let upto = q.items.front().map_or(q.admitted, |e| e.seq);
         self.metrics.queue_depth.set(q.items.len() as i64);
-        let (mut lost_before, mut lost_after) = (Vec::new(), Vec::new());
+        // Counted first, so that each vector is allocated once at its size (a burst is tens
+        // of thousands of marks).
+        let (mut before, mut after) = (0, 0);
+        for (at, _) in &q.lost {
+            match *at {
+                at if at <= start => before += 1,
+                at if at <= upto => after += 1,
+                _ => break,
+            }
+        }
+        let (mut lost_before, mut lost_after) =
+            (Vec::with_capacity(before), Vec::with_capacity(after));
         while let Some((at, _)) = q.lost.front() {
             let to = if *at <= start {
                 &mut lost_before
