@@ -280,26 +280,18 @@ impl Queue {
         let events: Vec<Event> = q.items.drain(..n).collect();
         let upto = q.items.front().map_or(q.admitted, |e| e.seq);
         self.metrics.queue_depth.set(q.items.len() as i64);
-        // Counted first, so that each vector is allocated once at its size (a burst is tens
-        // of thousands of marks).
+        // Before the chunk (`Some(true)`), after it (`Some(false)`), or not yet. Counted
+        // first, so that each vector is allocated once at its size (a burst is tens of
+        // thousands of marks).
+        let side = |at: u64| (at <= upto).then_some(at <= start);
         let (mut before, mut after) = (0, 0);
-        for (at, _) in &q.lost {
-            match *at {
-                at if at <= start => before += 1,
-                at if at <= upto => after += 1,
-                _ => break,
-            }
+        for b in q.lost.iter().map_while(|(at, _)| side(*at)) {
+            if b { before += 1 } else { after += 1 }
         }
         let (mut lost_before, mut lost_after) =
             (Vec::with_capacity(before), Vec::with_capacity(after));
-        while let Some((at, _)) = q.lost.front() {
-            let to = if *at <= start {
-                &mut lost_before
-            } else if *at <= upto {
-                &mut lost_after
-            } else {
-                break;
-            };
+        while let Some(b) = q.lost.front().and_then(|(at, _)| side(*at)) {
+            let to = if b { &mut lost_before } else { &mut lost_after };
             to.push(q.lost.pop_front().unwrap().1);
         }
         if q.lost.is_empty() && q.lost.capacity() > MARKS_KEPT {

@@ -13,7 +13,8 @@
 //! `outrigger.kept_by`; events without a run pass straight through.
 //!
 //! Memory is bounded by the bytes actually held (the held events' blocks in the tail's own
-//! [`pool`], the per-run bookkeeping, the remembered decisions and the runs view): past
+//! [`pool`] and its resident free pages, the run records and indexes in [`open`], the
+//! remembered decisions and the runs view): past
 //! `max_bytes` the largest open runs are written to spill segments ([`spill`]), one chain per
 //! run, and read back in order when decided; when the spill is off,
 //! full or failing, the oldest open runs are decided early (`kept_by` gets `/early`). A run
@@ -449,9 +450,9 @@ struct State {
     cfg: TailConfig,
     pending: Option<TailConfig>,
     policies: Policies,
-    /// A new run's id is allocated here, not taken from the event (whose id the ingest
-    /// thread allocated among short-lived event data: a run open for seconds would keep that
-    /// page from going back to the system).
+    /// The open runs. A run's id is copied into its record, not taken from the event (whose
+    /// id the ingest thread allocated among short-lived event data: a run open for seconds
+    /// would keep that page from going back to the system).
     open: OpenRuns<OpenRun>,
     /// Where held events are.
     pool: Pool,
@@ -558,7 +559,7 @@ impl Tail {
                     forced: Vec::new(),
                     names: Names::default(),
                     counters: HashMap::default(),
-                    trim: Trimmer::new(4 << 20, std::time::Duration::from_millis(100)),
+                    trim: Trimmer::default(),
                 }),
                 runs: Mutex::new(RunsView::new(bounds(cfg))),
                 lost: RwLock::new(LostMarks::new(t, &metrics)),

@@ -128,6 +128,14 @@ impl<R: Record> OpenRuns<R> {
         self.hasher.hash_one(id)
     }
 
+    /// The hash of the run in each slot, for the table when it moves its entries.
+    fn rehash<'a>(
+        slab: &'a [Option<R>],
+        hasher: &'a foldhash::fast::RandomState,
+    ) -> impl Fn(&u32) -> u64 + 'a {
+        move |&s| hasher.hash_one(slab[s as usize].as_ref().map_or("", |r| r.id()))
+    }
+
     /// The slot of the open run `id`.
     pub fn find(&self, id: &str) -> Option<u32> {
         let slab = &self.slab;
@@ -161,10 +169,8 @@ impl<R: Record> OpenRuns<R> {
                 (self.slab.len() - 1) as u32
             }
         };
-        let (slab, hasher) = (&self.slab, &self.hasher);
-        self.table.insert_unique(hash, slot, |&s| {
-            hasher.hash_one(slab[s as usize].as_ref().map_or("", |r| r.id()))
-        });
+        self.table
+            .insert_unique(hash, slot, Self::rehash(&self.slab, &self.hasher));
         self.by_age.insert(seq, slot);
         slot
     }
@@ -272,16 +278,12 @@ impl<R: Record> OpenRuns<R> {
                 .zip(sizes)
                 .filter_map(|(r, s)| Some((r?, s)))
             {
-                self.insert(run);
-                if let Some(s) = self.sizes.last_mut() {
-                    *s = size;
-                }
+                let slot = self.insert(run);
+                self.sizes[slot as usize] = size;
             }
         } else if self.table.capacity() > 4 * open + 1024 {
-            let (slab, hasher) = (&self.slab, &self.hasher);
-            self.table.shrink_to(2 * open, |&s| {
-                hasher.hash_one(slab[s as usize].as_ref().map_or("", |r| r.id()))
-            });
+            self.table
+                .shrink_to(2 * open, Self::rehash(&self.slab, &self.hasher));
         }
     }
 }
