@@ -150,8 +150,15 @@ impl Worker {
             self.hold_floor(&mut st);
             self.cut_if_due(&mut st).await;
         }
-        let released = self.tail.shutdown();
-        self.forward(&mut st, released).await;
+        // The tail decides its open runs a slice at a time, each forwarded before the next
+        // is read back from the spill.
+        loop {
+            let (released, more) = self.tail.shutdown();
+            self.forward(&mut st, released).await;
+            if !more {
+                break;
+            }
+        }
         self.hold_floor(&mut st);
         let last = st.batcher.take();
         self.sinks.send(last).await;

@@ -77,7 +77,12 @@ const MAX_HELD_BYTES: usize = 1 << 31;
 
 /// Lines written to the spill per system call, at most (a spill of many small runs is one
 /// write per this many bytes, not one per run).
-const SPILL_WRITE_BYTES: usize = 1 << 20;
+const SPILL_WRITE_BYTES: usize = 256 << 10;
+/// Events one call releases, about (a run goes whole), from runs closed by time, by stopping
+/// or by turning the stage off. A hundred thousand runs closing at once (the daemon stopping,
+/// `idle` after a burst) would otherwise come back from the spill into memory together; the
+/// worker calls again at once for the rest.
+const RELEASE_EVENTS: usize = 4096;
 
 /// Events the tail stage hands on, in order, and where each whole kept run lies in them.
 #[derive(Default, Debug)]
@@ -472,6 +477,9 @@ struct State {
     spill_warned: Option<Instant>,
     decisions: Decisions,
     forced: Vec<Arc<str>>,
+    /// Set while every open run is being decided (the daemon is stopping, or the stage was
+    /// turned off), a slice of [`RELEASE_EVENTS`] per call.
+    draining: Option<Close>,
     names: Names,
     /// `tail_decisions_total` by (kept, by), looked up once.
     counters: HashMap<(bool, Arc<str>), prometheus::IntCounter>,
@@ -557,6 +565,7 @@ impl Tail {
                     spill_retry: None,
                     spill_warned: None,
                     forced: Vec::new(),
+                    draining: None,
                     names: Names::default(),
                     counters: HashMap::default(),
                     trim: Trimmer::default(),
@@ -585,6 +594,9 @@ impl Tail {
     /// The next idle or max-duration deadline (possibly early: polling then is harmless).
     pub fn next_deadline(&self) -> Option<Instant> {
         let st = self.inner.state.lock();
+        if st.draining.is_some() {
+            return Some(Instant::now());
+        }
         st.deadlines.peek().map(|Reverse((t, _))| *t)
     }
 
@@ -595,6 +607,17 @@ impl Tail {
         let mut out = Released::default();
         self.apply_pending(&mut st, &mut out);
         if !st.cfg.enabled {
+            if st.draining.is_some() {
+                // Runs still open from before the stage was turned off go out before any
+                // new event of theirs.
+                for e in &events {
+                    if let Some(slot) = e.run_id.as_deref().and_then(|r| st.open.find(r)) {
+                        self.decide(&mut st, slot, Close::Off, &mut out);
+                    }
+                }
+                self.drain_some(&mut st, &mut out);
+                self.publish(&st);
+            }
             drop(st);
             inner.runs.lock().seen(&events);
             out.events.extend(events);
@@ -623,6 +646,8 @@ impl Tail {
             }
             self.hold(&mut st, slot, &run, e, now, &mut out);
         }
+        // Runs whose time has come close here too: a worker busy with chunks polls late.
+        self.close_due(&mut st, now, &mut out);
         self.enforce(&mut st, now, &mut out);
         self.publish(&st);
         trim_pool(&mut st, now);
@@ -812,7 +837,7 @@ impl Tail {
     }
 
     /// Spills the largest open runs until memory is down to `target`, writing many runs per
-    /// system call (at most [`SPILL_WRITE_BYTES`] of lines at a time).
+    /// system call (about [`SPILL_WRITE_BYTES`] of lines at a time).
     fn spill_largest(&self, st: &mut State, target: usize, now: Instant) {
         let mut cands: Vec<(u32, u32)> = st
             .open
@@ -832,7 +857,9 @@ impl Tail {
         }
         cands[..k].sort_unstable_by_key(|a| Reverse(a.0));
         let mut cands = cands.into_iter();
-        let mut lines: Vec<u8> = Vec::new();
+        // Spilling happens when memory is at its bound: the lines of a write are built in a
+        // buffer of about one write (a run larger than that grows it for itself).
+        let mut lines: Vec<u8> = Vec::with_capacity(2 * SPILL_WRITE_BYTES);
         let mut scratch: Vec<u8> = Vec::new();
         let mut group: Vec<(u32, u32, u32)> = Vec::new();
         while st.mem > target {
@@ -1040,25 +1067,9 @@ impl Tail {
                 self.decide(&mut st, slot, Close::Forced, &mut out);
             }
         }
+        self.drain_some(&mut st, &mut out);
         let now = Instant::now();
-        while let Some(Reverse((t, seq))) = st.deadlines.peek().copied() {
-            if t > now {
-                break;
-            }
-            st.deadlines.pop();
-            let Some(slot) = st.open.by_seq(seq) else {
-                continue;
-            };
-            let Some(r) = st.open.get(slot) else { continue };
-            if r.opened + st.cfg.max_duration.0 <= now {
-                self.decide(&mut st, slot, Close::MaxDuration, &mut out);
-            } else if r.last_seen + st.cfg.idle.0 <= now {
-                self.decide(&mut st, slot, Close::Idle, &mut out);
-            } else {
-                let at = r.deadline(&st.cfg);
-                st.deadlines.push(Reverse((at, seq)));
-            }
-        }
+        self.close_due(&mut st, now, &mut out);
         // After a load, the last runs close by their deadlines: the indexes shrink here too.
         compact(&mut st, now);
         self.publish(&st);
@@ -1071,22 +1082,61 @@ impl Tail {
         out
     }
 
-    /// Decides every open run by what it holds (the daemon is stopping).
-    pub fn shutdown(&self) -> Released {
+    /// Closes the runs whose `idle` or `max_duration` has passed, until [`RELEASE_EVENTS`]
+    /// are released (the rest stay due: the worker polls again at once).
+    fn close_due(&self, st: &mut State, now: Instant, out: &mut Released) {
+        while out.events.len() < RELEASE_EVENTS
+            && let Some(Reverse((t, seq))) = st.deadlines.peek().copied()
+            && t <= now
+        {
+            st.deadlines.pop();
+            let Some(slot) = st.open.by_seq(seq) else {
+                continue;
+            };
+            let Some(r) = st.open.get(slot) else { continue };
+            if r.opened + st.cfg.max_duration.0 <= now {
+                self.decide(st, slot, Close::MaxDuration, out);
+            } else if r.last_seen + st.cfg.idle.0 <= now {
+                self.decide(st, slot, Close::Idle, out);
+            } else {
+                let at = r.deadline(&st.cfg);
+                st.deadlines.push(Reverse((at, seq)));
+            }
+        }
+    }
+
+    /// Decides open runs by what they hold (the daemon is stopping), oldest first, about
+    /// [`RELEASE_EVENTS`] at a time; true while runs remain (call again after forwarding
+    /// these).
+    pub fn shutdown(&self) -> (Released, bool) {
         let mut st = self.inner.state.lock();
         let mut out = Released::default();
         self.apply_pending(&mut st, &mut out);
-        self.decide_all(&mut st, Close::Shutdown, &mut out);
-        st.spill = None;
+        if st.draining.is_none() && !st.open.is_empty() {
+            st.draining = Some(Close::Shutdown);
+        }
+        self.drain_some(&mut st, &mut out);
+        let more = st.draining.is_some();
+        if !more {
+            st.spill = None;
+        }
         self.publish(&st);
-        out
+        (out, more)
     }
 
-    fn decide_all(&self, st: &mut State, how: Close, out: &mut Released) {
-        for slot in st.open.slots_by_age() {
+    /// While every open run is to be decided ([`State::draining`]): decides the oldest until
+    /// about [`RELEASE_EVENTS`] are released, and ends the draining when none is left.
+    fn drain_some(&self, st: &mut State, out: &mut Released) {
+        let Some(how) = st.draining else { return };
+        while out.events.len() < RELEASE_EVENTS
+            && let Some(slot) = st.open.oldest()
+        {
             self.decide(st, slot, how, out);
         }
-        st.deadlines.clear();
+        if st.open.is_empty() {
+            st.draining = None;
+            st.deadlines.clear();
+        }
     }
 
     /// Applies a reloaded `sampling.tail` (the worker's side of [`Reconfigure`]).
@@ -1135,12 +1185,17 @@ impl Tail {
         st.decisions.trim();
         let timing_changed = new.idle != st.cfg.idle || new.max_duration != st.cfg.max_duration;
         st.cfg = new;
+        if st.cfg.enabled && st.draining == Some(Close::Off) {
+            // Turned on again before every run was let go: the rest stay open.
+            st.draining = None;
+        }
         if was_on && !st.cfg.enabled {
             tracing::info!(
                 open = st.open.len(),
                 "tail sampling turned off: every open run is decided now"
             );
-            self.decide_all(st, Close::Off, out);
+            st.draining = Some(Close::Off);
+            self.drain_some(st, out);
         } else if timing_changed {
             rebuild_deadlines(st);
         }

@@ -49,6 +49,47 @@ fn run(id: &str, n: usize, status: &str) -> Vec<Event> {
     v
 }
 
+/// Every event the tail releases as the daemon stops (it answers a slice per call).
+fn shutdown_all(t: &Tail) -> Vec<Event> {
+    let mut all = Vec::new();
+    loop {
+        let (out, more) = t.shutdown();
+        all.extend(out.events);
+        if !more {
+            return all;
+        }
+    }
+}
+
+/// `n` open runs of three steps each, every one of them kept when decided.
+fn open_runs(n: usize, extra: &str) -> Tail {
+    let (t, _) = tail(&format!(
+        "enabled: true\nelse_rate: 1.0\nspill: null\n{extra}"
+    ));
+    for step in 0..3 {
+        let evs = (0..n)
+            .map(|r| ev(&format!("r{r}"), "step", &step.to_string()))
+            .collect();
+        assert!(t.admit(evs).events.is_empty());
+    }
+    t
+}
+
+/// Checks that `events` are whole runs of three steps, each run's in order and together.
+fn whole_runs(events: &[Event]) -> usize {
+    assert_eq!(events.len() % 3, 0);
+    for run in events.chunks(3) {
+        let id = run[0].run_id.as_deref();
+        assert!(
+            run.iter().all(|e| e.run_id.as_deref() == id),
+            "{id:?} split"
+        );
+        let steps: Vec<&[u8]> = run.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(steps, [b"0", b"1", b"2"]);
+    }
+    events.len() / 3
+}
+
 const ON: &str = "enabled: true\nelse_rate: 0.0\nspill: null\n";
 
 #[tokio::test(start_paused = true)]
@@ -333,7 +374,7 @@ async fn without_spill_the_oldest_runs_are_decided_early_and_counted() {
     }
     let early = decisions(&m, "kept", "early") + decisions(&m, "dropped", "early");
     assert!(early > 1000, "{early}");
-    delivered += t.shutdown().events.len() as u64;
+    delivered += shutdown_all(&t).len() as u64;
     assert_eq!(
         delivered,
         n / 10,
@@ -398,11 +439,89 @@ async fn shutdown_decides_every_open_run_by_what_it_holds() {
         ev("f", "step", r#"{"status":"failed"}"#),
         ev("p", "step", "{}"),
     ]);
-    let out = t.shutdown();
-    assert_eq!(out.events.len(), 1);
-    assert_eq!(kept_by(&out.events[0]), Some("failed"));
+    let out = shutdown_all(&t);
+    assert_eq!(out.len(), 1);
+    assert_eq!(kept_by(&out[0]), Some("failed"));
     assert_eq!(decisions(&m, "kept", "shutdown"), 1);
     assert_eq!(decisions(&m, "dropped", "shutdown"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_releases_open_runs_a_slice_at_a_time() {
+    let t = open_runs(3000, "");
+    let mut runs = 0;
+    let mut calls = 0;
+    loop {
+        let (out, more) = t.shutdown();
+        calls += 1;
+        assert!(
+            out.events.len() < RELEASE_EVENTS + 3,
+            "{}",
+            out.events.len()
+        );
+        runs += whole_runs(&out.events);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(runs, 3000);
+    assert!(calls >= 3, "{calls}");
+    assert_eq!(t.shutdown().0.events.len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_closed_by_idle_come_out_a_slice_at_a_time() {
+    let t = open_runs(3000, "idle: 10s\n");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let mut runs = 0;
+    let mut calls = 0;
+    while runs < 3000 {
+        let out = t.poll();
+        calls += 1;
+        assert!(
+            out.events.len() < RELEASE_EVENTS + 3,
+            "{}",
+            out.events.len()
+        );
+        runs += whole_runs(&out.events);
+        if runs < 3000 {
+            let due = t.next_deadline().expect("runs left");
+            assert!(due <= Instant::now(), "the rest are due at once");
+        }
+        assert!(calls < 100);
+    }
+    assert!(calls >= 3, "{calls}");
+    assert_eq!(t.poll().events.len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn turning_off_lets_open_runs_go_a_slice_at_a_time_and_before_their_new_events() {
+    let t = open_runs(3000, "");
+    t.reconfigure(&config("enabled: false\nelse_rate: 1.0\nspill: null\n"));
+    let first = t.poll();
+    assert!(first.events.len() < RELEASE_EVENTS + 3);
+    let mut runs = whole_runs(&first.events);
+    assert!(runs < 3000);
+    assert!(t.next_deadline().is_some_and(|d| d <= Instant::now()));
+    // The newest run is still open: a new event of it comes after its held three.
+    let out = t.admit(vec![ev("r2999", "step", "3")]);
+    let last = out.events.last().unwrap();
+    assert_eq!(
+        (last.run_id.as_deref(), &last.data[..]),
+        (Some("r2999"), &b"3"[..])
+    );
+    let held: Vec<&Event> = out
+        .events
+        .iter()
+        .filter(|e| e.run_id.as_deref() == Some("r2999"))
+        .collect();
+    assert_eq!(held.len(), 4);
+    runs += whole_runs(&out.events[..out.events.len() - 1]);
+    while t.next_deadline().is_some_and(|d| d <= Instant::now()) {
+        runs += whole_runs(&t.poll().events);
+    }
+    assert_eq!(runs, 3000);
+    assert_eq!(t.admit(vec![ev("r1", "step", "4")]).events.len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
