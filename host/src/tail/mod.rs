@@ -202,6 +202,15 @@ fn index_bytes(st: &State) -> usize {
 }
 
 /// The deadline heap, by capacity.
+/// What spilling takes while it runs, on top of what it spills from: an entry per open run to
+/// choose the largest by, and the lines of a write.
+fn spill_work_bytes(st: &State) -> usize {
+    if st.spill.is_none() {
+        return 0;
+    }
+    st.open.len() * std::mem::size_of::<(u32, u32)>() + 2 * SPILL_WRITE_BYTES
+}
+
 fn deadline_bytes(st: &State) -> usize {
     st.deadlines.capacity() * std::mem::size_of::<Reverse<(Instant, u64)>>()
 }
@@ -813,9 +822,13 @@ impl Tail {
         let view = self.inner.runs.lock().counts().1;
         compact(st, now);
         // What deciding runs does not shrink: the decisions, the view, the indexes' slack and
-        // the deadline heap. The open runs get the rest (at least half of `max_bytes`), their
-        // records and index entries included.
-        let other = st.decisions.bytes() + view + st.open.slack_bytes() + deadline_bytes(st);
+        // the deadline heap; and what spilling takes while it runs. The open runs get the rest
+        // (at least half of `max_bytes`), their records and index entries included.
+        let other = st.decisions.bytes()
+            + view
+            + st.open.slack_bytes()
+            + deadline_bytes(st)
+            + spill_work_bytes(st);
         let max = budget(st.cfg.max_bytes.0 as usize, other);
         let records = |st: &State| st.open.len() * OpenRuns::<OpenRun>::per_run();
         // The pool's resident pages without a block in use count too (blocks freed by
@@ -937,6 +950,9 @@ impl Tail {
                     *mem = *mem + r.mem - before;
                     open.set_size(slot, 0);
                 }
+                // Their pages go back now, group by group: spilling starts at the bound, and
+                // its own buffers are on top of it until then.
+                pool.trim();
                 true
             }
             Err(e) => {
