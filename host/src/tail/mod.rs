@@ -1016,7 +1016,10 @@ impl Tail {
                 .early_at_ms
                 .store(crate::event::now_ns() / 1_000_000, Ordering::Relaxed);
         }
-        st.decisions.remember(decision_key(id), attr.clone());
+        // When stopping, the queue is already drained: no late event can follow.
+        if how != Close::Shutdown {
+            st.decisions.remember(decision_key(id), attr.clone());
+        }
         let summary = (r.events, r.bytes, r.first_ts_ns, r.last_ts_ns);
         let types = std::mem::take(&mut r.types);
         let Some(attr) = attr else {
