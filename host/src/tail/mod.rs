@@ -23,14 +23,13 @@
 //! [`Tail::next_deadline`] and when [`Tail::notified`] fires, and [`Tail::shutdown`] at the
 //! end, which decides every open run by what it holds.
 
-pub mod decisions;
 pub mod open;
 pub mod pool;
 pub mod runs;
 pub mod spill;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// Maps keyed by run id (or its hash): foldhash, a fast seeded hash.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -50,7 +49,6 @@ use crate::metrics::{DropReason, Metrics};
 use crate::queue::{Lost, LostFilter};
 use crate::reload::Reconfigure;
 use crate::sampler::{fnv1a, unit};
-use decisions::Decisions;
 use open::{OpenRuns, Record, RunId};
 use pool::{Blocks, Pool};
 use runs::{RunSummary, RunsBounds, RunsView, Stored, TypeCounts};
@@ -384,6 +382,44 @@ impl Policies {
     }
 }
 
+/// Remembered decisions, by a hash of the run id (so a long id costs no more than a short
+/// one), oldest forgotten first.
+struct Decisions {
+    map: HashMap<u64, Option<Arc<str>>>,
+    order: VecDeque<u64>,
+    max: usize,
+}
+
+impl Decisions {
+    fn remember(&mut self, key: u64, kept_by: Option<Arc<str>>) {
+        if self.max == 0 {
+            return;
+        }
+        if self.map.insert(key, kept_by).is_none() {
+            self.order.push_back(key);
+        }
+        self.trim();
+    }
+
+    /// Heap bytes of the map and the order queue (their allocated slots).
+    fn bytes(&self) -> usize {
+        // A hashbrown table allocates 8 slots per 7 it can hold, each with a control byte.
+        self.map.capacity() * 8 / 7 * (std::mem::size_of::<(u64, Option<Arc<str>>)>() + 1)
+            + self.order.capacity() * std::mem::size_of::<u64>()
+    }
+
+    fn trim(&mut self) {
+        while self.map.len() > self.max {
+            match self.order.pop_front() {
+                Some(k) => {
+                    self.map.remove(&k);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
 /// The key of a run in [`Decisions`]: a second, independent hash beside the sampling one.
 fn decision_key(run_id: &str) -> u64 {
     crate::sampler::fnv1a_prefixed(0x5a, run_id.as_bytes())
@@ -521,7 +557,11 @@ impl Tail {
                 state: Mutex::new(State {
                     policies: Policies::new(t),
                     spill: spill_store(t),
-                    decisions: Decisions::new(t.decisions),
+                    decisions: Decisions {
+                        map: HashMap::default(),
+                        order: VecDeque::new(),
+                        max: t.decisions,
+                    },
                     cfg: t.clone(),
                     pending: None,
                     open: OpenRuns::default(),
@@ -601,7 +641,7 @@ impl Tail {
             };
             let slot = st.open.find(&run);
             if slot.is_none()
-                && let Some(d) = st.decisions.get(decision_key(&run))
+                && let Some(d) = st.decisions.map.get(&decision_key(&run))
             {
                 match d {
                     Some(by) => {
@@ -1209,7 +1249,7 @@ impl Tail {
             self.inner.wake.notify_one();
             return KeepOutcome::Keeping;
         }
-        match st.decisions.get(decision_key(run_id)) {
+        match st.decisions.map.get(&decision_key(run_id)) {
             Some(Some(_)) => KeepOutcome::AlreadyKept,
             Some(None) => KeepOutcome::AlreadyDropped,
             None => KeepOutcome::Unknown,
