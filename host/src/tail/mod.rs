@@ -201,7 +201,6 @@ fn index_bytes(st: &State) -> usize {
     st.open.bytes() + deadline_bytes(st)
 }
 
-/// The deadline heap, by capacity.
 /// What spilling takes while it runs, on top of what it spills from: an entry per open run to
 /// choose the largest by, and the lines of a write.
 fn spill_work_bytes(st: &State) -> usize {
@@ -211,6 +210,7 @@ fn spill_work_bytes(st: &State) -> usize {
     st.open.len() * std::mem::size_of::<(u32, u32)>() + 2 * SPILL_WRITE_BYTES
 }
 
+/// The deadline heap, by capacity.
 fn deadline_bytes(st: &State) -> usize {
     st.deadlines.capacity() * std::mem::size_of::<Reverse<(Instant, u64)>>()
 }
@@ -1211,7 +1211,7 @@ impl Tail {
         if was_on && !st.cfg.enabled {
             tracing::info!(
                 open = st.open.len(),
-                "tail sampling turned off: every open run is decided now"
+                "tail sampling turned off: every open run is decided, a slice at a time"
             );
             st.draining = Some(Close::Off);
             self.drain_some(st, out);

@@ -197,11 +197,6 @@ impl<R: Record> OpenRuns<R> {
         self.by_age.first_key_value().map(|(_, s)| *s)
     }
 
-    /// Slots of the open runs, oldest first.
-    pub fn slots_by_age(&self) -> Vec<u32> {
-        self.by_age.values().copied().collect()
-    }
-
     /// Every open run with its slot (in slot order).
     pub fn iter(&self) -> impl Iterator<Item = (u32, &R)> {
         self.slab
