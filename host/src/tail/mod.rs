@@ -658,13 +658,7 @@ impl Tail {
         // Runs whose time has come close here too: a worker busy with chunks polls late.
         self.close_due(&mut st, now, &mut out);
         self.enforce(&mut st, now, &mut out);
-        self.publish(&st);
-        trim_pool(&mut st, now);
-        let trim = st.trim.due(now);
-        drop(st);
-        if trim {
-            trim_heap();
-        }
+        self.finish(st, now);
         if !late.is_empty() {
             // Late events of kept runs update what the runs view shows of them.
             let mut v = inner.runs.lock();
@@ -1091,6 +1085,14 @@ impl Tail {
         self.close_due(&mut st, now, &mut out);
         // After a load, the last runs close by their deadlines: the indexes shrink here too.
         compact(&mut st, now);
+        self.finish(st, now);
+        out
+    }
+
+    /// The end of a call that changed the open runs: publishes the gauges, hands back the
+    /// pool's free pages and, when enough was freed, the heap's (after letting go of the
+    /// state: a trim takes milliseconds).
+    fn finish(&self, mut st: parking_lot::MutexGuard<'_, State>, now: Instant) {
         self.publish(&st);
         trim_pool(&mut st, now);
         let trim = st.trim.due(now);
@@ -1098,7 +1100,6 @@ impl Tail {
         if trim {
             trim_heap();
         }
-        out
     }
 
     /// Closes the runs whose `idle` or `max_duration` has passed, until [`RELEASE_EVENTS`]

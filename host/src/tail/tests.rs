@@ -90,6 +90,17 @@ fn whole_runs(events: &[Event]) -> usize {
     events.len() / 3
 }
 
+/// Runs in one call's release, which must be about [`RELEASE_EVENTS`] at most (whole runs of
+/// three over it).
+fn one_slice(out: &Released) -> usize {
+    assert!(
+        out.events.len() < RELEASE_EVENTS + 3,
+        "{}",
+        out.events.len()
+    );
+    whole_runs(&out.events)
+}
+
 const ON: &str = "enabled: true\nelse_rate: 0.0\nspill: null\n";
 
 #[tokio::test(start_paused = true)]
@@ -454,12 +465,7 @@ async fn stopping_releases_open_runs_a_slice_at_a_time() {
     loop {
         let (out, more) = t.shutdown();
         calls += 1;
-        assert!(
-            out.events.len() < RELEASE_EVENTS + 3,
-            "{}",
-            out.events.len()
-        );
-        runs += whole_runs(&out.events);
+        runs += one_slice(&out);
         if !more {
             break;
         }
@@ -478,12 +484,7 @@ async fn runs_closed_by_idle_come_out_a_slice_at_a_time() {
     while runs < 3000 {
         let out = t.poll();
         calls += 1;
-        assert!(
-            out.events.len() < RELEASE_EVENTS + 3,
-            "{}",
-            out.events.len()
-        );
-        runs += whole_runs(&out.events);
+        runs += one_slice(&out);
         if runs < 3000 {
             let due = t.next_deadline().expect("runs left");
             assert!(due <= Instant::now(), "the rest are due at once");
@@ -498,9 +499,7 @@ async fn runs_closed_by_idle_come_out_a_slice_at_a_time() {
 async fn turning_off_lets_open_runs_go_a_slice_at_a_time_and_before_their_new_events() {
     let t = open_runs(3000, "");
     t.reconfigure(&config("enabled: false\nelse_rate: 1.0\nspill: null\n"));
-    let first = t.poll();
-    assert!(first.events.len() < RELEASE_EVENTS + 3);
-    let mut runs = whole_runs(&first.events);
+    let mut runs = one_slice(&t.poll());
     assert!(runs < 3000);
     assert!(t.next_deadline().is_some_and(|d| d <= Instant::now()));
     // The newest run is still open: a new event of it comes after its held three.
