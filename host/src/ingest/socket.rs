@@ -1,7 +1,8 @@
 //! Unix socket ingest: NDJSON lines in, one answer per line out.
 //!
 //! In: connections on `ingest.socket`, whose file gets `ingest.socket_mode` (default 0600: the
-//! daemon's user only) and, with `ingest.socket_group`, that group. Each read is cut at its last newline; the
+//! daemon's user only) and, with `ingest.socket_group`, that group, before anyone can connect
+//! (the socket is made in a private directory beside its path and moved into place). Each read is cut at its last newline; the
 //! complete lines are parsed against that one buffer (payloads stay slices of it), admitted as
 //! one batch, and answered in one write: `{"success": true}` or `{"success": false, "error":
 //! "…"}`. After `{"hello": {"ack": false}}` only malformed lines are answered. A line longer than
@@ -64,16 +65,65 @@ pub fn bind(
             }
         }
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    let parent = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir
+        }
+        None => Path::new("."),
+    };
+    let bind_at = |at: &Path| {
+        UnixListener::bind(at).map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", path.display()))
+    };
+    // Made where only this user can reach it, given its group and mode there, then moved into
+    // place: bound at `path` directly, the socket would carry the umask's mode until
+    // `restrict`, which under a umask of 0 lets any user connect.
+    let Some(private) = private_dir(parent, path)? else {
+        // The longer path would not fit a socket address: bound directly.
+        let listener = bind_at(path)?;
+        if let Err(e) = restrict(path, mode, gid, group) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        return Ok(listener);
+    };
+    let staged = private.join("s");
+    let result = bind_at(&staged).and_then(|l| {
+        restrict(&staged, mode, gid, group)?;
+        std::fs::rename(&staged, path)
+            .map_err(|e| anyhow::anyhow!("cannot move the socket to {}: {e}", path.display()))?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    result
+}
+
+/// Longest socket path the kernel takes (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A new directory beside the socket that only this user may enter (mode 0700), where the
+/// socket is made before it is moved into place; `None` when a socket path in it would be
+/// too long.
+fn private_dir(parent: &Path, path: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+    use std::os::unix::fs::DirBuilderExt;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = parent.join(format!(".outrigger-bind-{}-{n}", std::process::id()));
+        if dir.as_os_str().len() + 2 > MAX_SOCKET_PATH {
+            return Ok(None);
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(Some(dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => anyhow::bail!(
+                "cannot bind {}: cannot make a private directory in {}: {e}",
+                path.display(),
+                parent.display()
+            ),
+        }
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", path.display()))?;
-    if let Err(e) = restrict(path, mode, gid, group) {
-        let _ = std::fs::remove_file(path);
-        return Err(e);
-    }
-    Ok(listener)
 }
 
 /// Gives the socket file its group and mode.
@@ -518,6 +568,37 @@ mod tests {
         let _l = bind(&path, SocketMode::default(), None).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_made_in_a_private_directory_and_moved_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        // SAFETY: umask only sets this process's file mode mask; restored below. No other
+        // test of this binary creates files whose mode it checks while this one runs.
+        let old = unsafe { libc::umask(0) };
+        let l = bind(&path, SocketMode::default(), None);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let _l = l.unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["s.sock"], "the private directory is gone");
+        // It takes connections at its final path.
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        // A path too long for the private directory is bound directly, with its mode.
+        let long = dir
+            .path()
+            .join("x".repeat(MAX_SOCKET_PATH - dir.path().as_os_str().len() - 1));
+        assert_eq!(long.as_os_str().len(), MAX_SOCKET_PATH);
+        let _l2 = bind(&long, SocketMode(0o660), None).unwrap();
+        let meta = std::fs::metadata(&long).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
     }
 
     #[tokio::test]
