@@ -59,12 +59,13 @@ fn the_commands_exit_code_is_outriggers() {
 
 #[test]
 fn every_event_the_command_sent_is_in_the_sink_after_it_exits() {
-    let d = Daemon::prepare("");
-    // One event with `outrigger send`, then 5000 lines written in ack mode by a client that
-    // exits without reading a single answer; and the control URL it was given answers. (5000
-    // answers, 85 KB, fit in the socket's buffer: with many more, a client that writes
-    // everything before it reads anything blocks in its own send once the daemon's answers
-    // fill the buffer and the daemon waits to write them; 20000 lines hung that way at times.)
+    // A queue that holds every line: the client sends faster than a busy machine's worker may
+    // take them, and a full queue drops (counted `queue_full`) by design.
+    let d = Daemon::prepare("queue: {capacity: 100000}");
+    // One event with `outrigger send`, then 50 000 lines written in ack mode by a client that
+    // exits without reading a single answer; and the control URL it was given answers. (The
+    // daemon keeps reading while the answers wait: before, 20 000 lines hung at times, the
+    // client blocked in its send and the daemon in writing answers nobody read.)
     let script = r#"
 set -e
 "$OUTRIGGER_BIN" send --socket "$OUTRIGGER_SOCKET" --type first --data '{"n": 0}' >/dev/null
@@ -72,7 +73,7 @@ python3 - <<'PY'
 import os, socket, urllib.request
 s = socket.socket(socket.AF_UNIX)
 s.connect(os.environ["OUTRIGGER_SOCKET"])
-s.sendall(b"".join(b'{"type": "bulk", "data": {"n": %d}}\n' % i for i in range(5000)))
+s.sendall(b"".join(b'{"type": "bulk", "data": {"n": %d}}\n' % i for i in range(50000)))
 s.close()
 with urllib.request.urlopen(os.environ["OUTRIGGER_CONTROL_URL"] + "/readyz") as r:
     open("control-status", "w").write(str(r.status))
@@ -87,7 +88,7 @@ PY
     let events = d.events();
     assert_eq!(events[0]["type"], "first");
     let bulk = events.iter().filter(|e| e["type"] == "bulk").count();
-    assert_eq!(bulk, 5000, "{} events in the sink", events.len());
+    assert_eq!(bulk, 50_000, "{} events in the sink", events.len());
     assert_eq!(
         std::fs::read_to_string(d.path("control-status")).unwrap(),
         "200"

@@ -1,6 +1,7 @@
 //! Who may write events, end to end: the HTTP ingest key (401 without it or with a wrong one,
 //! 202 with it; `outrigger bench --http` sends it), the refusal of a non-loopback `ingest.http` without a key by `run` and `check`,
-//! and the socket file's mode and group (and a missing group or a bad mode refused at start).
+//! the socket file's mode and group (and a missing group or a bad mode refused at start), and a
+//! socket client that sends everything before it reads a single answer.
 
 use std::process::Command;
 use std::time::Duration;
@@ -228,4 +229,48 @@ async fn bench_over_http_sends_the_ingest_key() {
     );
     d.wait_metric("outrigger_events_received_total", r#"ingest="http""#, 400.0)
         .await;
+}
+
+// A client that writes every line before it reads any answer: the daemon keeps reading while
+// the answers wait (before, both sides blocked in their writes once about 20 000 unread
+// answers filled the socket, and the client's write timed out here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_everything_before_reading_gets_every_answer() {
+    use std::io::{Read, Write};
+    const LINES: usize = 200_000;
+    let d = Daemon::start("").await;
+    let socket = d.socket.clone();
+    let (answers, bad) = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut body = Vec::new();
+        for i in 0..LINES {
+            body.extend_from_slice(
+                format!("{{\"type\":\"bulk\",\"data\":{{\"n\":{i}}}}}\n").as_bytes(),
+            );
+            if i == LINES / 2 {
+                body.extend_from_slice(b"not json\n");
+            }
+        }
+        s.write_all(&body).expect("the daemon stopped reading");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let ok = text.lines().filter(|l| *l == r#"{"success":true}"#).count();
+        let bad = text
+            .lines()
+            .filter(|l| l.contains(r#""success":false"#))
+            .count();
+        (ok, bad)
+    })
+    .await
+    .unwrap();
+    assert_eq!((answers, bad), (LINES, 1));
+    d.wait_metric(
+        "outrigger_events_received_total",
+        r#"ingest="socket""#,
+        LINES as f64,
+    )
+    .await;
 }

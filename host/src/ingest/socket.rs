@@ -14,7 +14,8 @@
 //! disconnects (see `control::debug`); answers to the lines before it are written first, and
 //! what the client sends meanwhile is read and kept. No other connection is ever held.
 //! A client that stops reading its answers (or exits with lines unread) still has every line it
-//! sent admitted. The listener stops on the shutdown token and removes the socket file; each
+//! sent admitted. Reading does not wait on answers the client has not taken yet (up to
+//! [`MAX_UNSENT_ANSWERS`] of them): a client may send everything before it reads anything. The listener stops on the shutdown token and removes the socket file; each
 //! connection then admits what is already in its socket buffer and closes.
 
 use std::collections::VecDeque;
@@ -305,9 +306,21 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
                 r => r,
             }
         } else {
+            // Reading goes on while answers wait for the client to take them (up to a bound):
+            // a client that sends everything before it reads anything would otherwise block in
+            // its own send once its unread answers filled the socket, with the daemon blocked
+            // writing the next ones.
+            let unsent = !deaf && !c.out.is_empty();
             tokio::select! {
                 biased;
-                r = rd.read_buf(&mut buf) => r,
+                r = rd.read_buf(&mut buf), if c.out.len() < MAX_UNSENT_ANSWERS => r,
+                w = wr.writable(), if unsent => {
+                    if w.is_err() || !send_some(&wr, &mut c.out) {
+                        deaf = true;
+                        c.out.clear();
+                    }
+                    continue;
+                }
                 _ = stop.cancelled() => {
                     stopping = true;
                     continue;
@@ -348,16 +361,43 @@ async fn connection(stream: UnixStream, adm: Arc<Admission>, stop: CancellationT
             }
             None => {}
         }
-        if !c.out.is_empty() {
-            if !deaf && wr.write_all(&c.out).await.is_err() {
-                deaf = true;
-            }
+        if deaf {
+            c.out.clear();
+        } else if !send_some(&wr, &mut c.out) {
+            deaf = true;
             c.out.clear();
         }
         if eof {
             break;
         }
     }
+    // What the client has not taken yet goes out before the connection closes.
+    if !deaf && !c.out.is_empty() {
+        let _ = wr.write_all(&c.out).await;
+    }
+}
+
+/// Answers a connection keeps unwritten while it goes on reading (about 490 000
+/// `{"success":true}`); past it, reading waits until the client takes some.
+const MAX_UNSENT_ANSWERS: usize = 8 << 20;
+
+/// Writes what the socket takes of `out` now, without waiting, and drops it from `out`; false
+/// when the client is gone.
+fn send_some(wr: &tokio::net::unix::OwnedWriteHalf, out: &mut Vec<u8>) -> bool {
+    let mut sent = 0;
+    let ok = loop {
+        if sent == out.len() {
+            break true;
+        }
+        match wr.try_write(&out[sent..]) {
+            Ok(0) => break false,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+            Err(_) => break false,
+        }
+    };
+    out.drain(..sent);
+    ok
 }
 
 impl Conn {
