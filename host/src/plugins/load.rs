@@ -404,7 +404,10 @@ pub struct PluginHost {
 }
 
 struct HostInner {
-    runtime: Arc<Runtime>,
+    /// Made when the first plugin is compiled ([`HostInner::runtime`]).
+    runtime: Mutex<Option<Arc<Runtime>>>,
+    /// The compile cache's directory, for the runtime.
+    cache: Option<PathBuf>,
     metrics: Arc<Metrics>,
     anomaly: AnomalyFn,
     /// Components of the last loaded set, by file hash and linker, for reuse on reload.
@@ -416,9 +419,31 @@ struct HostInner {
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
 }
 
+impl HostInner {
+    /// The runtime (engine, linkers, epoch ticker), made on first use: a daemon without
+    /// plugins never builds it, and the code that would keep resident (the engine's setup,
+    /// the WASI and `wasi:http` linkers) is never touched.
+    fn runtime(&self) -> anyhow::Result<Arc<Runtime>> {
+        let mut slot = self.runtime.lock();
+        if let Some(rt) = &*slot {
+            return Ok(rt.clone());
+        }
+        let rt = Arc::new(Runtime::new(self.cache.clone())?);
+        *slot = Some(rt.clone());
+        Ok(rt)
+    }
+}
+
 impl PluginHost {
-    /// Starts the runtime. `cfg.cache_dir` (or the default cache location) is fixed for the
-    /// host's lifetime; `metrics` and `anomaly` are handed to every plugin.
+    /// Whether the runtime has been made.
+    #[cfg(test)]
+    pub fn runtime_made(&self) -> bool {
+        self.inner.runtime.lock().is_some()
+    }
+
+    /// The host; the runtime itself is made when the first plugin is compiled.
+    /// `cfg.cache_dir` (or the default cache location) is fixed for the host's lifetime;
+    /// `metrics` and `anomaly` are handed to every plugin.
     pub fn new(
         cfg: &PluginsConfig,
         metrics: Arc<Metrics>,
@@ -427,7 +452,8 @@ impl PluginHost {
         let cache = runtime::cache_dir(cfg.cache_dir.as_deref()).map(|d| d.join("components"));
         Ok(PluginHost {
             inner: Arc::new(HostInner {
-                runtime: Arc::new(Runtime::new(cache)?),
+                runtime: Mutex::new(None),
+                cache,
                 metrics,
                 anomaly,
                 compiled: Mutex::new(HashMap::new()),
@@ -710,7 +736,10 @@ impl PluginHost {
                     .map_err(|n| fail(anyhow::Error::new(n)))?;
                 c
             }
-            None => Arc::new(compile(&self.inner.runtime, &bytes, &sha, &e.grants).map_err(fail)?),
+            None => {
+                let rt = self.inner.runtime().map_err(fail)?;
+                Arc::new(compile(&rt, &bytes, &sha, &e.grants).map_err(fail)?)
+            }
         };
         let d = &cfg.defaults;
         let settings = Settings {
@@ -764,7 +793,7 @@ impl PluginHost {
             path: path.to_path_buf(),
             size,
             sha256: runtime::hex(&sha),
-            runtime: self.inner.runtime.clone(),
+            runtime: self.inner.runtime().map_err(fail)?,
             compiled,
             settings,
             types: e.types.map(|t| t.into_iter().collect()),

@@ -701,6 +701,16 @@ async fn disabled_missing_and_broken_plugins() {
     );
 }
 
+#[test]
+fn the_runtime_is_made_with_the_first_plugin() {
+    let f = Fixture::new(&[]);
+    assert!(f.load("{}").is_empty());
+    assert!(!f.host.runtime_made(), "no plugin, no engine");
+    std::fs::copy(dist().join("redact.wasm"), f.dir.path().join("redact.wasm")).unwrap();
+    assert_eq!(f.load("{}").len(), 1);
+    assert!(f.host.runtime_made());
+}
+
 #[tokio::test]
 async fn missing_dir_is_an_empty_set() {
     let f = Fixture::new(&[]);
