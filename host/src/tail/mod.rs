@@ -645,6 +645,7 @@ impl Tail {
             {
                 match d {
                     Some(by) => {
+                        e.attributes.reserve_exact(1);
                         e.attributes.push((KEPT_BY.to_string(), by.to_string()));
                         late.push(out.events.len());
                         out.events.push(e);
@@ -1049,6 +1050,9 @@ impl Tail {
         st.pool.release(&mut r.held);
         let attr_s = attr.to_string();
         for e in &mut out.events[start..] {
+            // One more slot, not the four a push into an empty list takes (192 bytes for
+            // each kept event on its way to the sinks).
+            e.attributes.reserve_exact(1);
             e.attributes.push((KEPT_BY.to_string(), attr_s.clone()));
         }
         out.runs.push(start..out.events.len());

@@ -104,6 +104,21 @@ fn one_slice(out: &Released) -> usize {
 const ON: &str = "enabled: true\nelse_rate: 0.0\nspill: null\n";
 
 #[tokio::test(start_paused = true)]
+async fn kept_by_takes_one_attribute_slot_not_four() {
+    let (t, _) = tail(ON);
+    let out = t.admit(run("a", 2, "failed"));
+    assert_eq!(out.events.len(), 3);
+    for e in &out.events {
+        assert_eq!(kept_by(e), Some("failed"));
+        // A push into an empty list would take room for four (192 bytes per kept event).
+        assert_eq!(e.attributes.capacity(), 1);
+    }
+    // A late event of the kept run too.
+    let late = t.admit(vec![ev("a", "step", "9")]);
+    assert_eq!(late.events[0].attributes.capacity(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failing_run_is_kept_whole_in_order_and_a_passing_one_dropped_whole() {
     let (t, m) = tail(ON);
     // Interleaved: the two runs arrive mixed, plus an event without a run.
