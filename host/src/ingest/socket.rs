@@ -73,30 +73,36 @@ pub fn bind(
         }
         None => Path::new("."),
     };
-    let bind_at = |at: &Path| {
-        UnixListener::bind(at).map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", path.display()))
-    };
     // Made where only this user can reach it, given its group and mode there, then moved into
     // place: bound at `path` directly, the socket would carry the umask's mode until
-    // `restrict`, which under a umask of 0 lets any user connect.
-    let Some(private) = private_dir(parent, path)? else {
-        // The longer path would not fit a socket address: bound directly.
-        let listener = bind_at(path)?;
-        if let Err(e) = restrict(path, mode, gid, group) {
-            let _ = std::fs::remove_file(path);
-            return Err(e);
-        }
-        return Ok(listener);
-    };
-    let staged = private.join("s");
-    let result = bind_at(&staged).and_then(|l| {
-        restrict(&staged, mode, gid, group)?;
-        std::fs::rename(&staged, path)
-            .map_err(|e| anyhow::anyhow!("cannot move the socket to {}: {e}", path.display()))?;
-        Ok(l)
-    });
-    let _ = std::fs::remove_file(&staged);
-    let _ = std::fs::remove_dir(&private);
+    // `restrict`, which under a umask of 0 lets any user connect. A path too long for the
+    // private directory's extra characters is bound directly.
+    let private = private_dir(parent, path)?;
+    let staged = private.as_ref().map(|d| d.join("s"));
+    let at = staged.as_deref().unwrap_or(path);
+    let result = UnixListener::bind(at)
+        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", path.display()))
+        .and_then(|l| {
+            let placed = restrict(at, mode, gid, group).and_then(|()| {
+                if at != path {
+                    std::fs::rename(at, path).map_err(|e| {
+                        anyhow::anyhow!("cannot move the socket to {}: {e}", path.display())
+                    })?;
+                }
+                Ok(())
+            });
+            match placed {
+                Ok(()) => Ok(l),
+                Err(e) => {
+                    // A group that cannot be given leaves no socket behind.
+                    let _ = std::fs::remove_file(at);
+                    Err(e)
+                }
+            }
+        });
+    if let Some(d) = &private {
+        let _ = std::fs::remove_dir(d);
+    }
     result
 }
 

@@ -730,16 +730,14 @@ impl PluginHost {
         let e = entry.cloned().unwrap_or_default();
         let http = !e.grants.http.is_empty();
         let existing = self.inner.compiled.lock().get(&(sha, http)).cloned();
+        let rt = self.inner.runtime().map_err(fail)?;
         let compiled = match existing {
             Some(c) => {
                 grants::check_imports(c.imports.iter().map(String::as_str), &e.grants)
                     .map_err(|n| fail(anyhow::Error::new(n)))?;
                 c
             }
-            None => {
-                let rt = self.inner.runtime().map_err(fail)?;
-                Arc::new(compile(&rt, &bytes, &sha, &e.grants).map_err(fail)?)
-            }
+            None => Arc::new(compile(&rt, &bytes, &sha, &e.grants).map_err(fail)?),
         };
         let d = &cfg.defaults;
         let settings = Settings {
@@ -793,7 +791,7 @@ impl PluginHost {
             path: path.to_path_buf(),
             size,
             sha256: runtime::hex(&sha),
-            runtime: self.inner.runtime().map_err(fail)?,
+            runtime: rt,
             compiled,
             settings,
             types: e.types.map(|t| t.into_iter().collect()),

@@ -432,6 +432,13 @@ fn budget(max_bytes: usize, other: usize) -> usize {
     max_bytes.saturating_sub(other).max(max_bytes / 2)
 }
 
+/// Gives a kept event its `outrigger.kept_by`: one more attribute slot, not the four a push
+/// into an empty list takes (192 bytes for each kept event on its way to the sinks).
+fn mark_kept(e: &mut Event, by: String) {
+    e.attributes.reserve_exact(1);
+    e.attributes.push((KEPT_BY.to_string(), by));
+}
+
 /// Hands the pages of spilled and decided runs back to the system (see [`crate::memory`]).
 fn trim_heap() {
     let took = crate::memory::release();
@@ -645,8 +652,7 @@ impl Tail {
             {
                 match d {
                     Some(by) => {
-                        e.attributes.reserve_exact(1);
-                        e.attributes.push((KEPT_BY.to_string(), by.to_string()));
+                        mark_kept(&mut e, by.to_string());
                         late.push(out.events.len());
                         out.events.push(e);
                     }
@@ -1050,10 +1056,7 @@ impl Tail {
         st.pool.release(&mut r.held);
         let attr_s = attr.to_string();
         for e in &mut out.events[start..] {
-            // One more slot, not the four a push into an empty list takes (192 bytes for
-            // each kept event on its way to the sinks).
-            e.attributes.reserve_exact(1);
-            e.attributes.push((KEPT_BY.to_string(), attr_s.clone()));
+            mark_kept(e, attr_s.clone());
         }
         out.runs.push(start..out.events.len());
         if let Some(t) = r.closing {
